@@ -1,0 +1,55 @@
+// A running cache manager: CacheService, AdminService, grpc.health.v1.Health and server
+// reflection on one gRPC port, plus the housekeeping thread that reclaims expired leases.
+//
+// Thread-safe.
+#ifndef TIERKV_CACHE_MANAGER_SERVER_H_
+#define TIERKV_CACHE_MANAGER_SERVER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "core/clock.h"
+
+namespace tierkv {
+
+struct CacheManagerOptions {
+  // host:port to listen on; port 0 picks a free one (see CacheManagerServer::port()).
+  std::string listen_address = "127.0.0.1:7471";
+  // Host tier size and its allocation unit.
+  uint64_t host_capacity_bytes = 1ull << 30;
+  uint64_t page_bytes = 64 * 1024;
+  // Default lease lengths when a request asks for 0, and the most a request may ask for.
+  absl::Duration write_lease_ttl = absl::Seconds(30);
+  absl::Duration read_lease_ttl = absl::Seconds(30);
+  absl::Duration max_lease_ttl = absl::Minutes(10);
+  // Events kept for WatchEvents; a watcher further behind is told what it missed.
+  uint32_t event_buffer = 65536;
+  // Evicted keys remembered so that InspectPrefix can say "evicted" rather than "never stored".
+  uint32_t eviction_memory = 1 << 20;
+  // Name this node advertises in locations and ListNodes; empty uses the listen address.
+  std::string node_name;
+};
+
+class CacheManagerServer {
+ public:
+  // Starts serving. INVALID_ARGUMENT for bad options, UNAVAILABLE when the address cannot be
+  // bound. `clock` must outlive the server; null means the real clock.
+  static absl::StatusOr<std::unique_ptr<CacheManagerServer>> Start(
+      const CacheManagerOptions& options, Clock* clock = nullptr);
+  virtual ~CacheManagerServer() = default;
+
+  // The bound port and "127.0.0.1:port"-style address to dial.
+  virtual int port() const = 0;
+  virtual std::string address() const = 0;
+  // Stops accepting calls, cancels streams, and joins background threads. Idempotent.
+  virtual void Shutdown() = 0;
+  // Blocks until Shutdown() is called (from another thread or a signal handler's helper).
+  virtual void Wait() = 0;
+};
+
+}  // namespace tierkv
+
+#endif  // TIERKV_CACHE_MANAGER_SERVER_H_
