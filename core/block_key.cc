@@ -85,6 +85,18 @@ absl::Status ModelSpec::Validate() const {
   return absl::OkStatus();
 }
 
+ModelSpec BuiltinTinyModelSpec() {
+  ModelSpec spec;
+  spec.model_id = "builtin:tiny";
+  spec.weights_digest = "seed:1234";
+  spec.num_layers = 4;
+  spec.num_kv_heads = 4;
+  spec.head_dim = 64;
+  spec.kv_dtype = "fp32";
+  spec.block_tokens = 16;
+  return spec;
+}
+
 Digest ModelFingerprint(const ModelSpec& spec) {
   Sha256 h;
   h.UpdateField(kFingerprintDomain);

@@ -52,6 +52,10 @@ struct ModelSpec {
   bool operator==(const ModelSpec&) const = default;
 };
 
+// The spec of the embedded default model `builtin:tiny` that `tierkv up` serves and that
+// kvctl assumes when no model flags are given.
+ModelSpec BuiltinTinyModelSpec();
+
 // SHA-256 over the length-prefixed fields of `spec` (docs/block-keys.md). Does not validate.
 Digest ModelFingerprint(const ModelSpec& spec);
 
