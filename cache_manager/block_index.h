@@ -1,0 +1,317 @@
+// The cache manager's state machine: committed blocks and their prefix structure, pending
+// allocations under write leases, read leases, pins, prefix-aware LRU eviction and the
+// bookkeeping that lets InspectPrefix explain a miss. Owns nothing on the wire: the gRPC
+// services translate to and from these calls.
+//
+// Invariants (checked by CheckInvariants() in tests):
+// - every committed or pending block owns exactly one pool allocation, and the pool's used
+//   bytes equal the sum of their reservations (plus allocations whose release waits for an
+//   in-flight copy);
+// - a block with readers (leases, in-flight Get) or a pin is never evicted, and neither is
+//   any ancestor of one, since a chain cut above it would make it unreachable;
+// - the eviction order holds exactly the committed blocks without committed children.
+//
+// Thread-safe: every public method takes the index's mutex; checksums and byte copies of
+// large payloads run outside it.
+#ifndef TIERKV_CACHE_MANAGER_BLOCK_INDEX_H_
+#define TIERKV_CACHE_MANAGER_BLOCK_INDEX_H_
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/btree_map.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/container/node_hash_map.h"
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "cache_manager/event_log.h"
+#include "core/block_key.h"
+#include "core/clock.h"
+#include "storage/host_pool.h"
+
+namespace tierkv {
+
+// Codec ids as in proto/tierkv/v1/common.proto (0 means raw).
+inline constexpr uint32_t kCodecRaw = 1;
+inline constexpr uint32_t kMaxCodec = 5;
+inline constexpr uint64_t kMaxBlockBytes = 256ull << 20;
+inline constexpr size_t kMaxBlocksPerAllocation = 65536;
+inline constexpr size_t kMaxLookupKeys = 1 << 20;
+
+// A committed block. Readers outside the index see it only through the visitor callbacks,
+// under the index's lock.
+struct CommittedBlock {
+  BlockKey key;
+  std::optional<BlockKey> parent;
+  uint64_t size = 0;
+  uint64_t checksum = 0;
+  uint32_t codec = kCodecRaw;
+  Digest fingerprint{};
+  PoolAllocation space;
+  bool pinned = false;
+  uint32_t readers = 0;   // Read leases plus in-flight Gets.
+  uint32_t children = 0;  // Committed blocks whose parent is this one.
+  uint64_t hits = 0;
+  absl::Time committed_at;
+  absl::Time last_access;
+  uint64_t commit_seq = 0;  // Order of commit (ListBlocks paging).
+  uint64_t touch_seq = 0;   // Recency (eviction order).
+};
+
+struct BlockIndexOptions {
+  absl::Duration write_lease_ttl = absl::Seconds(30);
+  absl::Duration read_lease_ttl = absl::Seconds(30);
+  absl::Duration max_lease_ttl = absl::Minutes(10);
+  uint32_t eviction_memory = 1 << 20;
+  uint32_t expired_allocation_memory = 65536;
+};
+
+struct AllocateBlockSpec {
+  std::string key;         // Raw bytes as received; validated by Allocate.
+  std::string parent_key;  // Empty for block 0.
+  uint64_t size = 0;
+  uint32_t codec = 0;
+};
+
+enum class AllocateState { kAllocated, kAlreadyCommitted, kInProgress };
+
+struct AllocateResult {
+  uint64_t allocation_id = 0;  // 0 when nothing was reserved.
+  absl::Time lease_expires;
+  struct Block {
+    BlockKey key;
+    AllocateState state;
+    PoolAllocation space;  // kAllocated only.
+  };
+  std::vector<Block> blocks;
+};
+
+struct LookupResult {
+  size_t found = 0;
+  uint64_t lease_id = 0;
+  absl::Time lease_expires;
+};
+
+struct EvictResult {
+  uint32_t evicted = 0;
+  uint64_t bytes_freed = 0;
+};
+
+enum class InspectState {
+  kFound,
+  kNeverStored,
+  kEvicted,
+  kUncommitted,
+  kFingerprintMismatch,
+  kUnreachable,
+};
+
+struct InspectEntry {
+  BlockKey key;
+  InspectState state;
+  std::string detail;
+};
+
+struct IndexStats {
+  uint64_t blocks = 0;
+  uint64_t bytes = 0;
+  uint64_t used_bytes = 0;
+  uint64_t capacity_bytes = 0;
+  uint64_t page_bytes = 0;
+  uint64_t hits = 0;
+  uint64_t misses = 0;
+  uint64_t evictions = 0;
+  uint64_t pending_allocations = 0;
+  uint64_t pending_blocks = 0;
+  uint64_t read_leases = 0;
+  uint64_t pinned_blocks = 0;
+  uint64_t lookups = 0;
+  uint64_t commits = 0;
+  uint64_t aborts = 0;
+  uint64_t expired_allocations = 0;
+  uint64_t checksum_failures = 0;
+  uint64_t allocation_failures = 0;
+  bool draining = false;
+};
+
+class BlockIndex {
+ public:
+  // `pool`, `clock` and `events` must outlive the index.
+  BlockIndex(const BlockIndexOptions& options, HostPool* pool, Clock* clock, EventLog* events);
+  ~BlockIndex();
+  BlockIndex(const BlockIndex&) = delete;
+  BlockIndex& operator=(const BlockIndex&) = delete;
+
+  // Longest committed prefix of `keys`; calls `emit` for each found block in order, under
+  // the lock. A block committed under another fingerprint than `fingerprint` (when given), or
+  // with a codec outside `accept_codecs` (raw only when empty), ends the prefix. With
+  // `lease`, the found blocks are held until ReleaseLease or `lease_ttl` (zero: the default).
+  // INVALID_ARGUMENT for a malformed key, too many keys or a lease longer than the maximum.
+  absl::StatusOr<LookupResult> Lookup(const std::vector<std::string>& keys,
+                                      const std::optional<Digest>& fingerprint,
+                                      const std::vector<uint32_t>& accept_codecs, bool lease,
+                                      absl::Duration lease_ttl,
+                                      absl::FunctionRef<void(const CommittedBlock&)> emit);
+
+  // Reserves space for the blocks not committed or pending yet, evicting cold blocks when
+  // needed. All or nothing: INVALID_ARGUMENT (bad spec, key, size, codec, duplicate keys,
+  // lease), RESOURCE_EXHAUSTED (not enough evictable space; nothing is evicted then),
+  // UNAVAILABLE (draining).
+  absl::StatusOr<AllocateResult> Allocate(const ModelSpec& model,
+                                          const std::vector<AllocateBlockSpec>& blocks,
+                                          absl::Duration lease_ttl);
+
+  // Writes `data` at `offset` of a pending block. NOT_FOUND (unknown allocation),
+  // FAILED_PRECONDITION (lease expired), INVALID_ARGUMENT (key not in the allocation),
+  // OUT_OF_RANGE (past the declared size; nothing written).
+  absl::Status Write(uint64_t allocation_id, const std::string& key, uint64_t offset,
+                     std::string_view data);
+
+  // Verifies each block's bytes against its checksum and makes them visible, all or
+  // nothing. NOT_FOUND, FAILED_PRECONDITION (lease expired, or a commit of the same block in
+  // progress), INVALID_ARGUMENT (malformed, duplicate or foreign key), DATA_LOSS (bytes do
+  // not match; the blocks stay pending so the writer can rewrite them).
+  absl::StatusOr<uint32_t> Commit(uint64_t allocation_id,
+                                  const std::vector<std::pair<std::string, uint64_t>>& blocks);
+
+  // Frees pending blocks (all of the allocation's when `keys` is empty).
+  absl::StatusOr<uint32_t> Abort(uint64_t allocation_id, const std::vector<std::string>& keys);
+
+  // NOT_FOUND for an unknown or already expired lease.
+  absl::Status ReleaseLease(uint64_t lease_id);
+
+  // Pins or unpins committed blocks. INVALID_ARGUMENT / NOT_FOUND change nothing.
+  absl::StatusOr<uint32_t> SetPinned(const std::vector<std::string>& keys, bool pinned);
+
+  // Evicts the blocks and their committed descendants. NOT_FOUND (a key not committed),
+  // FAILED_PRECONDITION (one of them is pinned or leased); nothing changes on error.
+  absl::StatusOr<EvictResult> Evict(const std::vector<std::string>& keys);
+
+  // Copies a committed block's bytes out in chunks, holding it against eviction meanwhile.
+  // `info` runs first under the lock; `chunk` runs outside it, and may return false to stop.
+  absl::Status Read(const std::string& key, uint64_t chunk_bytes,
+                    absl::FunctionRef<void(const CommittedBlock&)> info,
+                    absl::FunctionRef<bool(uint64_t offset, std::string_view data)> chunk);
+
+  // Explains each key. `token_query` (spec, salt, tokens) lets the index recognise the same
+  // tokens cached under another model fingerprint; `emit_found` gives FOUND / UNREACHABLE
+  // blocks' details under the lock.
+  struct TokenQuery {
+    ModelSpec model;
+    std::string salt;
+    std::vector<uint32_t> tokens;
+  };
+  absl::StatusOr<std::vector<InspectEntry>> Inspect(
+      const std::vector<std::string>& keys, const std::optional<TokenQuery>& token_query,
+      absl::FunctionRef<void(size_t index, const CommittedBlock&)> emit_found);
+
+  // Committed blocks in commit order, starting after commit sequence `after`; returns the
+  // last sequence emitted (0 when none).
+  uint64_t List(uint64_t after, size_t limit, absl::FunctionRef<void(const CommittedBlock&)> emit);
+
+  // Reclaims expired write leases and read leases. Returns how many expired.
+  size_t ExpireLeases();
+
+  void SetDraining(bool draining);
+  IndexStats Stats();
+
+  // Verifies the invariants in the class comment; INTERNAL with the first violation.
+  absl::Status CheckInvariants();
+
+ private:
+  struct PendingBlock {
+    BlockKey key;
+    std::optional<BlockKey> parent;
+    uint64_t size = 0;
+    uint32_t codec = kCodecRaw;
+    PoolAllocation space;
+    uint64_t allocation_id = 0;
+    uint32_t writers = 0;      // In-flight Write / Commit checksums.
+    bool committing = false;
+    bool doomed = false;       // Aborted or expired while writers > 0: free when they finish.
+  };
+  struct Allocation {
+    Digest fingerprint;
+    absl::Time expires;
+    absl::flat_hash_set<BlockKey, BlockKeyHash> keys;
+  };
+  struct Lease {
+    absl::Time expires;
+    std::vector<BlockKey> keys;
+  };
+  struct EvictedRecord {
+    absl::Time when;
+    std::string reason;
+  };
+
+  absl::Status CheckLeaseTtl(absl::Duration ttl, const char* what) const;
+  // The allocation, or NOT_FOUND / FAILED_PRECONDITION (expired) for the caller.
+  absl::StatusOr<Allocation*> FindAllocation(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ExpireAllocation(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DropPending(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FinishAllocationIfEmpty(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Touch(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AddReader(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RemoveReader(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool IsProtected(const CommittedBlock& block) const { return block.pinned || block.readers > 0; }
+  // Bytes that eviction could free: committed space outside protected blocks and their
+  // ancestors.
+  uint64_t EvictableBytes() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Evicts least recently used unprotected leaves until `bytes` are free in the pool.
+  bool EvictFor(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EvictOne(CommittedBlock& block, const std::string& reason)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RememberEvicted(const BlockKey& key, const std::string& reason)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CollectSubtree(const BlockKey& key, std::vector<BlockKey>& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Publish(EventType type, const CommittedBlock& block, const std::string& reason)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Constant after construction.
+  const BlockIndexOptions options_;
+  HostPool* const pool_;
+  Clock* const clock_;
+  EventLog* const events_;
+
+  absl::Mutex mu_;
+  absl::node_hash_map<BlockKey, CommittedBlock, BlockKeyHash> blocks_ ABSL_GUARDED_BY(mu_);
+  // Parent key -> committed children, whether or not the parent itself is committed.
+  absl::flat_hash_map<BlockKey, std::vector<BlockKey>, BlockKeyHash> children_
+      ABSL_GUARDED_BY(mu_);
+  // Committed leaves by touch_seq: the eviction order.
+  absl::btree_map<uint64_t, CommittedBlock*> leaves_ ABSL_GUARDED_BY(mu_);
+  absl::btree_map<uint64_t, CommittedBlock*> by_commit_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<BlockKey, PendingBlock, BlockKeyHash> pending_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, Allocation> allocations_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, absl::Time> expired_allocations_ ABSL_GUARDED_BY(mu_);
+  std::deque<uint64_t> expired_order_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<BlockKey, EvictedRecord, BlockKeyHash> evicted_ ABSL_GUARDED_BY(mu_);
+  std::deque<BlockKey> evicted_order_ ABSL_GUARDED_BY(mu_);
+  // Specs seen in Allocate, by fingerprint, to explain fingerprint mismatches (bounded).
+  absl::flat_hash_map<Digest, ModelSpec, BlockKeyHash> known_models_ ABSL_GUARDED_BY(mu_);
+  // Pool space whose owner went away while a copy into or out of it was in flight.
+  uint64_t next_allocation_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_lease_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t committed_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t pinned_blocks_ ABSL_GUARDED_BY(mu_) = 0;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  IndexStats counters_ ABSL_GUARDED_BY(mu_);
+};
+
+std::string_view InspectStateName(InspectState state);
+
+}  // namespace tierkv
+
+#endif  // TIERKV_CACHE_MANAGER_BLOCK_INDEX_H_

@@ -1,0 +1,440 @@
+#include "cache_manager/block_index.h"
+
+#include <random>
+#include <thread>
+
+#include "core/status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace tierkv {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr uint64_t kPage = 4096;
+
+std::string Bytes(const BlockKey& k) { return std::string(KeyBytes(k)); }
+
+class BlockIndexTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Reset(64 * kPage); }
+
+  void Reset(uint64_t capacity) {
+    index_.reset();
+    pool_ = *HostPool::Create({.capacity_bytes = capacity, .page_bytes = kPage});
+    events_ = std::make_unique<EventLog>(1024);
+    BlockIndexOptions options;
+    options.write_lease_ttl = absl::Seconds(10);
+    options.read_lease_ttl = absl::Seconds(10);
+    index_ = std::make_unique<BlockIndex>(options, pool_.get(), &clock_, events_.get());
+    spec_ = BuiltinTinyModelSpec();
+  }
+
+  // Keys of a chain of `n` blocks; distinct chains per `seed`.
+  std::vector<BlockKey> Chain(size_t n, uint32_t seed = 0) {
+    std::vector<uint32_t> tokens(n * spec_.block_tokens);
+    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = seed * 1000003 + i;
+    return *ComputeBlockKeys(spec_, "", tokens);
+  }
+
+  static std::string Payload(const BlockKey& key, uint64_t size) {
+    std::string data(size, '\0');
+    std::mt19937_64 rng(key[0] | key[1] << 8);
+    for (auto& c : data) c = static_cast<char>(rng());
+    return data;
+  }
+
+  // Allocates, writes and commits blocks [from, to) of `chain`, each `size` bytes.
+  absl::Status Store(const std::vector<BlockKey>& chain, size_t from, size_t to,
+                     uint64_t size = kPage) {
+    std::vector<AllocateBlockSpec> specs;
+    for (size_t i = from; i < to; ++i) {
+      specs.push_back({Bytes(chain[i]), i == 0 ? "" : Bytes(chain[i - 1]), size, 0});
+    }
+    TIERKV_ASSIGN_OR_RETURN(AllocateResult a, index_->Allocate(spec_, specs, absl::ZeroDuration()));
+    std::vector<std::pair<std::string, uint64_t>> commits;
+    for (auto& b : a.blocks) {
+      if (b.state != AllocateState::kAllocated) continue;
+      std::string data = Payload(b.key, size);
+      TIERKV_RETURN_IF_ERROR(index_->Write(a.allocation_id, Bytes(b.key), 0, data));
+      commits.emplace_back(Bytes(b.key), BlockChecksum(data.data(), data.size()));
+    }
+    if (commits.empty()) return absl::OkStatus();
+    return index_->Commit(a.allocation_id, commits).status();
+  }
+
+  size_t Found(const std::vector<BlockKey>& chain, bool lease = false, uint64_t* lease_id = nullptr) {
+    std::vector<std::string> keys;
+    for (auto& k : chain) keys.push_back(Bytes(k));
+    auto r = index_->Lookup(keys, std::nullopt, {}, lease, absl::ZeroDuration(),
+                            [](const CommittedBlock&) {});
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (lease_id) *lease_id = r->lease_id;
+    return r->found;
+  }
+
+  void ExpectInvariants() {
+    absl::Status s = index_->CheckInvariants();
+    EXPECT_TRUE(s.ok()) << s;
+  }
+
+  FakeClock clock_;
+  std::unique_ptr<HostPool> pool_;
+  std::unique_ptr<EventLog> events_;
+  std::unique_ptr<BlockIndex> index_;
+  ModelSpec spec_;
+};
+
+TEST_F(BlockIndexTest, UncommittedBlocksAreInvisibleUntilCommit) {
+  auto chain = Chain(2);
+  auto a = index_->Allocate(spec_, {{Bytes(chain[0]), "", 100, 0}}, absl::ZeroDuration());
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(Found(chain), 0u);
+  std::string data = Payload(chain[0], 100);
+  ASSERT_TRUE(index_->Write(a->allocation_id, Bytes(chain[0]), 0, data).ok());
+  EXPECT_EQ(Found(chain), 0u);
+  ASSERT_TRUE(index_->Commit(a->allocation_id, {{Bytes(chain[0]), BlockChecksum(data.data(), 100)}}).ok());
+  EXPECT_EQ(Found(chain), 1u);
+  ExpectInvariants();
+}
+
+TEST_F(BlockIndexTest, LookupStopsAtFirstMissingBlock) {
+  auto chain = Chain(5);
+  ASSERT_TRUE(Store(chain, 0, 2).ok());
+  ASSERT_TRUE(Store(chain, 3, 5).ok());  // Blocks 3 and 4 exist, block 2 does not.
+  EXPECT_EQ(Found(chain), 2u);
+  auto s = index_->Stats();
+  EXPECT_EQ(s.hits, 2u);
+  EXPECT_EQ(s.misses, 3u);
+}
+
+TEST_F(BlockIndexTest, LookupTreatsOtherFingerprintOrCodecAsMiss) {
+  auto chain = Chain(1);
+  ASSERT_TRUE(Store(chain, 0, 1).ok());
+  Digest other{};
+  other[0] = 1;
+  std::vector<std::string> keys = {Bytes(chain[0])};
+  auto noop = [](const CommittedBlock&) {};
+  EXPECT_EQ(index_->Lookup(keys, other, {}, false, absl::ZeroDuration(), noop)->found, 0u);
+  EXPECT_EQ(index_->Lookup(keys, ModelFingerprint(spec_), {}, false, absl::ZeroDuration(), noop)->found, 1u);
+  EXPECT_EQ(index_->Lookup(keys, std::nullopt, {3}, false, absl::ZeroDuration(), noop)->found, 0u);
+}
+
+TEST_F(BlockIndexTest, MalformedInputIsInvalidArgumentAndChangesNothing) {
+  auto chain = Chain(2);
+  auto noop = [](const CommittedBlock&) {};
+  EXPECT_EQ(index_->Lookup({"short"}, std::nullopt, {}, false, absl::ZeroDuration(), noop).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(index_->Lookup({Bytes(chain[0])}, std::nullopt, {}, true, absl::Hours(100), noop).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // A bad entry anywhere in an Allocate reserves nothing.
+  auto bad = index_->Allocate(spec_, {{Bytes(chain[0]), "", 100, 0}, {"xx", "", 100, 0}},
+                              absl::ZeroDuration());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(index_->Allocate(spec_, {{Bytes(chain[0]), "", 0, 0}}, absl::ZeroDuration()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(index_->Allocate(spec_, {{Bytes(chain[0]), "", 10, 99}}, absl::ZeroDuration()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(index_->Allocate(spec_, {{Bytes(chain[0]), "", 10, 0}, {Bytes(chain[0]), "", 10, 0}},
+                             absl::ZeroDuration()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  ModelSpec bad_spec = spec_;
+  bad_spec.block_tokens = 12;
+  EXPECT_EQ(index_->Allocate(bad_spec, {{Bytes(chain[0]), "", 10, 0}}, absl::ZeroDuration()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(pool_->used_bytes(), 0u);
+  EXPECT_EQ(index_->Stats().pending_allocations, 0u);
+}
+
+TEST_F(BlockIndexTest, UnknownAllocationIsNotFound) {
+  auto chain = Chain(1);
+  EXPECT_EQ(index_->Commit(77, {{Bytes(chain[0]), 1}}).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(index_->Write(77, Bytes(chain[0]), 0, "x").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(index_->Abort(77, {}).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(BlockIndexTest, CommitWithWrongChecksumIsDataLossAndLeavesBlockPending) {
+  auto chain = Chain(1);
+  auto a = index_->Allocate(spec_, {{Bytes(chain[0]), "", 100, 0}}, absl::ZeroDuration());
+  std::string data = Payload(chain[0], 100);
+  ASSERT_TRUE(index_->Write(a->allocation_id, Bytes(chain[0]), 0, data).ok());
+  const uint64_t sum = BlockChecksum(data.data(), data.size());
+  auto bad = index_->Commit(a->allocation_id, {{Bytes(chain[0]), sum ^ 1}});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("nothing was committed"));
+  EXPECT_EQ(Found(chain), 0u);
+  EXPECT_EQ(index_->Stats().checksum_failures, 1u);
+  // The writer can still commit the right bytes.
+  EXPECT_TRUE(index_->Commit(a->allocation_id, {{Bytes(chain[0]), sum}}).ok());
+  EXPECT_EQ(Found(chain), 1u);
+  ExpectInvariants();
+}
+
+TEST_F(BlockIndexTest, WriteBeyondDeclaredSizeIsOutOfRangeAndWritesNothing) {
+  auto chain = Chain(1);
+  auto a = index_->Allocate(spec_, {{Bytes(chain[0]), "", 100, 0}}, absl::ZeroDuration());
+  std::string zeros(100, '\0');
+  ASSERT_TRUE(index_->Write(a->allocation_id, Bytes(chain[0]), 0, zeros).ok());
+  EXPECT_EQ(index_->Write(a->allocation_id, Bytes(chain[0]), 90, std::string(11, 'x')).code(),
+            absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(index_->Write(a->allocation_id, Bytes(chain[0]), 101, "").code(),
+            absl::StatusCode::kOutOfRange);
+  // Nothing of the refused write landed: the zeros still commit.
+  EXPECT_TRUE(index_->Commit(a->allocation_id, {{Bytes(chain[0]), BlockChecksum(zeros.data(), 100)}}).ok());
+}
+
+TEST_F(BlockIndexTest, ExpiredWriteLeaseIsReclaimedAndReportedAsExpired) {
+  auto chain = Chain(1);
+  auto a = index_->Allocate(spec_, {{Bytes(chain[0]), "", kPage, 0}}, absl::Seconds(2));
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(pool_->used_bytes(), kPage);
+  clock_.Advance(absl::Seconds(3));
+  EXPECT_EQ(index_->ExpireLeases(), 1u);
+  EXPECT_EQ(pool_->used_bytes(), 0u);
+  auto c = index_->Commit(a->allocation_id, {{Bytes(chain[0]), 0}});
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("expired"));
+  EXPECT_EQ(index_->Stats().expired_allocations, 1u);
+  ExpectInvariants();
+}
+
+TEST_F(BlockIndexTest, ExpiryIsEnforcedEvenBeforeTheReaperRuns) {
+  auto chain = Chain(1);
+  auto a = index_->Allocate(spec_, {{Bytes(chain[0]), "", 10, 0}}, absl::Seconds(1));
+  clock_.Advance(absl::Seconds(2));
+  EXPECT_EQ(index_->Write(a->allocation_id, Bytes(chain[0]), 0, "x").code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(pool_->used_bytes(), 0u);
+}
+
+TEST_F(BlockIndexTest, SecondWriterSeesInProgressAndCommitted) {
+  auto chain = Chain(2);
+  auto a = index_->Allocate(spec_, {{Bytes(chain[0]), "", 10, 0}}, absl::ZeroDuration());
+  auto b = index_->Allocate(spec_, {{Bytes(chain[0]), "", 10, 0}, {Bytes(chain[1]), Bytes(chain[0]), 10, 0}},
+                            absl::ZeroDuration());
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->blocks[0].state, AllocateState::kInProgress);
+  EXPECT_EQ(b->blocks[1].state, AllocateState::kAllocated);
+  ASSERT_TRUE(index_->Abort(a->allocation_id, {}).ok());
+  ASSERT_TRUE(index_->Abort(b->allocation_id, {}).ok());
+  ASSERT_TRUE(Store(chain, 0, 1).ok());
+  auto c = index_->Allocate(spec_, {{Bytes(chain[0]), "", 10, 0}}, absl::ZeroDuration());
+  EXPECT_EQ(c->blocks[0].state, AllocateState::kAlreadyCommitted);
+  EXPECT_EQ(c->allocation_id, 0u);
+  ExpectInvariants();
+}
+
+TEST_F(BlockIndexTest, EvictionTakesLeastRecentlyUsedLeavesFirst) {
+  Reset(8 * kPage);
+  auto a = Chain(4, 1);
+  auto b = Chain(4, 2);
+  ASSERT_TRUE(Store(a, 0, 4).ok());
+  ASSERT_TRUE(Store(b, 0, 4).ok());
+  EXPECT_EQ(Found(a), 4u);  // a is now more recent than b.
+  auto c = Chain(2, 3);
+  ASSERT_TRUE(Store(c, 0, 2).ok());
+  // Two blocks had to go: b's deepest two, never a parent before its child.
+  EXPECT_EQ(Found(a), 4u);
+  EXPECT_EQ(Found(b), 2u);
+  EXPECT_EQ(index_->Stats().evictions, 2u);
+  ExpectInvariants();
+}
+
+TEST_F(BlockIndexTest, PrefixOrderHoldsEvenWhenTheParentIsColder) {
+  Reset(4 * kPage);
+  auto a = Chain(3, 1);
+  ASSERT_TRUE(Store(a, 0, 1).ok());
+  clock_.Advance(absl::Seconds(1));
+  ASSERT_TRUE(Store(a, 1, 3).ok());  // Children committed (touched) after their parent.
+  auto other = Chain(1, 9);
+  ASSERT_TRUE(Store(other, 0, 1).ok());
+  auto more = Chain(1, 10);
+  ASSERT_TRUE(Store(more, 0, 1).ok());  // One eviction: a leaf, not a's root.
+  EXPECT_EQ(Found(a), 2u);
+  ExpectInvariants();
+}
+
+TEST_F(BlockIndexTest, LeasedAndPinnedBlocksAreNeverEvicted) {
+  Reset(4 * kPage);
+  auto a = Chain(2, 1);
+  auto b = Chain(2, 2);
+  ASSERT_TRUE(Store(a, 0, 2).ok());
+  ASSERT_TRUE(Store(b, 0, 2).ok());
+  uint64_t lease = 0;
+  EXPECT_EQ(Found(a, true, &lease), 2u);
+  ASSERT_NE(lease, 0u);
+  ASSERT_TRUE(index_->SetPinned({Bytes(b[1])}, true).ok());
+  auto c = Chain(1, 3);
+  auto s = Store(c, 0, 1);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_EQ(Found(a), 2u);
+  EXPECT_EQ(Found(b), 2u);  // Nothing was evicted by the failed attempt.
+  EXPECT_EQ(index_->Stats().allocation_failures, 1u);
+  ASSERT_TRUE(index_->ReleaseLease(lease).ok());
+  EXPECT_EQ(index_->ReleaseLease(lease).code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(Store(c, 0, 1).ok());
+  EXPECT_EQ(Found(a), 1u);  // a's leaf went; pinned b stays whole.
+  EXPECT_EQ(Found(b), 2u);
+  ExpectInvariants();
+}
+
+TEST_F(BlockIndexTest, ReadLeaseExpires) {
+  Reset(2 * kPage);
+  auto a = Chain(2, 1);
+  ASSERT_TRUE(Store(a, 0, 2).ok());
+  uint64_t lease = 0;
+  Found(a, true, &lease);
+  clock_.Advance(absl::Seconds(11));
+  EXPECT_EQ(index_->ExpireLeases(), 1u);
+  EXPECT_EQ(index_->ReleaseLease(lease).code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(Store(Chain(1, 5), 0, 1).ok());
+  ExpectInvariants();
+}
+
+TEST_F(BlockIndexTest, BlockLargerThanTheTierIsResourceExhausted) {
+  auto chain = Chain(1);
+  auto r = index_->Allocate(spec_, {{Bytes(chain[0]), "", 65 * kPage, 0}}, absl::ZeroDuration());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST_F(BlockIndexTest, EvictRemovesDescendantsAndRefusesProtectedOnes) {
+  auto a = Chain(4);
+  ASSERT_TRUE(Store(a, 0, 4).ok());
+  ASSERT_TRUE(index_->SetPinned({Bytes(a[3])}, true).ok());
+  auto r = index_->Evict({Bytes(a[1])});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Found(a), 4u);
+  ASSERT_TRUE(index_->SetPinned({Bytes(a[3])}, false).ok());
+  r = index_->Evict({Bytes(a[1])});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->evicted, 3u);
+  EXPECT_EQ(Found(a), 1u);
+  EXPECT_EQ(index_->Evict({Bytes(a[2])}).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(index_->SetPinned({Bytes(a[2])}, true).status().code(), absl::StatusCode::kNotFound);
+  ExpectInvariants();
+}
+
+TEST_F(BlockIndexTest, ChildCommittedBeforeParentIsLinkedWhenParentArrives) {
+  Reset(3 * kPage);
+  auto a = Chain(2);
+  ASSERT_TRUE(Store(a, 1, 2).ok());
+  ASSERT_TRUE(Store(a, 0, 1).ok());
+  ExpectInvariants();
+  EXPECT_EQ(Found(a), 2u);
+  ASSERT_TRUE(Store(Chain(2, 7), 0, 2).ok());  // Needs one eviction: a[1], never a[0] first.
+  EXPECT_EQ(Found(a), 1u);
+  ExpectInvariants();
+}
+
+TEST_F(BlockIndexTest, InspectExplainsEveryKindOfMiss) {
+  auto chain = Chain(6);
+  ASSERT_TRUE(Store(chain, 0, 3).ok());
+  ASSERT_TRUE(index_->Evict({Bytes(chain[1])}).ok());  // Evicts 1 and 2.
+  ASSERT_TRUE(Store(chain, 2, 3).ok());                // 2 again: unreachable behind 1.
+  auto pending = index_->Allocate(spec_, {{Bytes(chain[3]), Bytes(chain[2]), 10, 0}},
+                                  absl::ZeroDuration());
+  std::vector<std::string> keys;
+  for (auto& k : chain) keys.push_back(Bytes(k));
+  auto r = index_->Inspect(keys, std::nullopt, [](size_t, const CommittedBlock&) {});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ((*r)[0].state, InspectState::kFound);
+  EXPECT_EQ((*r)[1].state, InspectState::kEvicted);
+  EXPECT_THAT((*r)[1].detail, HasSubstr("requested"));
+  EXPECT_EQ((*r)[2].state, InspectState::kUnreachable);
+  EXPECT_EQ((*r)[3].state, InspectState::kUncommitted);
+  EXPECT_EQ((*r)[4].state, InspectState::kNeverStored);
+}
+
+TEST_F(BlockIndexTest, InspectRecognisesTokensCachedUnderAnotherModel) {
+  std::vector<uint32_t> tokens(64);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = 7 * i;
+  ModelSpec other = spec_;
+  other.weights_digest = "seed:999";
+  auto other_keys = *ComputeBlockKeys(other, "", tokens);
+  std::swap(spec_, other);
+  ASSERT_TRUE(Store(other_keys, 0, 2).ok());
+  std::swap(spec_, other);
+  auto mine = *ComputeBlockKeys(spec_, "", tokens);
+  std::vector<std::string> keys;
+  for (auto& k : mine) keys.push_back(Bytes(k));
+  auto r = index_->Inspect(keys, BlockIndex::TokenQuery{spec_, "", tokens},
+                           [](size_t, const CommittedBlock&) {});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ((*r)[0].state, InspectState::kFingerprintMismatch);
+  EXPECT_THAT((*r)[0].detail, HasSubstr("seed:999"));
+  EXPECT_EQ((*r)[2].state, InspectState::kNeverStored);
+}
+
+TEST_F(BlockIndexTest, ReadCopiesBytesAndChecksumMatches) {
+  auto chain = Chain(1);
+  ASSERT_TRUE(Store(chain, 0, 1, 10000).ok());
+  std::string got;
+  uint64_t sum = 0;
+  ASSERT_TRUE(index_->Read(Bytes(chain[0]), 3000,
+                           [&](const CommittedBlock& b) { sum = b.checksum; },
+                           [&](uint64_t off, std::string_view d) {
+                             EXPECT_EQ(off, got.size());
+                             got.append(d);
+                             return true;
+                           }).ok());
+  EXPECT_EQ(got, Payload(chain[0], 10000));
+  EXPECT_EQ(sum, BlockChecksum(got.data(), got.size()));
+}
+
+TEST_F(BlockIndexTest, EventsFollowStoresAndEvictions) {
+  auto chain = Chain(2);
+  ASSERT_TRUE(Store(chain, 0, 2).ok());
+  ASSERT_TRUE(index_->Evict({Bytes(chain[0])}).ok());
+  auto r = events_->Read(1, 10);
+  ASSERT_EQ(r.events.size(), 4u);
+  EXPECT_EQ(r.events[0].type, EventType::kStored);
+  EXPECT_EQ(r.events[2].type, EventType::kEvicted);
+  EXPECT_EQ(r.events[2].key, chain[1]);  // Deepest first.
+  EXPECT_EQ(r.events[3].reason, "requested");
+}
+
+TEST_F(BlockIndexTest, DrainingRefusesAllocations) {
+  index_->SetDraining(true);
+  auto chain = Chain(1);
+  EXPECT_EQ(index_->Allocate(spec_, {{Bytes(chain[0]), "", 10, 0}}, absl::ZeroDuration()).status().code(),
+            absl::StatusCode::kUnavailable);
+  index_->SetDraining(false);
+  EXPECT_TRUE(Store(chain, 0, 1).ok());
+}
+
+TEST_F(BlockIndexTest, ConcurrentChurnKeepsInvariants) {
+  Reset(32 * kPage);
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      while (!stop) {
+        auto chain = Chain(1 + rng() % 6, rng() % 20);
+        size_t n = Found(chain, rng() % 2 == 0);
+        if (n < chain.size()) {
+          absl::Status s = Store(chain, n, chain.size());
+          EXPECT_TRUE(s.ok() || s.code() == absl::StatusCode::kResourceExhausted ||
+                      s.code() == absl::StatusCode::kNotFound)
+              << s;
+        }
+        if (rng() % 8 == 0) index_->ExpireLeases();
+      }
+    });
+  }
+  for (int i = 0; i < 20; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    clock_.Advance(absl::Seconds(3));
+    ExpectInvariants();
+  }
+  stop = true;
+  for (auto& th : threads) th.join();
+  clock_.Advance(absl::Seconds(60));
+  index_->ExpireLeases();
+  ExpectInvariants();
+  EXPECT_LE(pool_->used_bytes(), pool_->capacity_bytes());
+}
+
+}  // namespace
+}  // namespace tierkv
