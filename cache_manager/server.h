@@ -46,6 +46,9 @@ class CacheManagerServer {
   virtual std::string address() const = 0;
   // Stops accepting calls, cancels streams, and joins background threads. Idempotent.
   virtual void Shutdown() = 0;
+  // Checks the block index's invariants (pool accounting, eviction order, leases): OK or
+  // INTERNAL naming the first violation. For tests and operators' health checks.
+  virtual absl::Status CheckInvariants() = 0;
   // Blocks until Shutdown() is called (from another thread or a signal handler's helper).
   virtual void Wait() = 0;
 };

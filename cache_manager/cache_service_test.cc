@@ -1,0 +1,532 @@
+// CacheService and AdminService over real gRPC on 127.0.0.1, against an in-process server.
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <random>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "cache_manager/server.h"
+#include "cache_manager/service.h"
+#include "core/block_key.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tierkv/v1/admin_service.grpc.pb.h"
+#include "tierkv/v1/cache_service.grpc.pb.h"
+
+namespace tierkv {
+namespace {
+
+using ::testing::HasSubstr;
+
+class CacheServiceTest : public ::testing::Test {
+ protected:
+  void StartServer(uint64_t capacity = 4 << 20, uint32_t event_buffer = 4096) {
+    CacheManagerOptions options;
+    options.listen_address = "127.0.0.1:0";
+    options.host_capacity_bytes = capacity;
+    options.page_bytes = 4096;
+    options.event_buffer = event_buffer;
+    auto server = CacheManagerServer::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(server).value();
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(64 << 20);
+    channel_ = grpc::CreateCustomChannel(server_->address(), grpc::InsecureChannelCredentials(),
+                                         args);
+    cache_ = v1::CacheService::NewStub(channel_);
+    admin_ = v1::AdminService::NewStub(channel_);
+  }
+  void SetUp() override { StartServer(); }
+  void TearDown() override {
+    if (server_) {
+      EXPECT_TRUE(server_->CheckInvariants().ok()) << server_->CheckInvariants();
+      server_->Shutdown();
+    }
+  }
+
+  std::unique_ptr<grpc::ClientContext> Ctx() {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    return ctx;
+  }
+
+  std::vector<BlockKey> Chain(size_t n, uint32_t seed = 0) {
+    std::vector<uint32_t> tokens(n * 16);
+    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = seed * 7919 + i;
+    return *ComputeBlockKeys(BuiltinTinyModelSpec(), "", tokens);
+  }
+
+  static std::string Payload(const BlockKey& key, size_t size) {
+    std::string data(size, '\0');
+    std::mt19937_64 rng(key[0] | key[1] << 8 | key[2] << 16);
+    for (auto& c : data) c = static_cast<char>(rng());
+    return data;
+  }
+
+  grpc::Status Allocate(const std::vector<BlockKey>& chain, size_t from, size_t to, size_t size,
+                        v1::AllocateResponse* response, uint32_t ttl_ms = 0) {
+    v1::AllocateRequest req;
+    ModelSpecToProto(BuiltinTinyModelSpec(), req.mutable_model());
+    req.set_lease_ttl_ms(ttl_ms);
+    for (size_t i = from; i < to; ++i) {
+      auto* b = req.add_blocks();
+      b->set_key(std::string(KeyBytes(chain[i])));
+      if (i > 0) b->set_parent_key(std::string(KeyBytes(chain[i - 1])));
+      b->set_size(size);
+    }
+    return cache_->Allocate(Ctx().get(), req, response);
+  }
+
+  grpc::Status Put(uint64_t allocation, const BlockKey& key, const std::string& data,
+                   size_t chunk = 1000) {
+    v1::PutResponse response;
+    auto ctx = Ctx();
+    auto writer = cache_->Put(ctx.get(), &response);
+    for (size_t off = 0; off < data.size(); off += chunk) {
+      v1::PutRequest req;
+      if (off == 0) {
+        req.set_allocation_id(allocation);
+        req.set_key(std::string(KeyBytes(key)));
+      }
+      req.set_offset(off);
+      req.set_data(data.substr(off, chunk));
+      if (!writer->Write(req)) break;
+    }
+    writer->WritesDone();
+    return writer->Finish();
+  }
+
+  grpc::Status Commit(uint64_t allocation, const std::vector<std::pair<BlockKey, uint64_t>>& sums) {
+    v1::CommitRequest req;
+    req.set_allocation_id(allocation);
+    for (auto& [key, sum] : sums) {
+      auto* b = req.add_blocks();
+      b->set_key(std::string(KeyBytes(key)));
+      b->set_checksum(sum);
+    }
+    v1::CommitResponse response;
+    return cache_->Commit(Ctx().get(), req, &response);
+  }
+
+  // Allocate + Put + Commit of chain[from, to), blocks of `size` bytes.
+  grpc::Status Store(const std::vector<BlockKey>& chain, size_t from, size_t to, size_t size) {
+    v1::AllocateResponse a;
+    grpc::Status s = Allocate(chain, from, to, size, &a);
+    if (!s.ok()) return s;
+    std::vector<std::pair<BlockKey, uint64_t>> sums;
+    for (auto& b : a.blocks()) {
+      if (b.state() != v1::AllocateResponse::STATE_ALLOCATED) continue;
+      BlockKey key = *BlockKeyFromBytes(b.key());
+      std::string data = Payload(key, size);
+      s = Put(a.allocation_id(), key, data);
+      if (!s.ok()) return s;
+      sums.emplace_back(key, BlockChecksum(data.data(), data.size()));
+    }
+    if (sums.empty()) return grpc::Status::OK;
+    return Commit(a.allocation_id(), sums);
+  }
+
+  grpc::Status Lookup(const std::vector<BlockKey>& chain, v1::LookupResponse* response,
+                      bool lease = false) {
+    v1::LookupRequest req;
+    for (auto& k : chain) req.add_keys(std::string(KeyBytes(k)));
+    req.set_lease(lease);
+    return cache_->Lookup(Ctx().get(), req, response);
+  }
+
+  grpc::Status Get(const BlockKey& key, std::string* data, v1::BlockInfo* info = nullptr) {
+    v1::GetRequest req;
+    req.set_key(std::string(KeyBytes(key)));
+    req.set_chunk_bytes(3000);
+    auto ctx = Ctx();
+    auto reader = cache_->Get(ctx.get(), req);
+    v1::GetResponse msg;
+    data->clear();
+    while (reader->Read(&msg)) {
+      if (msg.has_info() && info) *info = msg.info();
+      EXPECT_EQ(msg.offset(), data->size());
+      data->append(msg.data());
+    }
+    return reader->Finish();
+  }
+
+  std::unique_ptr<CacheManagerServer> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::CacheService::Stub> cache_;
+  std::unique_ptr<v1::AdminService::Stub> admin_;
+};
+
+TEST_F(CacheServiceTest, PutCommitLookupGetRoundTrip) {
+  auto chain = Chain(3);
+  ASSERT_TRUE(Store(chain, 0, 3, 10000).ok());
+  v1::LookupResponse found;
+  ASSERT_TRUE(Lookup(chain, &found).ok());
+  ASSERT_EQ(found.blocks_size(), 3);
+  EXPECT_EQ(found.blocks(0).location().tier(), v1::TIER_HOST);
+  EXPECT_EQ(found.blocks(0).size(), 10000u);
+  std::string data;
+  v1::BlockInfo info;
+  ASSERT_TRUE(Get(chain[1], &data, &info).ok());
+  EXPECT_EQ(data, Payload(chain[1], 10000));
+  EXPECT_EQ(BlockChecksum(data.data(), data.size()), found.blocks(1).checksum());
+  EXPECT_EQ(info.parent_key(), std::string(KeyBytes(chain[0])));
+  EXPECT_EQ(info.location().node(), server_->address());
+}
+
+TEST_F(CacheServiceTest, BadInputGetsSpecificCodesAndChangesNothing) {
+  auto chain = Chain(2);
+  v1::LookupResponse lr;
+  v1::LookupRequest bad_lookup;
+  bad_lookup.add_keys("not-a-key");
+  EXPECT_EQ(cache_->Lookup(Ctx().get(), bad_lookup, &lr).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  v1::AllocateRequest no_model;
+  no_model.add_blocks()->set_key(std::string(KeyBytes(chain[0])));
+  v1::AllocateResponse ar;
+  EXPECT_EQ(cache_->Allocate(Ctx().get(), no_model, &ar).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  // Unknown allocation.
+  EXPECT_EQ(Commit(12345, {{chain[0], 1}}).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(Put(12345, chain[0], "abc").error_code(), grpc::StatusCode::NOT_FOUND);
+
+  // Wrong checksum: DATA_LOSS, block stays invisible.
+  v1::AllocateResponse a;
+  ASSERT_TRUE(Allocate(chain, 0, 1, 5000, &a).ok());
+  std::string data = Payload(chain[0], 5000);
+  ASSERT_TRUE(Put(a.allocation_id(), chain[0], data).ok());
+  auto s = Commit(a.allocation_id(), {{chain[0], BlockChecksum(data.data(), data.size()) + 1}});
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::DATA_LOSS);
+  EXPECT_THAT(s.error_message(), HasSubstr("checksum"));
+  ASSERT_TRUE(Lookup(chain, &lr).ok());
+  EXPECT_EQ(lr.blocks_size(), 0);
+
+  // Put beyond the declared size.
+  EXPECT_EQ(Put(a.allocation_id(), chain[0], data + "x", 10000).error_code(),
+            grpc::StatusCode::OUT_OF_RANGE);
+
+  // Capacity exhausted: a block larger than the tier.
+  v1::AllocateResponse big;
+  EXPECT_EQ(Allocate(Chain(1, 5), 0, 1, 8 << 20, &big).error_code(),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);
+
+  // Expired lease.
+  v1::AllocateResponse shortlived;
+  auto other = Chain(1, 9);
+  ASSERT_TRUE(Allocate(other, 0, 1, 100, &shortlived, 50).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  s = Commit(shortlived.allocation_id(), {{other[0], 0}});
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(), HasSubstr("expired"));
+
+  // Malformed keys for operator calls.
+  v1::EvictRequest evict;
+  evict.add_keys("zz");
+  v1::EvictResponse er;
+  EXPECT_EQ(cache_->Evict(Ctx().get(), evict, &er).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  v1::ListBlocksRequest list;
+  list.set_page_token("garbage");
+  v1::ListBlocksResponse lbr;
+  EXPECT_EQ(admin_->ListBlocks(Ctx().get(), list, &lbr).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  v1::StatsResponse stats;
+  ASSERT_TRUE(admin_->Stats(Ctx().get(), v1::StatsRequest(), &stats).ok());
+  EXPECT_EQ(stats.tiers(0).blocks(), 0u);
+  EXPECT_EQ(stats.checksum_failures(), 1u);
+  EXPECT_EQ(stats.expired_allocations(), 1u);
+  EXPECT_EQ(stats.allocation_failures(), 1u);
+}
+
+TEST_F(CacheServiceTest, InspectByTokensExplainsMisses) {
+  ModelSpec spec = BuiltinTinyModelSpec();
+  std::vector<uint32_t> tokens(16 * 4 + 5);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = 100 + i;
+  auto keys = *ComputeBlockKeys(spec, "", tokens);
+  ASSERT_TRUE(Store(keys, 0, 2, 4096).ok());
+  v1::EvictRequest evict;
+  evict.add_keys(std::string(KeyBytes(keys[1])));
+  v1::EvictResponse er;
+  ASSERT_TRUE(cache_->Evict(Ctx().get(), evict, &er).ok());
+
+  v1::InspectPrefixRequest req;
+  ModelSpecToProto(spec, req.mutable_tokens()->mutable_model());
+  for (uint32_t t : tokens) req.mutable_tokens()->add_tokens(t);
+  v1::InspectPrefixResponse resp;
+  ASSERT_TRUE(admin_->InspectPrefix(Ctx().get(), req, &resp).ok());
+  ASSERT_EQ(resp.blocks_size(), 4);
+  EXPECT_EQ(resp.prefix_blocks(), 1u);
+  EXPECT_EQ(resp.tail_tokens(), 5u);
+  EXPECT_EQ(resp.blocks(0).state(), v1::InspectPrefixResponse::STATE_FOUND);
+  EXPECT_EQ(resp.blocks(1).state(), v1::InspectPrefixResponse::STATE_EVICTED);
+  EXPECT_EQ(resp.blocks(2).state(), v1::InspectPrefixResponse::STATE_NEVER_STORED);
+
+  req.mutable_tokens()->mutable_model()->set_block_tokens(12);
+  EXPECT_EQ(admin_->InspectPrefix(Ctx().get(), req, &resp).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(CacheServiceTest, WatchStreamsStoredAndEvictedEvents) {
+  auto chain = Chain(2);
+  grpc::ClientContext ctx;
+  v1::WatchEventsRequest req;
+  req.set_from_sequence(1);
+  auto reader = cache_->WatchEvents(&ctx, req);
+  ASSERT_TRUE(Store(chain, 0, 2, 100).ok());
+  v1::EvictRequest evict;
+  evict.add_keys(std::string(KeyBytes(chain[0])));
+  v1::EvictResponse er;
+  ASSERT_TRUE(cache_->Evict(Ctx().get(), evict, &er).ok());
+  std::vector<v1::Event> got;
+  v1::Event e;
+  while (got.size() < 4 && reader->Read(&e)) got.push_back(e);
+  ctx.TryCancel();
+  reader->Finish();
+  ASSERT_EQ(got.size(), 4u);
+  EXPECT_EQ(got[0].type(), v1::Event::TYPE_STORED);
+  EXPECT_EQ(got[0].sequence(), 1u);
+  EXPECT_EQ(got[3].type(), v1::Event::TYPE_EVICTED);
+  EXPECT_EQ(got[3].reason(), "requested");
+}
+
+TEST_F(CacheServiceTest, WatcherBehindIsToldWhatItMissed) {
+  TearDown();
+  StartServer(4 << 20, /*event_buffer=*/4);
+  for (uint32_t i = 0; i < 10; ++i) ASSERT_TRUE(Store(Chain(1, 100 + i), 0, 1, 100).ok());
+  grpc::ClientContext ctx;
+  v1::WatchEventsRequest req;
+  req.set_from_sequence(1);
+  auto reader = cache_->WatchEvents(&ctx, req);
+  v1::Event e;
+  ASSERT_TRUE(reader->Read(&e));
+  EXPECT_EQ(e.type(), v1::Event::TYPE_MISSED);
+  EXPECT_EQ(e.missed_from(), 1u);
+  EXPECT_EQ(e.missed_to(), 6u);
+  ASSERT_TRUE(reader->Read(&e));
+  EXPECT_EQ(e.type(), v1::Event::TYPE_STORED);
+  EXPECT_EQ(e.sequence(), 7u);
+  ctx.TryCancel();
+  reader->Finish();
+}
+
+TEST_F(CacheServiceTest, HealthAndReflectionAreServed) {
+  // Health: the default service answers Check for the empty service name.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  // grpc.health.v1.HealthCheckRequest{service=""} serializes to no bytes; the response
+  // {status=SERVING} to 0x08 0x01.
+  grpc::GenericStub generic(channel_);
+  grpc::ByteBuffer request_buffer;
+  grpc::Slice empty("");
+  request_buffer = grpc::ByteBuffer(&empty, 1);
+  grpc::ByteBuffer response_buffer;
+  absl::Notification done;
+  grpc::Status status;
+  generic.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request_buffer,
+                    &response_buffer, [&](grpc::Status s) {
+                      status = s;
+                      done.Notify();
+                    });
+  done.WaitForNotification();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(response_buffer.Dump(&slices).ok());
+  std::string bytes;
+  for (auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  EXPECT_EQ(bytes, std::string("\x08\x01", 2));
+
+  // Reflection: ServerReflectionInfo with list_services (field 7, "") names our services.
+  grpc::ClientContext rctx;
+  rctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::CompletionQueue cq;
+  auto call = generic.PrepareCall(&rctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  void* tag;
+  bool ok;
+  auto step = [&](intptr_t want) {
+    EXPECT_TRUE(cq.Next(&tag, &ok));
+    EXPECT_EQ(reinterpret_cast<intptr_t>(tag), want);
+    return ok;
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(step(1));
+  grpc::Slice list_services(std::string("\x3a\x00", 2));
+  grpc::ByteBuffer list_request(&list_services, 1);
+  call->Write(list_request, reinterpret_cast<void*>(2));
+  ASSERT_TRUE(step(2));
+  grpc::ByteBuffer reply;
+  call->Read(&reply, reinterpret_cast<void*>(3));
+  ASSERT_TRUE(step(3));
+  slices.clear();
+  ASSERT_TRUE(reply.Dump(&slices).ok());
+  bytes.clear();
+  for (auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  EXPECT_THAT(bytes, HasSubstr("tierkv.v1.CacheService"));
+  EXPECT_THAT(bytes, HasSubstr("tierkv.v1.AdminService"));
+  EXPECT_THAT(bytes, HasSubstr("grpc.health.v1.Health"));
+  call->WritesDone(reinterpret_cast<void*>(4));
+  step(4);
+  grpc::Status finish;
+  call->Finish(&finish, reinterpret_cast<void*>(5));
+  step(5);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+}
+
+// Many clients doing Lookup (with leases) / Allocate / Put / Commit / Evict / Pin against a
+// small tier for a bounded time. Afterwards: the server's invariants hold; every block read
+// under a lease was intact; every pinned block is still there; and every block whose Commit
+// returned OK is either still found or was reported evicted.
+TEST_F(CacheServiceTest, ConcurrentClientsKeepInvariants) {
+  TearDown();
+  StartServer(/*capacity=*/256 * 4096, /*event_buffer=*/1 << 20);
+  grpc::ClientContext watch_ctx;
+  v1::WatchEventsRequest watch_req;
+  watch_req.set_from_sequence(1);
+  auto watch = cache_->WatchEvents(&watch_ctx, watch_req);
+  absl::Mutex mu;
+  std::set<BlockKey> committed;
+  std::map<BlockKey, std::vector<uint64_t>> evicted;  // Key -> eviction event sequences.
+  std::map<BlockKey, uint64_t> pinned;                 // Key -> last event before the pin.
+  std::atomic<int> corrupt{0}, leased_missing{0}, unexpected{0}, stores{0};
+  std::thread watcher([&] {
+    v1::Event e;
+    while (watch->Read(&e)) {
+      if (e.type() == v1::Event::TYPE_EVICTED) {
+        absl::MutexLock lock(&mu);
+        evicted[*BlockKeyFromBytes(e.key())].push_back(e.sequence());
+      }
+      if (e.type() == v1::Event::TYPE_MISSED) ++unexpected;
+    }
+  });
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 6; ++t) {
+    clients.emplace_back([&, t] {
+      std::mt19937 rng(t + 1);
+      while (!stop) {
+        auto chain = Chain(1 + rng() % 8, rng() % 40);
+        const size_t size = 4096 * (1 + rng() % 3);
+        v1::LookupResponse found;
+        if (!Lookup(chain, &found, /*lease=*/true).ok()) {
+          ++unexpected;
+          continue;
+        }
+        // Under the lease every found block must stay readable and intact.
+        for (int i = 0; i < found.blocks_size(); ++i) {
+          std::string data;
+          grpc::Status s = Get(chain[i], &data);
+          if (!s.ok()) {
+            ++leased_missing;
+          } else if (BlockChecksum(data.data(), data.size()) != found.blocks(i).checksum()) {
+            ++corrupt;
+          }
+        }
+        if (found.lease_id() != 0 && rng() % 4 != 0) {
+          v1::ReleaseLeaseRequest rel;
+          rel.set_lease_id(found.lease_id());
+          v1::ReleaseLeaseResponse rr;
+          if (!cache_->ReleaseLease(Ctx().get(), rel, &rr).ok()) ++unexpected;
+        }
+        const size_t have = found.blocks_size();
+        if (have < chain.size()) {
+          // Sizes of a chain must agree between writers; derive from the chain's seed.
+          const size_t chain_size = 4096 * (1 + chain[0][0] % 3);
+          v1::AllocateResponse a;
+          grpc::Status s = Allocate(chain, have, chain.size(), chain_size, &a);
+          if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) continue;
+          if (!s.ok()) {
+            ++unexpected;
+            continue;
+          }
+          std::vector<std::pair<BlockKey, uint64_t>> sums;
+          for (auto& b : a.blocks()) {
+            if (b.state() != v1::AllocateResponse::STATE_ALLOCATED) continue;
+            BlockKey key = *BlockKeyFromBytes(b.key());
+            std::string data = Payload(key, chain_size);
+            if (!Put(a.allocation_id(), key, data, 4096).ok()) ++unexpected;
+            sums.emplace_back(key, BlockChecksum(data.data(), data.size()));
+          }
+          if (!sums.empty()) {
+            if (Commit(a.allocation_id(), sums).ok()) {
+              absl::MutexLock lock(&mu);
+              for (auto& [k, sum] : sums) committed.insert(k);
+              ++stores;
+            } else {
+              ++unexpected;
+            }
+          }
+        }
+        (void)size;
+        if (rng() % 10 == 0 && have > 0) {
+          v1::EvictRequest ev;
+          ev.add_keys(std::string(KeyBytes(chain[rng() % have])));
+          v1::EvictResponse er;
+          auto s = cache_->Evict(Ctx().get(), ev, &er);
+          if (!s.ok() && s.error_code() != grpc::StatusCode::FAILED_PRECONDITION &&
+              s.error_code() != grpc::StatusCode::NOT_FOUND) {
+            ++unexpected;
+          }
+        }
+        if (t == 0 && rng() % 20 == 0 && have > 0) {
+          v1::PinRequest pin;
+          pin.add_keys(std::string(KeyBytes(chain[0])));
+          v1::PinResponse pr;
+          v1::StatsResponse after_pin;
+          if (cache_->Pin(Ctx().get(), pin, &pr).ok() &&
+              admin_->Stats(Ctx().get(), v1::StatsRequest(), &after_pin).ok()) {
+            absl::MutexLock lock(&mu);
+            if (pinned.size() < 8 || pinned.count(chain[0])) {
+              pinned.emplace(chain[0], after_pin.last_event_sequence());
+            } else {
+              cache_->Unpin(Ctx().get(), pin, &pr);
+            }
+          }
+        }
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  stop = true;
+  for (auto& c : clients) c.join();
+  // Let the watcher drain what was published, then stop it.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  watch_ctx.TryCancel();
+  watcher.join();
+  watch->Finish();
+
+  EXPECT_GT(stores.load(), 20);
+  EXPECT_EQ(corrupt.load(), 0);
+  EXPECT_EQ(leased_missing.load(), 0);
+  EXPECT_EQ(unexpected.load(), 0);
+  ASSERT_TRUE(server_->CheckInvariants().ok()) << server_->CheckInvariants();
+  v1::StatsResponse stats;
+  ASSERT_TRUE(admin_->Stats(Ctx().get(), v1::StatsRequest(), &stats).ok());
+  EXPECT_LE(stats.tiers(0).used_bytes(), stats.tiers(0).capacity_bytes());
+  EXPECT_GT(stats.tiers(0).evictions(), 0u);
+  absl::MutexLock lock(&mu);
+  for (const auto& [key, pinned_at] : pinned) {
+    v1::LookupResponse r;
+    ASSERT_TRUE(Lookup({key}, &r).ok());
+    EXPECT_EQ(r.blocks_size(), 1) << "pinned block " << ToHex(key) << " is gone";
+    for (uint64_t seq : evicted[key]) {
+      EXPECT_LE(seq, pinned_at) << "pinned block " << ToHex(key) << " evicted at event " << seq;
+    }
+  }
+  // Nothing committed is lost except by eviction.
+  for (const BlockKey& key : committed) {
+    if (evicted.count(key)) continue;
+    std::string data;
+    EXPECT_TRUE(Get(key, &data).ok()) << "block " << ToHex(key) << " vanished without eviction";
+  }
+}
+
+}  // namespace
+}  // namespace tierkv

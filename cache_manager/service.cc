@@ -1,0 +1,576 @@
+#include "cache_manager/service.h"
+
+#include <algorithm>
+#include <charconv>
+#include <deque>
+
+#include "absl/strings/str_cat.h"
+#include "proto/grpc_status.h"
+
+namespace tierkv {
+namespace {
+
+constexpr uint64_t kDefaultChunkBytes = 1 << 20;
+constexpr uint64_t kMaxChunkBytes = 4 << 20;
+constexpr uint32_t kDefaultListPage = 1000;
+constexpr uint32_t kMaxListPage = 10000;
+constexpr size_t kMaxInspectTokens = 16 << 20;
+
+absl::Duration TtlFromMs(uint32_t ms) { return absl::Milliseconds(ms); }
+
+grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* context, const absl::Status& status) {
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+std::vector<std::string> Strings(const google::protobuf::RepeatedPtrField<std::string>& in) {
+  return std::vector<std::string>(in.begin(), in.end());
+}
+
+void FillLocation(const ServiceContext& ctx, const PoolAllocation& space,
+                  v1::BlockLocation* location) {
+  location->set_tier(v1::TIER_HOST);
+  for (const PoolExtent& e : space.extents) {
+    auto* extent = location->add_extents();
+    extent->set_offset(e.offset);
+    extent->set_length(e.length);
+  }
+}
+
+void FillBlockInfo(const ServiceContext& ctx, const CommittedBlock& block, v1::BlockInfo* info) {
+  info->set_key(std::string(KeyBytes(block.key)));
+  if (block.parent) info->set_parent_key(std::string(KeyBytes(*block.parent)));
+  info->set_size(block.size);
+  info->set_checksum(block.checksum);
+  info->set_codec(static_cast<v1::Codec>(block.codec));
+  info->set_fingerprint(std::string(KeyBytes(block.fingerprint)));
+  auto* location = info->mutable_location();
+  location->set_node(ctx.node_name());
+  FillLocation(ctx, block.space, location);
+  info->set_pinned(block.pinned);
+  info->set_readers(block.readers);
+  info->set_children(block.children);
+  info->set_hits(block.hits);
+  info->set_committed_unix_ms(absl::ToUnixMillis(block.committed_at));
+  info->set_last_access_unix_ms(absl::ToUnixMillis(block.last_access));
+}
+
+v1::InspectPrefixResponse::State ToProto(InspectState state) {
+  switch (state) {
+    case InspectState::kFound:
+      return v1::InspectPrefixResponse::STATE_FOUND;
+    case InspectState::kNeverStored:
+      return v1::InspectPrefixResponse::STATE_NEVER_STORED;
+    case InspectState::kEvicted:
+      return v1::InspectPrefixResponse::STATE_EVICTED;
+    case InspectState::kUncommitted:
+      return v1::InspectPrefixResponse::STATE_UNCOMMITTED;
+    case InspectState::kFingerprintMismatch:
+      return v1::InspectPrefixResponse::STATE_FINGERPRINT_MISMATCH;
+    case InspectState::kUnreachable:
+      return v1::InspectPrefixResponse::STATE_UNREACHABLE;
+  }
+  return v1::InspectPrefixResponse::STATE_UNSPECIFIED;
+}
+
+// Put: the first message names the allocation and block; every message carries bytes at
+// its offset. Bytes go straight from the received message into the pool.
+class PutReactor : public grpc::ServerReadReactor<v1::PutRequest> {
+ public:
+  PutReactor(const ServiceContext& ctx, v1::PutResponse* response)
+      : ctx_(ctx), response_(response) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // The client half-closed: all data received.
+      if (!started_) {
+        Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            "Put stream carried no message; send allocation_id and key first"));
+        return;
+      }
+      response_->set_bytes_written(written_);
+      Finish(grpc::Status::OK);
+      return;
+    }
+    if (!started_) {
+      started_ = true;
+      allocation_id_ = request_.allocation_id();
+      key_ = request_.key();
+    } else if ((request_.allocation_id() != 0 && request_.allocation_id() != allocation_id_) ||
+               (!request_.key().empty() && request_.key() != key_)) {
+      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "a Put stream writes one block: later messages must repeat the first "
+                          "message's allocation_id and key, or leave them empty"));
+      return;
+    }
+    absl::Status status =
+        ctx_.index->Write(allocation_id_, key_, request_.offset(), request_.data());
+    if (!status.ok()) {
+      Finish(ToGrpcStatus(status));
+      return;
+    }
+    written_ += request_.data().size();
+    StartRead(&request_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  const ServiceContext& ctx_;
+  v1::PutResponse* response_;
+  v1::PutRequest request_;
+  bool started_ = false;
+  uint64_t allocation_id_ = 0;
+  std::string key_;
+  uint64_t written_ = 0;
+};
+
+// Get: the block is copied out of the pool into response messages while it is held against
+// eviction, then streamed.
+class GetReactor : public grpc::ServerWriteReactor<v1::GetResponse> {
+ public:
+  GetReactor(const ServiceContext& ctx, const v1::GetRequest* request) {
+    uint64_t chunk = request->chunk_bytes() == 0 ? kDefaultChunkBytes : request->chunk_bytes();
+    if (chunk > kMaxChunkBytes) {
+      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          absl::StrCat("chunk_bytes ", chunk, " is above the maximum of ",
+                                       kMaxChunkBytes)));
+      return;
+    }
+    v1::BlockInfo info;
+    absl::Status status = ctx.index->Read(
+        request->key(), chunk, [&](const CommittedBlock& b) { FillBlockInfo(ctx, b, &info); },
+        [&](uint64_t offset, std::string_view data) {
+          v1::GetResponse& msg = messages_.emplace_back();
+          msg.set_offset(offset);
+          msg.set_data(std::string(data));
+          return true;
+        });
+    if (!status.ok()) {
+      Finish(ToGrpcStatus(status));
+      return;
+    }
+    if (messages_.empty()) messages_.emplace_back();
+    *messages_.front().mutable_info() = std::move(info);
+    NextWrite();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client stopped reading"));
+      return;
+    }
+    messages_.pop_front();
+    NextWrite();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void NextWrite() {
+    if (messages_.empty()) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    StartWrite(&messages_.front());
+  }
+
+  std::deque<v1::GetResponse> messages_;
+};
+
+// WatchEvents: one event in flight at a time; a cursor behind the log's window produces a
+// TYPE_MISSED event instead of a silent skip.
+class WatchReactor : public grpc::ServerWriteReactor<v1::Event> {
+ public:
+  WatchReactor(const ServiceContext& ctx, const v1::WatchEventsRequest* request)
+      : events_(ctx.events) {
+    {
+      absl::MutexLock lock(&mu_);
+      cursor_ = request->from_sequence() != 0 ? request->from_sequence()
+                                              : events_->last_sequence() + 1;
+    }
+    handle_ = events_->Subscribe([this] { TryWrite(); });
+    TryWrite();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      FinishOnce("watcher went away");
+      return;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+    }
+    TryWrite();
+  }
+
+  void OnCancel() override { FinishOnce("watch cancelled"); }
+
+  void OnDone() override {
+    events_->Unsubscribe(handle_);
+    delete this;
+  }
+
+ private:
+  void TryWrite() {
+    absl::MutexLock lock(&mu_);
+    if (writing_ || finished_) return;
+    EventLog::ReadResult r = events_->Read(cursor_, 1);
+    message_.Clear();
+    if (r.missed_from != 0) {
+      message_.set_type(v1::Event::TYPE_MISSED);
+      message_.set_sequence(r.missed_to);
+      message_.set_missed_from(r.missed_from);
+      message_.set_missed_to(r.missed_to);
+      cursor_ = r.missed_to + 1;
+    } else if (!r.events.empty()) {
+      const CacheEvent& e = r.events.front();
+      message_.set_sequence(e.sequence);
+      message_.set_type(static_cast<v1::Event::Type>(e.type));
+      message_.set_key(std::string(KeyBytes(e.key)));
+      if (e.parent) message_.set_parent_key(std::string(KeyBytes(*e.parent)));
+      message_.set_tier(v1::TIER_HOST);
+      message_.set_size(e.size);
+      message_.set_unix_ms(absl::ToUnixMillis(e.time));
+      message_.set_reason(e.reason);
+      cursor_ = e.sequence + 1;
+    } else {
+      return;
+    }
+    writing_ = true;
+    StartWrite(&message_);
+  }
+
+  // Finish runs inside a reaction, so OnDone (which deletes this) cannot run before the
+  // lock is released.
+  void FinishOnce(const char* why) {
+    absl::MutexLock lock(&mu_);
+    if (finished_) return;
+    finished_ = true;
+    Finish(grpc::Status(grpc::StatusCode::CANCELLED, why));
+  }
+
+  EventLog* const events_;
+  uint64_t handle_ = 0;
+  absl::Mutex mu_;
+  uint64_t cursor_ ABSL_GUARDED_BY(mu_) = 0;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  v1::Event message_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+ModelSpec ModelSpecFromProto(const v1::ModelSpec& proto) {
+  ModelSpec spec;
+  spec.model_id = proto.model_id();
+  spec.weights_digest = proto.weights_digest();
+  spec.num_layers = proto.num_layers();
+  spec.num_kv_heads = proto.num_kv_heads();
+  spec.head_dim = proto.head_dim();
+  spec.kv_dtype = proto.kv_dtype();
+  spec.block_tokens = proto.block_tokens();
+  spec.tp_rank = proto.tp_rank();
+  spec.tp_size = proto.tp_size();
+  return spec;
+}
+
+void ModelSpecToProto(const ModelSpec& spec, v1::ModelSpec* proto) {
+  proto->set_model_id(spec.model_id);
+  proto->set_weights_digest(spec.weights_digest);
+  proto->set_num_layers(spec.num_layers);
+  proto->set_num_kv_heads(spec.num_kv_heads);
+  proto->set_head_dim(spec.head_dim);
+  proto->set_kv_dtype(spec.kv_dtype);
+  proto->set_block_tokens(spec.block_tokens);
+  proto->set_tp_rank(spec.tp_rank);
+  proto->set_tp_size(spec.tp_size);
+}
+
+// ---------------------------------------------------------------------------------------
+// CacheService
+
+grpc::ServerUnaryReactor* CacheServiceImpl::Lookup(grpc::CallbackServerContext* context,
+                                                   const v1::LookupRequest* request,
+                                                   v1::LookupResponse* response) {
+  std::optional<Digest> fingerprint;
+  if (!request->fingerprint().empty()) {
+    auto fp = BlockKeyFromBytes(request->fingerprint());
+    if (!fp.ok()) {
+      return Done(context, absl::InvalidArgumentError(
+                               absl::StrCat("fingerprint: ", fp.status().message())));
+    }
+    fingerprint = *fp;
+  }
+  std::vector<uint32_t> codecs(request->accept_codecs().begin(), request->accept_codecs().end());
+  for (uint32_t& c : codecs) {
+    if (c == v1::CODEC_UNSPECIFIED) c = v1::CODEC_RAW;
+  }
+  // Keys, parents and fingerprint are implied by the request, so Lookup's BlockInfo carries
+  // only what the caller cannot know: size, checksum, codec and location.
+  response->mutable_blocks()->Reserve(request->keys_size());
+  auto result = ctx_.index->Lookup(
+      Strings(request->keys()), fingerprint, codecs, request->lease(),
+      TtlFromMs(request->lease_ttl_ms()), [&](const CommittedBlock& block) {
+        v1::BlockInfo* info = response->add_blocks();
+        info->set_size(block.size);
+        info->set_checksum(block.checksum);
+        info->set_codec(static_cast<v1::Codec>(block.codec));
+        FillLocation(ctx_, block.space, info->mutable_location());
+      });
+  if (!result.ok()) return Done(context, result.status());
+  response->set_lease_id(result->lease_id);
+  if (result->lease_id != 0) {
+    response->set_lease_expires_unix_ms(absl::ToUnixMillis(result->lease_expires));
+  }
+  return Done(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* CacheServiceImpl::Allocate(grpc::CallbackServerContext* context,
+                                                     const v1::AllocateRequest* request,
+                                                     v1::AllocateResponse* response) {
+  if (!request->has_model()) {
+    return Done(context, absl::InvalidArgumentError(
+                             "Allocate needs the model spec the blocks belong to"));
+  }
+  std::vector<AllocateBlockSpec> blocks;
+  blocks.reserve(request->blocks_size());
+  for (const auto& b : request->blocks()) {
+    blocks.push_back({b.key(), b.parent_key(), b.size(), static_cast<uint32_t>(b.codec())});
+  }
+  auto result = ctx_.index->Allocate(ModelSpecFromProto(request->model()), blocks,
+                                     TtlFromMs(request->lease_ttl_ms()));
+  if (!result.ok()) return Done(context, result.status());
+  response->set_allocation_id(result->allocation_id);
+  if (result->allocation_id != 0) {
+    response->set_lease_expires_unix_ms(absl::ToUnixMillis(result->lease_expires));
+  }
+  for (const AllocateResult::Block& b : result->blocks) {
+    auto* out = response->add_blocks();
+    out->set_key(std::string(KeyBytes(b.key)));
+    switch (b.state) {
+      case AllocateState::kAllocated:
+        out->set_state(v1::AllocateResponse::STATE_ALLOCATED);
+        out->mutable_location()->set_node(ctx_.node_name());
+        FillLocation(ctx_, b.space, out->mutable_location());
+        break;
+      case AllocateState::kAlreadyCommitted:
+        out->set_state(v1::AllocateResponse::STATE_ALREADY_COMMITTED);
+        break;
+      case AllocateState::kInProgress:
+        out->set_state(v1::AllocateResponse::STATE_IN_PROGRESS);
+        break;
+    }
+  }
+  return Done(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* CacheServiceImpl::Commit(grpc::CallbackServerContext* context,
+                                                   const v1::CommitRequest* request,
+                                                   v1::CommitResponse* response) {
+  std::vector<std::pair<std::string, uint64_t>> blocks;
+  blocks.reserve(request->blocks_size());
+  for (const auto& b : request->blocks()) blocks.emplace_back(b.key(), b.checksum());
+  auto committed = ctx_.index->Commit(request->allocation_id(), blocks);
+  if (committed.ok()) response->set_committed(*committed);
+  return Done(context, committed.status());
+}
+
+grpc::ServerUnaryReactor* CacheServiceImpl::Abort(grpc::CallbackServerContext* context,
+                                                  const v1::AbortRequest* request,
+                                                  v1::AbortResponse* response) {
+  auto aborted = ctx_.index->Abort(request->allocation_id(), Strings(request->keys()));
+  if (aborted.ok()) response->set_aborted(*aborted);
+  return Done(context, aborted.status());
+}
+
+grpc::ServerUnaryReactor* CacheServiceImpl::ReleaseLease(grpc::CallbackServerContext* context,
+                                                         const v1::ReleaseLeaseRequest* request,
+                                                         v1::ReleaseLeaseResponse* response) {
+  return Done(context, ctx_.index->ReleaseLease(request->lease_id()));
+}
+
+grpc::ServerUnaryReactor* CacheServiceImpl::Pin(grpc::CallbackServerContext* context,
+                                                const v1::PinRequest* request,
+                                                v1::PinResponse* response) {
+  auto changed = ctx_.index->SetPinned(Strings(request->keys()), true);
+  if (changed.ok()) response->set_changed(*changed);
+  return Done(context, changed.status());
+}
+
+grpc::ServerUnaryReactor* CacheServiceImpl::Unpin(grpc::CallbackServerContext* context,
+                                                  const v1::PinRequest* request,
+                                                  v1::PinResponse* response) {
+  auto changed = ctx_.index->SetPinned(Strings(request->keys()), false);
+  if (changed.ok()) response->set_changed(*changed);
+  return Done(context, changed.status());
+}
+
+grpc::ServerUnaryReactor* CacheServiceImpl::Evict(grpc::CallbackServerContext* context,
+                                                  const v1::EvictRequest* request,
+                                                  v1::EvictResponse* response) {
+  auto result = ctx_.index->Evict(Strings(request->keys()));
+  if (result.ok()) {
+    response->set_evicted(result->evicted);
+    response->set_bytes_freed(result->bytes_freed);
+  }
+  return Done(context, result.status());
+}
+
+grpc::ServerReadReactor<v1::PutRequest>* CacheServiceImpl::Put(grpc::CallbackServerContext*,
+                                                               v1::PutResponse* response) {
+  return new PutReactor(ctx_, response);
+}
+
+grpc::ServerWriteReactor<v1::GetResponse>* CacheServiceImpl::Get(
+    grpc::CallbackServerContext*, const v1::GetRequest* request) {
+  return new GetReactor(ctx_, request);
+}
+
+grpc::ServerWriteReactor<v1::Event>* CacheServiceImpl::WatchEvents(
+    grpc::CallbackServerContext*, const v1::WatchEventsRequest* request) {
+  return new WatchReactor(ctx_, request);
+}
+
+// ---------------------------------------------------------------------------------------
+// AdminService
+
+grpc::ServerUnaryReactor* AdminServiceImpl::Stats(grpc::CallbackServerContext* context,
+                                                  const v1::StatsRequest*,
+                                                  v1::StatsResponse* response) {
+  IndexStats s = ctx_.index->Stats();
+  response->set_node(ctx_.node_name());
+  v1::TierStats* host = response->add_tiers();
+  host->set_tier(v1::TIER_HOST);
+  host->set_blocks(s.blocks);
+  host->set_bytes(s.bytes);
+  host->set_used_bytes(s.used_bytes);
+  host->set_capacity_bytes(s.capacity_bytes);
+  host->set_hits(s.hits);
+  host->set_misses(s.misses);
+  host->set_evictions(s.evictions);
+  response->set_pending_allocations(s.pending_allocations);
+  response->set_pending_blocks(s.pending_blocks);
+  response->set_read_leases(s.read_leases);
+  response->set_pinned_blocks(s.pinned_blocks);
+  response->set_lookups(s.lookups);
+  response->set_commits(s.commits);
+  response->set_aborts(s.aborts);
+  response->set_expired_allocations(s.expired_allocations);
+  response->set_checksum_failures(s.checksum_failures);
+  response->set_allocation_failures(s.allocation_failures);
+  response->set_last_event_sequence(ctx_.events->last_sequence());
+  response->set_draining(s.draining);
+  response->set_uptime_ms(absl::ToInt64Milliseconds(ctx_.clock->Now() - ctx_.started));
+  response->set_page_bytes(s.page_bytes);
+  return Done(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::ListBlocks(grpc::CallbackServerContext* context,
+                                                       const v1::ListBlocksRequest* request,
+                                                       v1::ListBlocksResponse* response) {
+  uint32_t page = request->page_size() == 0 ? kDefaultListPage : request->page_size();
+  if (page > kMaxListPage) {
+    return Done(context, absl::InvalidArgumentError(absl::StrCat(
+                             "page_size ", page, " is above the maximum of ", kMaxListPage)));
+  }
+  uint64_t after = 0;
+  const std::string& token = request->page_token();
+  if (!token.empty()) {
+    auto [ptr, ec] = std::from_chars(token.data(), token.data() + token.size(), after);
+    if (ec != std::errc() || ptr != token.data() + token.size()) {
+      return Done(context, absl::InvalidArgumentError(
+                               absl::StrCat("page_token '", token,
+                                            "' was not returned by ListBlocks")));
+    }
+  }
+  uint64_t last = ctx_.index->List(after, page, [&](const CommittedBlock& block) {
+    FillBlockInfo(ctx_, block, response->add_blocks());
+  });
+  if (response->blocks_size() == static_cast<int>(page)) {
+    response->set_next_page_token(absl::StrCat(last));
+  }
+  response->set_total_blocks(ctx_.index->Stats().blocks);
+  return Done(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::InspectPrefix(
+    grpc::CallbackServerContext* context, const v1::InspectPrefixRequest* request,
+    v1::InspectPrefixResponse* response) {
+  std::vector<std::string> keys;
+  std::optional<BlockIndex::TokenQuery> token_query;
+  if (request->has_tokens()) {
+    const auto& q = request->tokens();
+    if (!q.has_model()) {
+      return Done(context, absl::InvalidArgumentError(
+                               "a token query needs the model spec the prompt is for"));
+    }
+    if (static_cast<size_t>(q.tokens_size()) > kMaxInspectTokens) {
+      return Done(context, absl::InvalidArgumentError(absl::StrCat(
+                               q.tokens_size(), " tokens; at most ", kMaxInspectTokens)));
+    }
+    BlockIndex::TokenQuery tq{ModelSpecFromProto(q.model()), q.salt(),
+                              std::vector<uint32_t>(q.tokens().begin(), q.tokens().end())};
+    if (absl::Status s = tq.model.Validate(); !s.ok()) return Done(context, s);
+    const Digest fingerprint = ModelFingerprint(tq.model);
+    const Digest root = RootKey(fingerprint, tq.salt);
+    for (const BlockKey& k : BlockKeyChain(root, tq.tokens, tq.model.block_tokens)) {
+      keys.emplace_back(KeyBytes(k));
+    }
+    response->set_fingerprint(std::string(KeyBytes(fingerprint)));
+    response->set_root(std::string(KeyBytes(root)));
+    response->set_tail_tokens(tq.tokens.size() % tq.model.block_tokens);
+    token_query = std::move(tq);
+  } else if (request->has_keys()) {
+    keys = Strings(request->keys().keys());
+  } else {
+    return Done(context, absl::InvalidArgumentError(
+                             "InspectPrefix needs either tokens (with a model spec) or keys"));
+  }
+  std::vector<v1::BlockInfo> infos(keys.size());
+  std::vector<bool> has_info(keys.size(), false);
+  auto entries = ctx_.index->Inspect(keys, token_query, [&](size_t i, const CommittedBlock& b) {
+    FillBlockInfo(ctx_, b, &infos[i]);
+    has_info[i] = true;
+  });
+  if (!entries.ok()) return Done(context, entries.status());
+  uint32_t prefix = 0;
+  for (size_t i = 0; i < entries->size(); ++i) {
+    const InspectEntry& e = (*entries)[i];
+    auto* out = response->add_blocks();
+    out->set_index(i);
+    out->set_key(std::string(KeyBytes(e.key)));
+    out->set_state(ToProto(e.state));
+    out->set_detail(e.detail);
+    if (has_info[i]) *out->mutable_info() = std::move(infos[i]);
+    if (e.state == InspectState::kFound) ++prefix;
+  }
+  response->set_prefix_blocks(prefix);
+  return Done(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::ListNodes(grpc::CallbackServerContext* context,
+                                                      const v1::ListNodesRequest*,
+                                                      v1::ListNodesResponse* response) {
+  IndexStats s = ctx_.index->Stats();
+  v1::NodeInfo* node = response->add_nodes();
+  node->set_address(ctx_.node_name());
+  node->set_draining(s.draining);
+  node->set_capacity_bytes(s.capacity_bytes);
+  node->set_used_bytes(s.used_bytes);
+  node->set_uptime_ms(absl::ToInt64Milliseconds(ctx_.clock->Now() - ctx_.started));
+  return Done(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::Drain(grpc::CallbackServerContext* context,
+                                                  const v1::DrainRequest* request,
+                                                  v1::DrainResponse* response) {
+  ctx_.index->SetDraining(request->drain());
+  response->set_draining(request->drain());
+  return Done(context, absl::OkStatus());
+}
+
+}  // namespace tierkv
