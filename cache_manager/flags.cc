@@ -1,0 +1,77 @@
+#include "cache_manager/flags.h"
+
+#include <signal.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "core/units.h"
+
+namespace tierkv {
+namespace {
+
+absl::Status ParseDurationFlag(const char* name, const std::string& text, absl::Duration* out) {
+  if (!absl::ParseDuration(text, out) || *out <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--", name, " '", text, "' is not a positive duration (try 30s, 500ms, 2m)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseBytesFlag(const char* name, const std::string& text, uint64_t* out) {
+  auto v = ParseBytes(text);
+  if (!v.ok()) return absl::InvalidArgumentError(absl::StrCat("--", name, ": ", v.status().message()));
+  *out = *v;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void CacheManagerFlags::Register(CLI::App& app) {
+  app.add_option("--listen", listen, "host:port to serve on (port 0: any free port)")
+      ->capture_default_str();
+  app.add_option("--host-capacity", host_capacity, "host tier size, e.g. 1GiB")
+      ->capture_default_str();
+  app.add_option("--page-size", page_size, "host tier allocation unit (power of two >= 4KiB)")
+      ->capture_default_str();
+  app.add_option("--write-lease-ttl", write_lease_ttl, "default write lease")
+      ->capture_default_str();
+  app.add_option("--read-lease-ttl", read_lease_ttl, "default read lease")
+      ->capture_default_str();
+  app.add_option("--max-lease-ttl", max_lease_ttl, "longest lease a request may ask for")
+      ->capture_default_str();
+  app.add_option("--event-buffer", event_buffer, "events kept for WatchEvents")
+      ->capture_default_str();
+  app.add_option("--node-name", node_name, "name advertised to clients (default: the address)");
+}
+
+absl::Status CacheManagerFlags::Resolve(CacheManagerOptions* options) const {
+  options->listen_address = listen;
+  options->event_buffer = event_buffer;
+  options->node_name = node_name;
+  absl::Status s = ParseBytesFlag("host-capacity", host_capacity, &options->host_capacity_bytes);
+  if (s.ok()) s = ParseBytesFlag("page-size", page_size, &options->page_bytes);
+  if (s.ok()) s = ParseDurationFlag("write-lease-ttl", write_lease_ttl, &options->write_lease_ttl);
+  if (s.ok()) s = ParseDurationFlag("read-lease-ttl", read_lease_ttl, &options->read_lease_ttl);
+  if (s.ok()) s = ParseDurationFlag("max-lease-ttl", max_lease_ttl, &options->max_lease_ttl);
+  return s;
+}
+
+void BlockShutdownSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+}
+
+int WaitForShutdownSignal() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  int sig = 0;
+  sigwait(&signals, &sig);
+  return sig;
+}
+
+}  // namespace tierkv

@@ -1,0 +1,38 @@
+// Command-line flags of a cache manager, shared by tierkv-cache-manager and `tierkv up`.
+#ifndef TIERKV_CACHE_MANAGER_FLAGS_H_
+#define TIERKV_CACHE_MANAGER_FLAGS_H_
+
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/status.h"
+#include "cache_manager/server.h"
+
+namespace tierkv {
+
+// Flag values as typed; Resolve() turns them into options.
+struct CacheManagerFlags {
+  std::string listen = "127.0.0.1:7471";
+  std::string host_capacity = "1GiB";
+  std::string page_size = "64KiB";
+  std::string write_lease_ttl = "30s";
+  std::string read_lease_ttl = "30s";
+  std::string max_lease_ttl = "10m";
+  uint32_t event_buffer = 65536;
+  std::string node_name;
+
+  // Registers the flags on `app`; `this` must outlive parsing.
+  void Register(CLI::App& app);
+  // INVALID_ARGUMENT naming the flag for a bad size or duration.
+  absl::Status Resolve(CacheManagerOptions* options) const;
+};
+
+// Blocks SIGINT and SIGTERM in the calling thread (and threads it starts later) so that
+// WaitForShutdownSignal() can take them; call before starting any thread.
+void BlockShutdownSignals();
+// Waits for SIGINT or SIGTERM and returns its number.
+int WaitForShutdownSignal();
+
+}  // namespace tierkv
+
+#endif  // TIERKV_CACHE_MANAGER_FLAGS_H_
