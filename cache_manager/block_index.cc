@@ -190,7 +190,7 @@ void BlockIndex::Publish(EventType type, const CommittedBlock& block, const std:
 // Lookup and leases.
 
 absl::StatusOr<LookupResult> BlockIndex::Lookup(
-    const std::vector<std::string>& keys, const std::optional<Digest>& fingerprint,
+    const std::vector<std::string_view>& keys, const std::optional<Digest>& fingerprint,
     const std::vector<uint32_t>& accept_codecs, bool lease, absl::Duration lease_ttl,
     absl::FunctionRef<void(const CommittedBlock&)> emit) {
   if (keys.size() > kMaxLookupKeys) {
@@ -215,7 +215,7 @@ absl::StatusOr<LookupResult> BlockIndex::Lookup(
   ++counters_.lookups;
   LookupResult result;
   std::vector<BlockKey> leased;
-  for (const std::string& raw : keys) {
+  for (std::string_view raw : keys) {
     BlockKey key;
     std::memcpy(key.data(), raw.data(), kDigestBytes);
     auto it = blocks_.find(key);

@@ -21,6 +21,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -156,11 +157,20 @@ class BlockIndex {
   // with a codec outside `accept_codecs` (raw only when empty), ends the prefix. With
   // `lease`, the found blocks are held until ReleaseLease or `lease_ttl` (zero: the default).
   // INVALID_ARGUMENT for a malformed key, too many keys or a lease longer than the maximum.
-  absl::StatusOr<LookupResult> Lookup(const std::vector<std::string>& keys,
+  // `keys` view the caller's buffers (no copy of large key lists on the hot path).
+  absl::StatusOr<LookupResult> Lookup(const std::vector<std::string_view>& keys,
                                       const std::optional<Digest>& fingerprint,
                                       const std::vector<uint32_t>& accept_codecs, bool lease,
                                       absl::Duration lease_ttl,
                                       absl::FunctionRef<void(const CommittedBlock&)> emit);
+  absl::StatusOr<LookupResult> Lookup(const std::vector<std::string>& keys,
+                                      const std::optional<Digest>& fingerprint,
+                                      const std::vector<uint32_t>& accept_codecs, bool lease,
+                                      absl::Duration lease_ttl,
+                                      absl::FunctionRef<void(const CommittedBlock&)> emit) {
+    return Lookup(std::vector<std::string_view>(keys.begin(), keys.end()), fingerprint,
+                  accept_codecs, lease, lease_ttl, emit);
+  }
 
   // Reserves space for the blocks not committed or pending yet, evicting cold blocks when
   // needed. All or nothing: INVALID_ARGUMENT (bad spec, key, size, codec, duplicate keys,

@@ -124,9 +124,9 @@ TEST_F(BlockIndexTest, LookupTreatsOtherFingerprintOrCodecAsMiss) {
 TEST_F(BlockIndexTest, MalformedInputIsInvalidArgumentAndChangesNothing) {
   auto chain = Chain(2);
   auto noop = [](const CommittedBlock&) {};
-  EXPECT_EQ(index_->Lookup({"short"}, std::nullopt, {}, false, absl::ZeroDuration(), noop).status().code(),
+  EXPECT_EQ(index_->Lookup(std::vector<std::string>{"short"}, std::nullopt, {}, false, absl::ZeroDuration(), noop).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(index_->Lookup({Bytes(chain[0])}, std::nullopt, {}, true, absl::Hours(100), noop).status().code(),
+  EXPECT_EQ(index_->Lookup(std::vector<std::string>{Bytes(chain[0])}, std::nullopt, {}, true, absl::Hours(100), noop).status().code(),
             absl::StatusCode::kInvalidArgument);
   // A bad entry anywhere in an Allocate reserves nothing.
   auto bad = index_->Allocate(spec_, {{Bytes(chain[0]), "", 100, 0}, {"xx", "", 100, 0}},

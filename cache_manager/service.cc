@@ -312,8 +312,9 @@ grpc::ServerUnaryReactor* CacheServiceImpl::Lookup(grpc::CallbackServerContext* 
   // Keys, parents and fingerprint are implied by the request, so Lookup's BlockInfo carries
   // only what the caller cannot know: size, checksum, codec and location.
   response->mutable_blocks()->Reserve(request->keys_size());
+  std::vector<std::string_view> keys(request->keys().begin(), request->keys().end());
   auto result = ctx_.index->Lookup(
-      Strings(request->keys()), fingerprint, codecs, request->lease(),
+      keys, fingerprint, codecs, request->lease(),
       TtlFromMs(request->lease_ttl_ms()), [&](const CommittedBlock& block) {
         v1::BlockInfo* info = response->add_blocks();
         info->set_size(block.size);
