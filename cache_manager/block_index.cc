@@ -95,30 +95,33 @@ void BlockIndex::RemoveReader(const BlockKey& key) {
   if (it != blocks_.end() && it->second.readers > 0) --it->second.readers;
 }
 
-uint64_t BlockIndex::EvictableBytes() {
-  // Protected blocks and their ancestors stay; everything else could go, leaves first.
-  absl::flat_hash_set<BlockKey, BlockKeyHash> kept;
+std::pair<BlockIndex::KeySet, uint64_t> BlockIndex::KeptBlocks(
+    const std::vector<BlockKey>& extra) {
+  KeySet kept;
   uint64_t kept_bytes = 0;
-  for (auto& [key, block] : blocks_) {
-    if (!IsProtected(block)) continue;
-    const CommittedBlock* b = &block;
+  auto keep_chain = [&](const CommittedBlock* b) {
     while (b != nullptr && kept.insert(b->key).second) {
       kept_bytes += b->space.reserved_bytes;
       if (!b->parent) break;
       auto parent = blocks_.find(*b->parent);
       b = parent == blocks_.end() ? nullptr : &parent->second;
     }
+  };
+  for (auto& [key, block] : blocks_) {
+    if (IsProtected(block)) keep_chain(&block);
   }
-  uint64_t committed_reserved = 0;
-  for (auto& [key, block] : blocks_) committed_reserved += block.space.reserved_bytes;
-  return committed_reserved - kept_bytes;
+  for (const BlockKey& key : extra) {
+    auto it = blocks_.find(key);
+    if (it != blocks_.end()) keep_chain(&it->second);
+  }
+  return {std::move(kept), kept_bytes};
 }
 
-bool BlockIndex::EvictFor(uint64_t bytes) {
+bool BlockIndex::EvictFor(uint64_t bytes, const KeySet& kept) {
   while (pool_->free_bytes() < bytes) {
     CommittedBlock* victim = nullptr;
     for (auto& [seq, block] : leaves_) {
-      if (!IsProtected(*block)) {
+      if (!kept.contains(block->key)) {
         victim = block;
         break;
       }
@@ -331,7 +334,18 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
         pool_->capacity_bytes(), "; split the request or raise --host-capacity"));
   }
   if (pool_->free_bytes() < bytes_needed) {
-    const uint64_t evictable = EvictableBytes();
+    // The chains the new blocks extend must survive: evicting a parent of a block being
+    // written would make that block unreachable the moment it is committed.
+    std::vector<BlockKey> parents;
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      if (result.blocks[i].state == AllocateState::kAllocated && parsed[i].parent) {
+        parents.push_back(*parsed[i].parent);
+      }
+    }
+    auto [kept, kept_bytes] = KeptBlocks(parents);
+    uint64_t committed_reserved = 0;
+    for (auto& [key, block] : blocks_) committed_reserved += block.space.reserved_bytes;
+    const uint64_t evictable = committed_reserved - kept_bytes;
     if (pool_->free_bytes() + evictable < bytes_needed) {
       ++counters_.allocation_failures;
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -339,7 +353,7 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
           evictable, " evictable (the rest is pinned, leased or being written); retry later, "
           "release leases or unpin blocks"));
     }
-    EvictFor(bytes_needed);
+    EvictFor(bytes_needed, kept);
   }
   const uint64_t id = next_allocation_id_++;
   Allocation& allocation = allocations_[id];

@@ -273,11 +273,13 @@ class BlockIndex {
   void AddReader(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RemoveReader(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool IsProtected(const CommittedBlock& block) const { return block.pinned || block.readers > 0; }
-  // Bytes that eviction could free: committed space outside protected blocks and their
-  // ancestors.
-  uint64_t EvictableBytes() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Evicts least recently used unprotected leaves until `bytes` are free in the pool.
-  bool EvictFor(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  using KeySet = absl::flat_hash_set<BlockKey, BlockKeyHash>;
+  // Blocks eviction must keep: protected ones, `extra` (committed parents of blocks being
+  // allocated), and every ancestor of those. Returns the set and its reserved bytes.
+  std::pair<KeySet, uint64_t> KeptBlocks(const std::vector<BlockKey>& extra)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Evicts least recently used leaves outside `kept` until `bytes` are free in the pool.
+  bool EvictFor(uint64_t bytes, const KeySet& kept) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EvictOne(CommittedBlock& block, const std::string& reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RememberEvicted(const BlockKey& key, const std::string& reason)

@@ -279,6 +279,26 @@ TEST_F(BlockIndexTest, LeasedAndPinnedBlocksAreNeverEvicted) {
   ExpectInvariants();
 }
 
+TEST_F(BlockIndexTest, EvictionSparesTheChainANewBlockExtends) {
+  Reset(4 * kPage);
+  auto a = Chain(6, 1);
+  ASSERT_TRUE(Store(a, 0, 4).ok());  // Full. a[3] is the only leaf and the coldest block.
+  // Extending a by two blocks needs two pages, but every cached block is an ancestor of the
+  // new ones: nothing may be evicted for them.
+  auto s = Store(a, 4, 6);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_EQ(Found(a), 4u);
+  // With an unrelated cold chain present, that chain goes instead.
+  Reset(6 * kPage);
+  auto other = Chain(2, 2);
+  ASSERT_TRUE(Store(other, 0, 2).ok());
+  ASSERT_TRUE(Store(a, 0, 4).ok());
+  ASSERT_TRUE(Store(a, 4, 6).ok());
+  EXPECT_EQ(Found(a), 6u);
+  EXPECT_EQ(Found(other), 0u);
+  ExpectInvariants();
+}
+
 TEST_F(BlockIndexTest, ReadLeaseExpires) {
   Reset(2 * kPage);
   auto a = Chain(2, 1);
