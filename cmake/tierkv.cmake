@@ -48,3 +48,32 @@ function(tierkv_cc_test)
     set_tests_properties(${T_NAME} PROPERTIES LABELS "${T_LABELS}")
   endif()
 endfunction()
+
+# tierkv_proto_library(NAME name ROOT dir PROTOS a.proto ... [SRCS extra.cc ...] [DEPS ...])
+# Generates C++ messages and gRPC stubs of PROTOS (paths relative to ROOT) into the build
+# directory, so that they are included as "<path relative to ROOT>.pb.h".
+function(tierkv_proto_library)
+  cmake_parse_arguments(P "" "NAME;ROOT" "PROTOS;SRCS;DEPS" ${ARGN})
+  set(_gen)
+  foreach(_proto ${P_PROTOS})
+    get_filename_component(_dir ${_proto} DIRECTORY)
+    get_filename_component(_name ${_proto} NAME_WE)
+    set(_base ${PROJECT_BINARY_DIR}/${_dir}/${_name})
+    set(_out ${_base}.pb.cc ${_base}.pb.h ${_base}.grpc.pb.cc ${_base}.grpc.pb.h)
+    add_custom_command(
+      OUTPUT ${_out}
+      COMMAND protobuf::protoc
+        --proto_path=${P_ROOT}
+        --cpp_out=${PROJECT_BINARY_DIR}
+        --grpc_out=${PROJECT_BINARY_DIR}
+        --plugin=protoc-gen-grpc=$<TARGET_FILE:gRPC::grpc_cpp_plugin>
+        ${_proto}
+      DEPENDS ${P_ROOT}/${_proto}
+      WORKING_DIRECTORY ${P_ROOT}
+      COMMENT "protoc ${_proto}")
+    list(APPEND _gen ${_out})
+  endforeach()
+  add_library(${P_NAME} STATIC ${_gen} ${P_SRCS})
+  target_include_directories(${P_NAME} PUBLIC ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
+  target_link_libraries(${P_NAME} PUBLIC protobuf::libprotobuf gRPC::grpc++ ${P_DEPS})
+endfunction()
