@@ -2,8 +2,13 @@
 
 #include <signal.h>
 
+#include <cerrno>
+#include <cstdio>
+#include <fstream>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "core/status.h"
 #include "core/units.h"
 
 namespace tierkv {
@@ -42,6 +47,22 @@ void CacheManagerFlags::Register(CLI::App& app) {
   app.add_option("--event-buffer", event_buffer, "events kept for WatchEvents")
       ->capture_default_str();
   app.add_option("--node-name", node_name, "name advertised to clients (default: the address)");
+  app.add_option("--port-file", port_file,
+                 "write the bound port to this file once ready (after --demo, if given)");
+}
+
+absl::Status WritePortFile(const std::string& path, int port) {
+  if (path.empty()) return absl::OkStatus();
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << port << "\n";
+    if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", tmp));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return ErrnoToStatus(errno, absl::StrCat("rename ", tmp, " to ", path));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CacheManagerFlags::Resolve(CacheManagerOptions* options) const {

@@ -20,12 +20,17 @@ struct CacheManagerFlags {
   std::string max_lease_ttl = "10m";
   uint32_t event_buffer = 65536;
   std::string node_name;
+  std::string port_file;
 
   // Registers the flags on `app`; `this` must outlive parsing.
   void Register(CLI::App& app);
   // INVALID_ARGUMENT naming the flag for a bad size or duration.
   absl::Status Resolve(CacheManagerOptions* options) const;
 };
+
+// Writes `port` to `path` atomically (through a rename), so a reader never sees half a
+// number. No-op for an empty path.
+absl::Status WritePortFile(const std::string& path, int port);
 
 // Blocks SIGINT and SIGTERM in the calling thread (and threads it starts later) so that
 // WaitForShutdownSignal() can take them; call before starting any thread.

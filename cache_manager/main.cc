@@ -1,8 +1,6 @@
 // tierkv-cache-manager: one node's cache manager as its own process.
 #include <unistd.h>
 
-#include <cstdio>
-#include <fstream>
 #include <iostream>
 
 #include "CLI/CLI.hpp"
@@ -14,8 +12,6 @@ int main(int argc, char** argv) {
   CLI::App app{"tierkv cache manager: prefix-keyed KV blocks in a host-memory tier, over gRPC"};
   tierkv::CacheManagerFlags flags;
   flags.Register(app);
-  std::string port_file;
-  app.add_option("--port-file", port_file, "write the bound port to this file once serving");
   CLI11_PARSE(app, argc, argv);
 
   tierkv::CacheManagerOptions options;
@@ -32,17 +28,10 @@ int main(int argc, char** argv) {
   std::cout << "tierkv-cache-manager listening on " << (*server)->address() << " (host tier "
             << tierkv::FormatBytes(options.host_capacity_bytes) << ", pid " << getpid() << ")"
             << std::endl;
-  if (!port_file.empty()) {
-    const std::string tmp = port_file + ".tmp";
-    {
-      std::ofstream out(tmp);
-      out << (*server)->port() << "\n";
-    }
-    if (std::rename(tmp.c_str(), port_file.c_str()) != 0) {
-      std::cerr << "tierkv-cache-manager: cannot write --port-file " << port_file << "\n";
-      (*server)->Shutdown();
-      return 1;
-    }
+  if (absl::Status s = tierkv::WritePortFile(flags.port_file, (*server)->port()); !s.ok()) {
+    std::cerr << "tierkv-cache-manager: --port-file: " << s.message() << "\n";
+    (*server)->Shutdown();
+    return 1;
   }
   int sig = tierkv::WaitForShutdownSignal();
   std::cout << "tierkv-cache-manager: signal " << sig << ", shutting down" << std::endl;

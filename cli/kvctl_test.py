@@ -5,12 +5,13 @@ Starts tierkv-cache-manager on 127.0.0.1 with a free port (--listen 127.0.0.1:0 
 drives kvctl as an operator would, and checks output and exit codes. The server is stopped by
 its PID (SIGTERM, then SIGKILL) however the test ends. Standard library only.
 
-    kvctl_test.py --kvctl build/cli/kvctl \\
+    kvctl_test.py --kvctl build/cli/kvctl --tierkv build/cli/tierkv \\
         --cache-manager build/cache_manager/tierkv-cache-manager [unittest args]
 
-kvctl has no command that writes blocks, so the cache stays empty here: these tests cover
-every command on an empty cache, the JSON output, the key chain kvctl asks about, and the
-error paths (bad input, unknown keys, no server).
+KvctlTest covers every command on an empty cache, the JSON output, the key chain kvctl asks
+about, and the error paths (bad input, unknown keys, no server). KvctlWithBlocksTest runs
+kvctl against `tierkv up --demo`, whose demo request fills the cache: listing, inspecting,
+pinning, evicting and watching real blocks.
 """
 
 import argparse
@@ -46,20 +47,25 @@ def load_key_spec():
 class CacheManager:
     """A tierkv-cache-manager process on 127.0.0.1, on a port the kernel picks."""
 
-    def __init__(self, binary, workdir):
+    def __init__(self, binary, workdir, prefix=(), extra=()):
+        """`prefix` goes before the flags (a subcommand), `extra` after them."""
         self.binary = binary
         self.workdir = Path(workdir)
         self.log_path = self.workdir / "cache_manager.log"
         self.proc = None
         self.port = None
+        self.prefix = list(prefix)
+        self.extra = list(extra)
 
     def __enter__(self):
+        self.workdir.mkdir(parents=True, exist_ok=True)
         port_file = self.workdir / "port"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [self.binary, "--listen", "127.0.0.1:0", "--port-file", str(port_file),
+                [self.binary, *self.prefix, "--listen", "127.0.0.1:0",
+                 "--port-file", str(port_file),
                  "--host-capacity", "64MiB", "--page-size", "64KiB",
-                 "--write-lease-ttl", "30s", "--read-lease-ttl", "30s"],
+                 "--write-lease-ttl", "30s", "--read-lease-ttl", "30s", *self.extra],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             self.port = self._wait_for_port(port_file)
@@ -369,19 +375,100 @@ class KvctlTest(unittest.TestCase):
             self.assertIn(command, result.stdout)
 
 
+class KvctlWithBlocksTest(unittest.TestCase):
+    """kvctl on a cache that holds blocks: `tierkv up --demo` stores a 4096-token prompt
+    (256 blocks in one chain) and a prompt sharing its first 192 blocks (64 more), then
+    writes its port file."""
+
+    tierkv_path = None
+    server = None
+    kvctl = KvctlTest.kvctl
+    assertExit = KvctlTest.assertExit
+    json_of = KvctlTest.json_of
+    kvctl_path = None
+
+    def chain(self):
+        """Keys of the first chain (the long prompt), block 0 first, from ListBlocks."""
+        blocks = self.json_of("ls", "--all")["blocks"]
+        by_parent = {b["parent_key"]: b["key"] for b in blocks}
+        roots = [b["key"] for b in blocks if b["parent_key"] == ""]
+        self.assertEqual(len(roots), 1, "the demo's prompts share block 0")
+        keys = [roots[0]]
+        while keys[-1] in by_parent:
+            keys.append(by_parent[keys[-1]])
+        return keys
+
+    # Named to run first (unittest orders tests by name): a later test evicts blocks.
+    def test_0_stats_and_ls_show_the_demo_blocks(self):
+        stats = self.json_of("stats")
+        host = stats["tiers"][0]
+        self.assertEqual(host["tier"], "TIER_HOST")
+        self.assertEqual(host["blocks"], 320)
+        self.assertEqual(host["bytes"], 320 * 128 * 1024)
+        listed = self.json_of("ls", "--all")
+        self.assertEqual(len(listed["blocks"]), 320)
+        result = self.kvctl("ls", "--limit", "2")
+        self.assertExit(result, 0)
+        self.assertIn("of 320 blocks", result.stdout)
+
+    def test_inspect_by_keys_finds_the_chain(self):
+        keys = self.chain()
+        self.assertGreaterEqual(len(keys), 192)
+        result = self.kvctl("inspect", *keys[:5])
+        self.assertExit(result, 0)
+        states = re.findall(r"^\s*\d+\s+[0-9a-f]+\s+(\w+)", result.stdout, re.M)
+        self.assertEqual(states, ["found"] * 5, result.stdout)
+        self.assertIn("prefix: 5 of 5 blocks cached", result.stdout)
+
+    def test_pin_blocks_evict_until_unpinned_and_inspect_says_evicted(self):
+        keys = self.chain()
+        leaf = keys[-1]
+        parent = keys[-2]
+        self.assertExit(self.kvctl("pin", leaf), 0)
+        # Evicting the parent would take the pinned leaf with it: refused, nothing changes.
+        refused = self.kvctl("evict", parent)
+        self.assertExit(refused, 1)
+        self.assertIn("FAILED_PRECONDITION", refused.stderr)
+        self.assertIn("pinned", refused.stderr)
+        before = self.json_of("stats")["tiers"][0]["blocks"]
+        self.assertExit(self.kvctl("unpin", leaf), 0)
+        self.assertExit(self.kvctl("evict", parent), 0)
+        after = self.json_of("stats")["tiers"][0]["blocks"]
+        self.assertEqual(before - after, 2)  # The parent and its descendant.
+        explained = self.kvctl("inspect", *keys[-3:])
+        self.assertExit(explained, 0)
+        states = re.findall(r"^\s*\d+\s+[0-9a-f]+\s+(\w+)", explained.stdout, re.M)
+        self.assertEqual(states, ["found", "evicted", "evicted"], explained.stdout)
+        self.assertIn("requested", explained.stdout)
+
+    def test_watch_replays_stored_events(self):
+        result = self.kvctl("watch", "--from", "1", "--count", "3")
+        self.assertExit(result, 0)
+        lines = [l for l in result.stdout.splitlines() if l.strip()]
+        self.assertEqual(len(lines), 3, result.stdout)
+        for line in lines:
+            self.assertIn("stored", line.lower())
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kvctl", required=True, help="path of the kvctl binary")
     parser.add_argument("--cache-manager", required=True,
                         help="path of the tierkv-cache-manager binary")
+    parser.add_argument("--tierkv", required=True,
+                        help="path of the tierkv binary (its `up --demo` fills a cache)")
     args, unittest_args = parser.parse_known_args()
 
     KvctlTest.kvctl_path = args.kvctl
+    KvctlWithBlocksTest.kvctl_path = args.kvctl
     KvctlTest.keyspec = load_key_spec()
     with tempfile.TemporaryDirectory(prefix="kvctl_test.") as workdir:
-        with CacheManager(args.cache_manager, workdir) as server:
+        with CacheManager(args.cache_manager, workdir) as server, \
+                CacheManager(args.tierkv, Path(workdir) / "up", prefix=["up"],
+                             extra=["--demo"]) as filled:
             KvctlTest.server = server
             KvctlTest.workdir = workdir
+            KvctlWithBlocksTest.server = filled
             program = unittest.main(argv=[sys.argv[0], *unittest_args], exit=False)
             ok = program.result.wasSuccessful()
             if not ok:

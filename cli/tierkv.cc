@@ -55,6 +55,11 @@ int main(int argc, char** argv) {
       return 0;
     }
   }
+  if (absl::Status s = tierkv::WritePortFile(flags.port_file, (*server)->port()); !s.ok()) {
+    std::cerr << "tierkv up: --port-file: " << s.message() << "\n";
+    (*server)->Shutdown();
+    return 1;
+  }
   std::cout << "tierkv up: press Ctrl-C to stop" << std::endl;
   int sig = tierkv::WaitForShutdownSignal();
   std::cout << "tierkv up: signal " << sig << ", shutting down" << std::endl;
