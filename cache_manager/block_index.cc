@@ -463,8 +463,14 @@ absl::Status BlockIndex::Write(uint64_t allocation_id, const std::string& raw_ke
   }
   pool_->Write(space, offset, data.data(), data.size());
   absl::MutexLock lock(&mu_);
+  // The entry outlives the copy: DropPending defers while writers > 0, and Commit refuses
+  // blocks with writers.
   PendingBlock& p = pending_.at(key);
-  if (--p.writers == 0 && p.doomed) DropPending(key);
+  if (--p.writers == 0 && p.doomed) {
+    DropPending(key);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "block ", ShortKey(key), "... was aborted or its lease expired during the write"));
+  }
   return absl::OkStatus();
 }
 
@@ -492,9 +498,11 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
             "blocks[", i, "]: key ", ShortKey(keys[i]),
             "... is not an uncommitted block of allocation ", allocation_id));
       }
-      if (pending_.at(keys[i]).committing) {
+      const PendingBlock& p = pending_.at(keys[i]);
+      if (p.committing || p.writers > 0) {
         return absl::FailedPreconditionError(absl::StrCat(
-            "blocks[", i, "]: a commit of block ", ShortKey(keys[i]), "... is in progress"));
+            "blocks[", i, "]: a ", p.committing ? "commit" : "write", " of block ",
+            ShortKey(keys[i]), "... is in progress; commit once it has finished"));
       }
     }
     for (const BlockKey& key : keys) {
@@ -526,6 +534,13 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
   }
   auto allocation = FindAllocation(allocation_id);
   if (!allocation.ok()) return allocation.status();
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (!(*allocation)->keys.contains(keys[i])) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "blocks[", i, "]: block ", ShortKey(keys[i]),
+          "... was aborted while its commit ran; nothing was committed"));
+    }
+  }
   if (bad != keys.size()) {
     ++counters_.checksum_failures;
     return absl::DataLossError(absl::StrCat(
