@@ -87,41 +87,53 @@ void BlockIndex::Touch(CommittedBlock& block) {
   if (block.children == 0) leaves_.emplace(block.touch_seq, &block);
 }
 
-void BlockIndex::AddReader(CommittedBlock& block) { ++block.readers; }
+void BlockIndex::AddReader(CommittedBlock& block) {
+  const bool was = IsProtected(block);
+  ++block.readers;
+  UpdateProtection(block, was);
+}
 
 void BlockIndex::RemoveReader(const BlockKey& key) {
   auto it = blocks_.find(key);
   // Blocks with readers are never evicted, so the block is still there.
-  if (it != blocks_.end() && it->second.readers > 0) --it->second.readers;
+  if (it == blocks_.end() || it->second.readers == 0) return;
+  const bool was = IsProtected(it->second);
+  --it->second.readers;
+  UpdateProtection(it->second, was);
 }
 
-std::pair<BlockIndex::KeySet, uint64_t> BlockIndex::KeptBlocks(
-    const std::vector<BlockKey>& extra) {
-  KeySet kept;
-  uint64_t kept_bytes = 0;
-  auto keep_chain = [&](const CommittedBlock* b) {
-    while (b != nullptr && kept.insert(b->key).second) {
-      kept_bytes += b->space.reserved_bytes;
-      if (!b->parent) break;
-      auto parent = blocks_.find(*b->parent);
-      b = parent == blocks_.end() ? nullptr : &parent->second;
+void BlockIndex::UpdateProtection(CommittedBlock& block, bool was_protected) {
+  const bool now = IsProtected(block);
+  if (now != was_protected) AdjustKept(&block, now ? 1 : -1);
+}
+
+void BlockIndex::AdjustKept(CommittedBlock* block, int delta) {
+  // Walk up while a block switches between kept and not kept; its parent's count changes by
+  // the same one. Stops at the first block whose state does not switch.
+  while (block != nullptr) {
+    const uint32_t before = block->kept;
+    block->kept += delta;
+    const bool switched = (before == 0) != (block->kept == 0);
+    if (!switched) return;
+    if (delta > 0) {
+      kept_bytes_ += block->space.reserved_bytes;
+    } else {
+      kept_bytes_ -= block->space.reserved_bytes;
     }
-  };
-  for (auto& [key, block] : blocks_) {
-    if (IsProtected(block)) keep_chain(&block);
+    // The parent gains or loses one kept child.
+    delta = delta > 0 ? 1 : -1;
+    if (!block->parent) return;
+    auto parent = blocks_.find(*block->parent);
+    block = parent == blocks_.end() ? nullptr : &parent->second;
   }
-  for (const BlockKey& key : extra) {
-    auto it = blocks_.find(key);
-    if (it != blocks_.end()) keep_chain(&it->second);
-  }
-  return {std::move(kept), kept_bytes};
 }
 
-bool BlockIndex::EvictFor(uint64_t bytes, const KeySet& kept) {
+bool BlockIndex::EvictFor(uint64_t bytes) {
   while (pool_->free_bytes() < bytes) {
     CommittedBlock* victim = nullptr;
+    // A kept leaf is a protected one (any other kept block has a kept child).
     for (auto& [seq, block] : leaves_) {
-      if (!kept.contains(block->key)) {
+      if (block->kept == 0) {
         victim = block;
         break;
       }
@@ -150,6 +162,7 @@ void BlockIndex::EvictOne(CommittedBlock& block, const std::string& reason) {
   }
   if (block.pinned) --pinned_blocks_;
   committed_bytes_ -= block.size;
+  committed_reserved_ -= block.space.reserved_bytes;
   ++counters_.evictions;
   Publish(EventType::kEvicted, block, reason);
   pool_->Free(block.space);
@@ -333,31 +346,35 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
         "Allocate needs ", bytes_needed, " bytes but the host tier holds only ",
         pool_->capacity_bytes(), "; split the request or raise --host-capacity"));
   }
-  if (pool_->free_bytes() < bytes_needed) {
-    // The chains the new blocks extend must survive: evicting a parent of a block being
-    // written would make that block unreachable the moment it is committed.
-    std::vector<BlockKey> parents;
-    for (size_t i = 0; i < blocks.size(); ++i) {
-      if (result.blocks[i].state == AllocateState::kAllocated && parsed[i].parent) {
-        parents.push_back(*parsed[i].parent);
-      }
+  // The chains the new blocks extend must survive while they are written: evicting a parent
+  // would make its child unreachable the moment it is committed. Hold them like readers.
+  std::vector<BlockKey> held;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    if (result.blocks[i].state != AllocateState::kAllocated || !parsed[i].parent) continue;
+    auto parent = blocks_.find(*parsed[i].parent);
+    if (parent == blocks_.end() ||
+        std::find(held.begin(), held.end(), parent->first) != held.end()) {
+      continue;
     }
-    auto [kept, kept_bytes] = KeptBlocks(parents);
-    uint64_t committed_reserved = 0;
-    for (auto& [key, block] : blocks_) committed_reserved += block.space.reserved_bytes;
-    const uint64_t evictable = committed_reserved - kept_bytes;
+    AddReader(parent->second);
+    held.push_back(parent->first);
+  }
+  if (pool_->free_bytes() < bytes_needed) {
+    const uint64_t evictable = committed_reserved_ - kept_bytes_;
     if (pool_->free_bytes() + evictable < bytes_needed) {
+      for (const BlockKey& key : held) RemoveReader(key);
       ++counters_.allocation_failures;
       return absl::ResourceExhaustedError(absl::StrCat(
           "Allocate needs ", bytes_needed, " bytes; ", pool_->free_bytes(), " are free and ",
           evictable, " evictable (the rest is pinned, leased or being written); retry later, "
           "release leases or unpin blocks"));
     }
-    EvictFor(bytes_needed, kept);
+    EvictFor(bytes_needed);
   }
   const uint64_t id = next_allocation_id_++;
   Allocation& allocation = allocations_[id];
   allocation.fingerprint = fingerprint;
+  allocation.held_parents = std::move(held);
   allocation.expires =
       now + (lease_ttl == absl::ZeroDuration() ? options_.write_lease_ttl : lease_ttl);
   for (size_t i = 0; i < blocks.size(); ++i) {
@@ -367,7 +384,7 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
       // Unreachable while the pool's free bytes were checked above; fail safe regardless.
       ++counters_.allocation_failures;
       for (const BlockKey& key : allocation.keys) DropPending(key);
-      allocations_.erase(id);
+      EndAllocation(id);
       return space.status();
     }
     PendingBlock& p = pending_[parsed[i].key];
@@ -427,13 +444,20 @@ void BlockIndex::ExpireAllocation(uint64_t id) {
     expired_allocations_.erase(expired_order_.front());
     expired_order_.pop_front();
   }
-  allocations_.erase(it);
+  EndAllocation(id);
   ++counters_.expired_allocations;
 }
 
 void BlockIndex::FinishAllocationIfEmpty(uint64_t id) {
   auto it = allocations_.find(id);
-  if (it != allocations_.end() && it->second.keys.empty()) allocations_.erase(it);
+  if (it != allocations_.end() && it->second.keys.empty()) EndAllocation(id);
+}
+
+void BlockIndex::EndAllocation(uint64_t id) {
+  auto it = allocations_.find(id);
+  if (it == allocations_.end()) return;
+  for (const BlockKey& key : it->second.held_parents) RemoveReader(key);
+  allocations_.erase(it);
 }
 
 absl::Status BlockIndex::Write(uint64_t allocation_id, const std::string& raw_key,
@@ -570,6 +594,13 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
     auto kids = children_.find(block.key);
     block.children = kids == children_.end() ? 0 : kids->second.size();
     if (block.children == 0) leaves_.emplace(block.touch_seq, &block);
+    committed_reserved_ += block.space.reserved_bytes;
+    // Children committed earlier that are kept make this block kept too.
+    uint32_t kept_children = 0;
+    if (kids != children_.end()) {
+      for (const BlockKey& child : kids->second) kept_children += blocks_.at(child).kept > 0;
+    }
+    if (kept_children > 0) AdjustKept(&block, static_cast<int>(kept_children));
     by_commit_.emplace(block.commit_seq, &block);
     if (block.parent) {
       children_[*block.parent].push_back(block.key);
@@ -626,7 +657,9 @@ absl::StatusOr<uint32_t> BlockIndex::SetPinned(const std::vector<std::string>& r
   for (const BlockKey& key : keys) {
     CommittedBlock& block = blocks_.at(key);
     if (block.pinned == pinned) continue;
+    const bool was = IsProtected(block);
     block.pinned = pinned;
+    UpdateProtection(block, was);
     pinned_blocks_ += pinned ? 1 : -1;
     ++changed;
   }
@@ -856,6 +889,26 @@ absl::Status BlockIndex::CheckInvariants() {
   if (leaves != leaves_.size()) {
     return absl::InternalError(absl::StrCat("eviction order holds ", leaves_.size(),
                                             " blocks; there are ", leaves, " leaves"));
+  }
+  // Recompute every kept count bottom-up from its definition and compare.
+  uint64_t committed_reserved = reserved;
+  uint64_t kept_bytes = 0;
+  for (auto& [key, block] : blocks_) {
+    uint32_t kept = IsProtected(block) ? 1 : 0;
+    auto kids = children_.find(key);
+    if (kids != children_.end()) {
+      for (const BlockKey& child : kids->second) kept += blocks_.at(child).kept > 0;
+    }
+    if (kept != block.kept) {
+      return absl::InternalError(absl::StrCat("block ", ShortKey(key), " kept count ",
+                                              block.kept, ", should be ", kept));
+    }
+    if (kept > 0) kept_bytes += block.space.reserved_bytes;
+  }
+  if (committed_reserved != committed_reserved_ || kept_bytes != kept_bytes_) {
+    return absl::InternalError(absl::StrCat(
+        "reserved/kept bytes ", committed_reserved_, "/", kept_bytes_, ", recomputed ",
+        committed_reserved, "/", kept_bytes));
   }
   for (auto& [key, p] : pending_) reserved += p.space.reserved_bytes;
   if (reserved != pool_->used_bytes()) {

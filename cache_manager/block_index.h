@@ -7,8 +7,9 @@
 // - every committed or pending block owns exactly one pool allocation, and the pool's used
 //   bytes equal the sum of their reservations (plus allocations whose release waits for an
 //   in-flight copy);
-// - a block with readers (leases, in-flight Get) or a pin is never evicted, and neither is
-//   any ancestor of one, since a chain cut above it would make it unreachable;
+// - a block with readers (leases, in-flight Get, an allocation extending it) or a pin is
+//   never evicted, and neither is any ancestor of one, since a chain cut above it would make
+//   it unreachable: `kept` counts exactly these reasons, and kept_bytes_ their space;
 // - the eviction order holds exactly the committed blocks without committed children.
 //
 // Thread-safe: every public method takes the index's mutex; checksums and byte copies of
@@ -59,8 +60,11 @@ struct CommittedBlock {
   Digest fingerprint{};
   PoolAllocation space;
   bool pinned = false;
-  uint32_t readers = 0;   // Read leases plus in-flight Gets.
+  uint32_t readers = 0;   // Read leases, in-flight Gets, and allocations extending it.
   uint32_t children = 0;  // Committed blocks whose parent is this one.
+  // Why eviction must keep this block: 1 if it is protected itself (pinned or read), plus
+  // one per committed child that is kept. Eviction takes only blocks where this is 0.
+  uint32_t kept = 0;
   uint64_t hits = 0;
   absl::Time committed_at;
   absl::Time last_access;
@@ -253,6 +257,9 @@ class BlockIndex {
     Digest fingerprint;
     absl::Time expires;
     absl::flat_hash_set<BlockKey, BlockKeyHash> keys;
+    // Committed parents of the blocks being written, held (as readers) until the
+    // allocation ends so that the chain they extend stays reachable.
+    std::vector<BlockKey> held_parents;
   };
   struct Lease {
     absl::Time expires;
@@ -269,17 +276,19 @@ class BlockIndex {
   void ExpireAllocation(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropPending(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishAllocationIfEmpty(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Releases the allocation's held parents and forgets it.
+  void EndAllocation(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Touch(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddReader(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RemoveReader(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool IsProtected(const CommittedBlock& block) const { return block.pinned || block.readers > 0; }
-  using KeySet = absl::flat_hash_set<BlockKey, BlockKeyHash>;
-  // Blocks eviction must keep: protected ones, `extra` (committed parents of blocks being
-  // allocated), and every ancestor of those. Returns the set and its reserved bytes.
-  std::pair<KeySet, uint64_t> KeptBlocks(const std::vector<BlockKey>& extra)
+  // Call after a block's pin or readers changed from `was_protected`: keeps `kept` counts
+  // and kept_bytes_ exact along its chain (amortised O(1) for prefix leases).
+  void UpdateProtection(CommittedBlock& block, bool was_protected)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Evicts least recently used leaves outside `kept` until `bytes` are free in the pool.
-  bool EvictFor(uint64_t bytes, const KeySet& kept) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AdjustKept(CommittedBlock* block, int delta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Evicts least recently used unkept leaves until `bytes` are free in the pool.
+  bool EvictFor(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EvictOne(CommittedBlock& block, const std::string& reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RememberEvicted(const BlockKey& key, const std::string& reason)
@@ -312,11 +321,13 @@ class BlockIndex {
   std::deque<BlockKey> evicted_order_ ABSL_GUARDED_BY(mu_);
   // Specs seen in Allocate, by fingerprint, to explain fingerprint mismatches (bounded).
   absl::flat_hash_map<Digest, ModelSpec, BlockKeyHash> known_models_ ABSL_GUARDED_BY(mu_);
-  // Pool space whose owner went away while a copy into or out of it was in flight.
   uint64_t next_allocation_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_lease_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t committed_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Pool bytes reserved by committed blocks, and by those of them that are kept.
+  uint64_t committed_reserved_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t kept_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t pinned_blocks_ ABSL_GUARDED_BY(mu_) = 0;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   IndexStats counters_ ABSL_GUARDED_BY(mu_);

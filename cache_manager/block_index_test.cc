@@ -299,6 +299,24 @@ TEST_F(BlockIndexTest, EvictionSparesTheChainANewBlockExtends) {
   ExpectInvariants();
 }
 
+TEST_F(BlockIndexTest, AllocationHoldsTheParentItExtendsUntilItEnds) {
+  auto a = Chain(3, 1);
+  ASSERT_TRUE(Store(a, 0, 2).ok());
+  auto pending = index_->Allocate(spec_, {{Bytes(a[2]), Bytes(a[1]), 10, 0}}, absl::Seconds(5));
+  ASSERT_TRUE(pending.ok());
+  EXPECT_EQ(index_->Evict({Bytes(a[1])}).status().code(), absl::StatusCode::kFailedPrecondition);
+  ExpectInvariants();
+  ASSERT_TRUE(index_->Abort(pending->allocation_id, {}).ok());
+  EXPECT_TRUE(index_->Evict({Bytes(a[1])}).ok());
+  // Expiry releases the hold too.
+  ASSERT_TRUE(Store(a, 1, 2).ok());
+  ASSERT_TRUE(index_->Allocate(spec_, {{Bytes(a[2]), Bytes(a[1]), 10, 0}}, absl::Seconds(1)).ok());
+  clock_.Advance(absl::Seconds(2));
+  index_->ExpireLeases();
+  EXPECT_TRUE(index_->Evict({Bytes(a[1])}).ok());
+  ExpectInvariants();
+}
+
 TEST_F(BlockIndexTest, ReadLeaseExpires) {
   Reset(2 * kPage);
   auto a = Chain(2, 1);
