@@ -33,6 +33,19 @@ absl::StatusOr<std::unique_ptr<HostPool>> HostPool::Create(const Options& option
   if (mem == MAP_FAILED) {
     return ErrnoToStatus(errno, absl::StrCat("host pool: mmap of ", capacity, " bytes"));
   }
+  if (options.prefault) {
+    // Huge pages cut the page-table work of a large pool; populate then takes one fault per
+    // 2 MiB instead of per 4 KiB. Both calls are advice: failure only costs speed.
+    madvise(mem, capacity, MADV_HUGEPAGE);
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+    if (madvise(mem, capacity, MADV_POPULATE_WRITE) != 0) {
+      // Kernels before 5.14: touch every page.
+      volatile uint8_t* p = static_cast<uint8_t*>(mem);
+      for (uint64_t off = 0; off < capacity; off += 4096) p[off] = 0;
+    }
+  }
   bool pinned = false;
 #ifdef TIERKV_HAVE_CUDA
   if (options.pin_with_cuda) {

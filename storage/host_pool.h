@@ -50,6 +50,9 @@ class HostPool {
     uint64_t page_bytes = 64 * 1024;
     // Page-lock the pool with CUDA when the build and the machine have a GPU.
     bool pin_with_cuda = true;
+    // Fault every page in at creation (with transparent huge pages where the kernel allows),
+    // so that no write on the data path takes a page fault.
+    bool prefault = true;
   };
 
   // INVALID_ARGUMENT for a bad page size or a capacity below one page; RESOURCE_EXHAUSTED
