@@ -703,34 +703,46 @@ absl::StatusOr<EvictResult> BlockIndex::Evict(const std::vector<std::string>& ra
 // ---------------------------------------------------------------------------------------
 // Reads and reports.
 
+absl::StatusOr<BlockIndex::ReadHold> BlockIndex::Hold(
+    const std::string& raw_key, absl::FunctionRef<void(const CommittedBlock&)> info) {
+  TIERKV_ASSIGN_OR_RETURN(BlockKey key, ParseKey(raw_key, "key", 0));
+  absl::MutexLock lock(&mu_);
+  auto it = blocks_.find(key);
+  if (it == blocks_.end()) {
+    return absl::NotFoundError(absl::StrCat("block ", ToHex(key), " is not committed here"));
+  }
+  AddReader(it->second);
+  it->second.last_access = clock_->Now();
+  Touch(it->second);
+  info(it->second);
+  ReadHold hold;
+  hold.index_ = this;
+  hold.key_ = key;
+  hold.space_ = it->second.space;
+  return hold;
+}
+
+void BlockIndex::ReadHold::Release() {
+  if (index_ == nullptr) return;
+  absl::MutexLock lock(&index_->mu_);
+  index_->RemoveReader(key_);
+  index_ = nullptr;
+}
+
 absl::Status BlockIndex::Read(const std::string& raw_key, uint64_t chunk_bytes,
                               absl::FunctionRef<void(const CommittedBlock&)> info,
                               absl::FunctionRef<bool(uint64_t, std::string_view)> chunk) {
-  TIERKV_ASSIGN_OR_RETURN(BlockKey key, ParseKey(raw_key, "key", 0));
   if (chunk_bytes == 0) return absl::InvalidArgumentError("chunk size 0");
-  PoolAllocation space;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = blocks_.find(key);
-    if (it == blocks_.end()) {
-      return absl::NotFoundError(absl::StrCat("block ", ToHex(key), " is not committed here"));
-    }
-    AddReader(it->second);
-    it->second.last_access = clock_->Now();
-    Touch(it->second);
-    info(it->second);
-    space = it->second.space;
-  }
+  TIERKV_ASSIGN_OR_RETURN(ReadHold hold, Hold(raw_key, info));
   std::string buffer;
-  for (uint64_t offset = 0; offset < space.size;) {
-    const uint64_t n = std::min(chunk_bytes, space.size - offset);
+  const uint64_t size = hold.space().size;
+  for (uint64_t offset = 0; offset < size;) {
+    const uint64_t n = std::min(chunk_bytes, size - offset);
     buffer.resize(n);
-    pool_->Read(space, offset, buffer.data(), n);
+    pool_->Read(hold.space(), offset, buffer.data(), n);
     if (!chunk(offset, buffer)) break;
     offset += n;
   }
-  absl::MutexLock lock(&mu_);
-  RemoveReader(key);
   return absl::OkStatus();
 }
 

@@ -23,6 +23,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -210,6 +211,13 @@ class BlockIndex {
   // FAILED_PRECONDITION (one of them is pinned or leased); nothing changes on error.
   absl::StatusOr<EvictResult> Evict(const std::vector<std::string>& keys);
 
+  // Holds a committed block against eviction (as a reader) until the returned hold is
+  // destroyed; `info` runs under the lock. NOT_FOUND when the key is not committed,
+  // INVALID_ARGUMENT for a malformed key.
+  class ReadHold;
+  absl::StatusOr<ReadHold> Hold(const std::string& key,
+                                absl::FunctionRef<void(const CommittedBlock&)> info);
+
   // Copies a committed block's bytes out in chunks, holding it against eviction meanwhile.
   // `info` runs first under the lock; `chunk` runs outside it, and may return false to stop.
   absl::Status Read(const std::string& key, uint64_t chunk_bytes,
@@ -331,6 +339,35 @@ class BlockIndex {
   uint64_t pinned_blocks_ ABSL_GUARDED_BY(mu_) = 0;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   IndexStats counters_ ABSL_GUARDED_BY(mu_);
+};
+
+// A committed block held against eviction while its bytes are read from the pool.
+// Move-only; the index must outlive it.
+class BlockIndex::ReadHold {
+ public:
+  ReadHold() = default;
+  ReadHold(ReadHold&& other) noexcept { *this = std::move(other); }
+  ReadHold& operator=(ReadHold&& other) noexcept {
+    Release();
+    index_ = std::exchange(other.index_, nullptr);
+    key_ = other.key_;
+    space_ = std::move(other.space_);
+    return *this;
+  }
+  ReadHold(const ReadHold&) = delete;
+  ReadHold& operator=(const ReadHold&) = delete;
+  ~ReadHold() { Release(); }
+
+  // Where the block's payload lies in the pool.
+  const PoolAllocation& space() const { return space_; }
+
+ private:
+  friend class BlockIndex;
+  void Release();
+
+  BlockIndex* index_ = nullptr;
+  BlockKey key_{};
+  PoolAllocation space_;
 };
 
 std::string_view InspectStateName(InspectState state);

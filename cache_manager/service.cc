@@ -127,33 +127,26 @@ class PutReactor : public grpc::ServerReadReactor<v1::PutRequest> {
   uint64_t written_ = 0;
 };
 
-// Get: the block is copied out of the pool into response messages while it is held against
-// eviction, then streamed.
+// Get: the block is held against eviction for the stream's life, and each message is
+// copied straight from the pool, one in flight at a time.
 class GetReactor : public grpc::ServerWriteReactor<v1::GetResponse> {
  public:
-  GetReactor(const ServiceContext& ctx, const v1::GetRequest* request) {
-    uint64_t chunk = request->chunk_bytes() == 0 ? kDefaultChunkBytes : request->chunk_bytes();
-    if (chunk > kMaxChunkBytes) {
+  GetReactor(const ServiceContext& ctx, const v1::GetRequest* request) : pool_(ctx.pool) {
+    chunk_ = request->chunk_bytes() == 0 ? kDefaultChunkBytes : request->chunk_bytes();
+    if (chunk_ > kMaxChunkBytes) {
       Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          absl::StrCat("chunk_bytes ", chunk, " is above the maximum of ",
+                          absl::StrCat("chunk_bytes ", chunk_, " is above the maximum of ",
                                        kMaxChunkBytes)));
       return;
     }
-    v1::BlockInfo info;
-    absl::Status status = ctx.index->Read(
-        request->key(), chunk, [&](const CommittedBlock& b) { FillBlockInfo(ctx, b, &info); },
-        [&](uint64_t offset, std::string_view data) {
-          v1::GetResponse& msg = messages_.emplace_back();
-          msg.set_offset(offset);
-          msg.set_data(std::string(data));
-          return true;
-        });
-    if (!status.ok()) {
-      Finish(ToGrpcStatus(status));
+    auto hold = ctx.index->Hold(request->key(), [&](const CommittedBlock& b) {
+      FillBlockInfo(ctx, b, message_.mutable_info());
+    });
+    if (!hold.ok()) {
+      Finish(ToGrpcStatus(hold.status()));
       return;
     }
-    if (messages_.empty()) messages_.emplace_back();
-    *messages_.front().mutable_info() = std::move(info);
+    hold_ = std::move(hold).value();
     NextWrite();
   }
 
@@ -162,7 +155,7 @@ class GetReactor : public grpc::ServerWriteReactor<v1::GetResponse> {
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client stopped reading"));
       return;
     }
-    messages_.pop_front();
+    message_.clear_info();
     NextWrite();
   }
 
@@ -170,14 +163,25 @@ class GetReactor : public grpc::ServerWriteReactor<v1::GetResponse> {
 
  private:
   void NextWrite() {
-    if (messages_.empty()) {
+    const uint64_t size = hold_.space().size;
+    if (offset_ >= size && offset_ > 0) {
       Finish(grpc::Status::OK);
       return;
     }
-    StartWrite(&messages_.front());
+    const uint64_t n = std::min(chunk_, size - offset_);
+    message_.set_offset(offset_);
+    std::string* data = message_.mutable_data();
+    data->resize(n);
+    pool_->Read(hold_.space(), offset_, data->data(), n);
+    offset_ += n;
+    StartWrite(&message_);
   }
 
-  std::deque<v1::GetResponse> messages_;
+  HostPool* const pool_;
+  uint64_t chunk_ = 0;
+  uint64_t offset_ = 0;
+  BlockIndex::ReadHold hold_;
+  v1::GetResponse message_;
 };
 
 // WatchEvents: one event in flight at a time; a cursor behind the log's window produces a
