@@ -319,10 +319,10 @@ SlotFactory LookupSlots(v1::CacheService::Stub* stub, const v1::LookupRequest* r
         },
         request,
         [expect_blocks](const v1::LookupResponse& r) {
-          if (r.blocks_size() == expect_blocks) return grpc::Status::OK;
+          if (static_cast<int>(r.found()) == expect_blocks) return grpc::Status::OK;
           return grpc::Status(
               grpc::StatusCode::INTERNAL,
-              absl::StrCat("Lookup found ", r.blocks_size(), " blocks; expected ", expect_blocks));
+              absl::StrCat("Lookup found ", r.found(), " blocks; expected ", expect_blocks));
         },
         reuse_response);
   };
@@ -747,7 +747,7 @@ class Bench {
 
   v1::LookupRequest LookupRequestFor(size_t keys) const {
     v1::LookupRequest request;
-    for (size_t i = 0; i < keys; ++i) request.add_keys(std::string(KeyBytes(chain_[i])));
+    for (size_t i = 0; i < keys; ++i) request.mutable_keys()->append(KeyBytes(chain_[i]));
     request.set_fingerprint(std::string(KeyBytes(fingerprint_)));
     return request;
   }
@@ -758,9 +758,10 @@ class Bench {
     grpc::ClientContext context;
     grpc::Status s = cm_->Lookup(&context, request, response);
     if (!s.ok()) return CallError(s, "Lookup");
-    if (response->blocks_size() != request.keys_size()) {
-      return absl::InternalError(absl::StrCat("Lookup found ", response->blocks_size(), " of ",
-                                              request.keys_size(), " blocks"));
+    const size_t asked = request.keys().size() / kDigestBytes;
+    if (response->found() != asked) {
+      return absl::InternalError(absl::StrCat("Lookup found ", response->found(), " of ",
+                                              asked, " blocks"));
     }
     return response->ByteSizeLong();
   }
@@ -863,7 +864,7 @@ class Bench {
     Note(
         absl::StrFormat("protobuf alone, in-process: LookupResponse of %d blocks serializes "
                         "in %.3f ms and parses in %.3f ms; LookupRequest parses in %.3f ms",
-                        response.blocks_size(), serialize_ms, parse_ms, request_parse_ms));
+                        response.found(), serialize_ms, parse_ms, request_parse_ms));
   }
 
   absl::Status Lookup1() {

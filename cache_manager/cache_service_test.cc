@@ -134,7 +134,7 @@ class CacheServiceTest : public ::testing::Test {
   grpc::Status Lookup(const std::vector<BlockKey>& chain, v1::LookupResponse* response,
                       bool lease = false) {
     v1::LookupRequest req;
-    for (auto& k : chain) req.add_keys(std::string(KeyBytes(k)));
+    for (auto& k : chain) req.mutable_keys()->append(KeyBytes(k));
     req.set_lease(lease);
     return cache_->Lookup(Ctx().get(), req, response);
   }
@@ -166,14 +166,24 @@ TEST_F(CacheServiceTest, PutCommitLookupGetRoundTrip) {
   ASSERT_TRUE(Store(chain, 0, 3, 10000).ok());
   v1::LookupResponse found;
   ASSERT_TRUE(Lookup(chain, &found).ok());
-  ASSERT_EQ(found.blocks_size(), 3);
-  EXPECT_EQ(found.blocks(0).location().tier(), v1::TIER_HOST);
-  EXPECT_EQ(found.blocks(0).size(), 10000u);
+  ASSERT_EQ(found.found(), 3u);
+  ASSERT_EQ(found.sizes_size(), 3);
+  EXPECT_EQ(found.tiers(0), v1::TIER_HOST);
+  EXPECT_EQ(found.sizes(0), 10000u);
+  EXPECT_EQ(found.node(), server_->address());
+  // Extents of each block cover its size.
+  int e = 0;
+  for (int i = 0; i < 3; ++i) {
+    uint64_t covered = 0;
+    for (uint32_t j = 0; j < found.extent_counts(i); ++j) covered += found.extent_lengths(e++);
+    EXPECT_EQ(covered, found.sizes(i));
+  }
+  EXPECT_EQ(e, found.extent_offsets_size());
   std::string data;
   v1::BlockInfo info;
   ASSERT_TRUE(Get(chain[1], &data, &info).ok());
   EXPECT_EQ(data, Payload(chain[1], 10000));
-  EXPECT_EQ(BlockChecksum(data.data(), data.size()), found.blocks(1).checksum());
+  EXPECT_EQ(BlockChecksum(data.data(), data.size()), found.checksums(1));
   EXPECT_EQ(info.parent_key(), std::string(KeyBytes(chain[0])));
   EXPECT_EQ(info.location().node(), server_->address());
 }
@@ -182,7 +192,7 @@ TEST_F(CacheServiceTest, BadInputGetsSpecificCodesAndChangesNothing) {
   auto chain = Chain(2);
   v1::LookupResponse lr;
   v1::LookupRequest bad_lookup;
-  bad_lookup.add_keys("not-a-key");
+  bad_lookup.set_keys(std::string(KeyBytes(chain[0])) + "not-a-key");
   EXPECT_EQ(cache_->Lookup(Ctx().get(), bad_lookup, &lr).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
 
@@ -205,7 +215,7 @@ TEST_F(CacheServiceTest, BadInputGetsSpecificCodesAndChangesNothing) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::DATA_LOSS);
   EXPECT_THAT(s.error_message(), HasSubstr("checksum"));
   ASSERT_TRUE(Lookup(chain, &lr).ok());
-  EXPECT_EQ(lr.blocks_size(), 0);
+  EXPECT_EQ(lr.found(), 0u);
 
   // Put beyond the declared size.
   EXPECT_EQ(Put(a.allocation_id(), chain[0], data + "x", 10000).error_code(),
@@ -420,12 +430,12 @@ TEST_F(CacheServiceTest, ConcurrentClientsKeepInvariants) {
           continue;
         }
         // Under the lease every found block must stay readable and intact.
-        for (int i = 0; i < found.blocks_size(); ++i) {
+        for (uint32_t i = 0; i < found.found(); ++i) {
           std::string data;
           grpc::Status s = Get(chain[i], &data);
           if (!s.ok()) {
             ++leased_missing;
-          } else if (BlockChecksum(data.data(), data.size()) != found.blocks(i).checksum()) {
+          } else if (BlockChecksum(data.data(), data.size()) != found.checksums(i)) {
             ++corrupt;
           }
         }
@@ -435,7 +445,7 @@ TEST_F(CacheServiceTest, ConcurrentClientsKeepInvariants) {
           v1::ReleaseLeaseResponse rr;
           if (!cache_->ReleaseLease(Ctx().get(), rel, &rr).ok()) ++unexpected;
         }
-        const size_t have = found.blocks_size();
+        const size_t have = found.found();
         if (have < chain.size()) {
           // Sizes of a chain must agree between writers; derive from the chain's seed.
           const size_t chain_size = 4096 * (1 + chain[0][0] % 3);
@@ -515,7 +525,7 @@ TEST_F(CacheServiceTest, ConcurrentClientsKeepInvariants) {
   for (const auto& [key, pinned_at] : pinned) {
     v1::LookupResponse r;
     ASSERT_TRUE(Lookup({key}, &r).ok());
-    EXPECT_EQ(r.blocks_size(), 1) << "pinned block " << ToHex(key) << " is gone";
+    EXPECT_EQ(r.found(), 1u) << "pinned block " << ToHex(key) << " is gone";
     for (uint64_t seq : evicted[key]) {
       EXPECT_LE(seq, pinned_at) << "pinned block " << ToHex(key) << " evicted at event " << seq;
     }

@@ -300,6 +300,12 @@ void ModelSpecToProto(const ModelSpec& spec, v1::ModelSpec* proto) {
 grpc::ServerUnaryReactor* CacheServiceImpl::Lookup(grpc::CallbackServerContext* context,
                                                    const v1::LookupRequest* request,
                                                    v1::LookupResponse* response) {
+  const std::string& packed = request->keys();
+  if (packed.size() % kDigestBytes != 0) {
+    return Done(context, absl::InvalidArgumentError(absl::StrCat(
+                             "keys is ", packed.size(), " bytes, not a whole number of ",
+                             kDigestBytes, "-byte block keys")));
+  }
   std::optional<Digest> fingerprint;
   if (!request->fingerprint().empty()) {
     auto fp = BlockKeyFromBytes(request->fingerprint());
@@ -313,20 +319,32 @@ grpc::ServerUnaryReactor* CacheServiceImpl::Lookup(grpc::CallbackServerContext* 
   for (uint32_t& c : codecs) {
     if (c == v1::CODEC_UNSPECIFIED) c = v1::CODEC_RAW;
   }
-  // Keys, parents and fingerprint are implied by the request, so Lookup's BlockInfo carries
-  // only what the caller cannot know: size, checksum, codec and location.
-  response->mutable_blocks()->Reserve(request->keys_size());
-  std::vector<std::string_view> keys(request->keys().begin(), request->keys().end());
+  const size_t n = packed.size() / kDigestBytes;
+  std::vector<std::string_view> keys(n);
+  for (size_t i = 0; i < n; ++i) keys[i] = std::string_view(packed).substr(i * kDigestBytes, kDigestBytes);
+  response->mutable_sizes()->Reserve(n);
+  response->mutable_checksums()->Reserve(n);
+  response->mutable_codecs()->Reserve(n);
+  response->mutable_tiers()->Reserve(n);
+  response->mutable_extent_counts()->Reserve(n);
+  response->mutable_extent_offsets()->Reserve(n);
+  response->mutable_extent_lengths()->Reserve(n);
   auto result = ctx_.index->Lookup(
-      keys, fingerprint, codecs, request->lease(),
-      TtlFromMs(request->lease_ttl_ms()), [&](const CommittedBlock& block) {
-        v1::BlockInfo* info = response->add_blocks();
-        info->set_size(block.size);
-        info->set_checksum(block.checksum);
-        info->set_codec(static_cast<v1::Codec>(block.codec));
-        FillLocation(ctx_, block.space, info->mutable_location());
+      keys, fingerprint, codecs, request->lease(), TtlFromMs(request->lease_ttl_ms()),
+      [&](const CommittedBlock& block) {
+        response->add_sizes(block.size);
+        response->add_checksums(block.checksum);
+        response->add_codecs(static_cast<v1::Codec>(block.codec));
+        response->add_tiers(v1::TIER_HOST);
+        response->add_extent_counts(block.space.extents.size());
+        for (const PoolExtent& e : block.space.extents) {
+          response->add_extent_offsets(e.offset);
+          response->add_extent_lengths(e.length);
+        }
       });
   if (!result.ok()) return Done(context, result.status());
+  response->set_found(result->found);
+  if (result->found > 0) response->set_node(ctx_.node_name());
   response->set_lease_id(result->lease_id);
   if (result->lease_id != 0) {
     response->set_lease_expires_unix_ms(absl::ToUnixMillis(result->lease_expires));

@@ -56,11 +56,11 @@ class DemoClient {
     o.blocks = keys.size();
     auto t0 = Clock::now();
     v1::LookupRequest lookup;
-    for (const BlockKey& k : keys) lookup.add_keys(std::string(KeyBytes(k)));
+    for (const BlockKey& k : keys) lookup.mutable_keys()->append(KeyBytes(k));
     lookup.set_fingerprint(std::string(KeyBytes(ModelFingerprint(spec))));
     v1::LookupResponse found;
     TIERKV_RETURN_IF_ERROR(FromGrpcStatus(cache_->Lookup(Ctx().get(), lookup, &found)));
-    o.cached = found.blocks_size();
+    o.cached = found.found();
     o.lookup_ms = Ms(Clock::now() - t0);
     if (o.cached == keys.size()) return o;
 
