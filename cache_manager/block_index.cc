@@ -237,7 +237,7 @@ absl::StatusOr<LookupResult> BlockIndex::Lookup(
     auto it = blocks_.find(key);
     if (it == blocks_.end()) break;
     CommittedBlock& block = it->second;
-    if (fingerprint && block.fingerprint != *fingerprint) break;
+    if (fingerprint && !BlockKeyEq()(block.fingerprint, *fingerprint)) break;
     if (!codec_ok(block.codec)) break;
     ++block.hits;
     block.last_access = now;
@@ -291,7 +291,7 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
     std::optional<BlockKey> parent;
   };
   std::vector<Parsed> parsed(blocks.size());
-  absl::flat_hash_set<BlockKey, BlockKeyHash> seen;
+  absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> seen;
   for (size_t i = 0; i < blocks.size(); ++i) {
     const AllocateBlockSpec& b = blocks[i];
     TIERKV_ASSIGN_OR_RETURN(parsed[i].key, ParseKey(b.key, "blocks.key", i));
@@ -503,7 +503,7 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
   if (blocks.empty()) return absl::InvalidArgumentError("Commit of no blocks");
   std::vector<BlockKey> keys;
   keys.reserve(blocks.size());
-  absl::flat_hash_set<BlockKey, BlockKeyHash> seen;
+  absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> seen;
   for (size_t i = 0; i < blocks.size(); ++i) {
     TIERKV_ASSIGN_OR_RETURN(BlockKey key, ParseKey(blocks[i].first, "blocks.key", i));
     if (!seen.insert(key).second) {
@@ -677,7 +677,7 @@ absl::StatusOr<EvictResult> BlockIndex::Evict(const std::vector<std::string>& ra
     }
     CollectSubtree(keys[i], doomed);
   }
-  absl::flat_hash_set<BlockKey, BlockKeyHash> unique;
+  absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> unique;
   for (const BlockKey& key : doomed) {
     if (!unique.insert(key).second) continue;
     const CommittedBlock& block = blocks_.at(key);
@@ -934,7 +934,7 @@ absl::Status BlockIndex::CheckInvariants() {
     return absl::InternalError("pool over capacity");
   }
   std::vector<uint32_t> readers;
-  absl::flat_hash_map<BlockKey, uint32_t, BlockKeyHash> lease_refs;
+  absl::flat_hash_map<BlockKey, uint32_t, BlockKeyHash, BlockKeyEq> lease_refs;
   for (auto& [id, lease] : leases_) {
     for (const BlockKey& key : lease.keys) {
       if (!blocks_.contains(key)) {

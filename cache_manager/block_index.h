@@ -264,7 +264,7 @@ class BlockIndex {
   struct Allocation {
     Digest fingerprint;
     absl::Time expires;
-    absl::flat_hash_set<BlockKey, BlockKeyHash> keys;
+    absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> keys;
     // Committed parents of the blocks being written, held (as readers) until the
     // allocation ends so that the chain they extend stays reachable.
     std::vector<BlockKey> held_parents;
@@ -313,22 +313,22 @@ class BlockIndex {
   EventLog* const events_;
 
   absl::Mutex mu_;
-  absl::node_hash_map<BlockKey, CommittedBlock, BlockKeyHash> blocks_ ABSL_GUARDED_BY(mu_);
+  absl::node_hash_map<BlockKey, CommittedBlock, BlockKeyHash, BlockKeyEq> blocks_ ABSL_GUARDED_BY(mu_);
   // Parent key -> committed children, whether or not the parent itself is committed.
-  absl::flat_hash_map<BlockKey, std::vector<BlockKey>, BlockKeyHash> children_
+  absl::flat_hash_map<BlockKey, std::vector<BlockKey>, BlockKeyHash, BlockKeyEq> children_
       ABSL_GUARDED_BY(mu_);
   // Committed leaves by touch_seq: the eviction order.
   absl::btree_map<uint64_t, CommittedBlock*> leaves_ ABSL_GUARDED_BY(mu_);
   absl::btree_map<uint64_t, CommittedBlock*> by_commit_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<BlockKey, PendingBlock, BlockKeyHash> pending_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<BlockKey, PendingBlock, BlockKeyHash, BlockKeyEq> pending_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Allocation> allocations_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, absl::Time> expired_allocations_ ABSL_GUARDED_BY(mu_);
   std::deque<uint64_t> expired_order_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<BlockKey, EvictedRecord, BlockKeyHash> evicted_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<BlockKey, EvictedRecord, BlockKeyHash, BlockKeyEq> evicted_ ABSL_GUARDED_BY(mu_);
   std::deque<BlockKey> evicted_order_ ABSL_GUARDED_BY(mu_);
   // Specs seen in Allocate, by fingerprint, to explain fingerprint mismatches (bounded).
-  absl::flat_hash_map<Digest, ModelSpec, BlockKeyHash> known_models_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<Digest, ModelSpec, BlockKeyHash, BlockKeyEq> known_models_ ABSL_GUARDED_BY(mu_);
   uint64_t next_allocation_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_lease_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
