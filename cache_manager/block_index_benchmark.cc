@@ -1,0 +1,56 @@
+// Micro benchmarks of the block index without gRPC: what a Lookup costs per key.
+#include <benchmark/benchmark.h>
+
+#include "cache_manager/block_index.h"
+
+namespace tierkv {
+namespace {
+
+struct Fixture {
+  explicit Fixture(size_t n) {
+    pool = *HostPool::Create({.capacity_bytes = (n + 16) * 4096, .page_bytes = 4096});
+    events = std::make_unique<EventLog>(1 << 16);
+    index = std::make_unique<BlockIndex>(BlockIndexOptions{}, pool.get(), RealClock(),
+                                         events.get());
+    std::vector<uint32_t> tokens(n * 16);
+    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = i;
+    chain = *ComputeBlockKeys(BuiltinTinyModelSpec(), "", tokens);
+    std::vector<AllocateBlockSpec> specs;
+    for (size_t i = 0; i < n; ++i) {
+      specs.push_back({std::string(KeyBytes(chain[i])),
+                       i == 0 ? "" : std::string(KeyBytes(chain[i - 1])), 4096, 0});
+    }
+    auto a = *index->Allocate(BuiltinTinyModelSpec(), specs, absl::ZeroDuration());
+    const std::string zeros(4096, '\0');
+    std::vector<std::pair<std::string, uint64_t>> commits;
+    for (auto& b : a.blocks) commits.emplace_back(std::string(KeyBytes(b.key)), BlockChecksum(zeros.data(), 4096));
+    (void)*index->Commit(a.allocation_id, commits);
+    for (const BlockKey& k : chain) packed.append(KeyBytes(k));
+  }
+  std::unique_ptr<HostPool> pool;
+  std::unique_ptr<EventLog> events;
+  std::unique_ptr<BlockIndex> index;
+  std::vector<BlockKey> chain;
+  std::string packed;
+};
+
+void BM_LookupChain(benchmark::State& state) {
+  const size_t n = state.range(0);
+  Fixture f(n);
+  std::vector<std::string_view> keys(n);
+  for (size_t i = 0; i < n; ++i) keys[i] = std::string_view(f.packed).substr(i * 32, 32);
+  uint64_t sum = 0;
+  for (auto _ : state) {
+    auto r = f.index->Lookup(keys, std::nullopt, {}, false, absl::ZeroDuration(),
+                             [&](const CommittedBlock& b) { sum += b.size; });
+    benchmark::DoNotOptimize(r);
+  }
+  benchmark::DoNotOptimize(sum);
+  state.SetItemsProcessed(state.iterations() * n);
+}
+BENCHMARK(BM_LookupChain)->Arg(8192)->Arg(65536);
+
+}  // namespace
+}  // namespace tierkv
+
+BENCHMARK_MAIN();
