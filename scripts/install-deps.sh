@@ -15,6 +15,8 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   # core libraries
   libabsl-dev libssl-dev libxxhash-dev libcli11-dev
+  # data plane (UCX; ucx-utils brings ucx_perftest for the transfer benchmark baseline)
+  libucx-dev ucx-utils
   # tests and benchmarks
   libgtest-dev libgmock-dev googletest libbenchmark-dev nlohmann-json3-dev
   python3-grpcio python3-protobuf
