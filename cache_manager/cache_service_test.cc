@@ -23,6 +23,20 @@ namespace {
 
 using ::testing::HasSubstr;
 
+// What a client sends for a core spec (clients use cache_client's helper; this folder may
+// not depend on it).
+void SpecToProto(const ModelSpec& spec, v1::ModelSpec* proto) {
+  proto->set_model_id(spec.model_id);
+  proto->set_weights_digest(spec.weights_digest);
+  proto->set_num_layers(spec.num_layers);
+  proto->set_num_kv_heads(spec.num_kv_heads);
+  proto->set_head_dim(spec.head_dim);
+  proto->set_kv_dtype(spec.kv_dtype);
+  proto->set_block_tokens(spec.block_tokens);
+  proto->set_tp_rank(spec.tp_rank);
+  proto->set_tp_size(spec.tp_size);
+}
+
 class CacheServiceTest : public ::testing::Test {
  protected:
   void StartServer(uint64_t capacity = 4 << 20, uint32_t event_buffer = 4096) {
@@ -71,7 +85,7 @@ class CacheServiceTest : public ::testing::Test {
   grpc::Status Allocate(const std::vector<BlockKey>& chain, size_t from, size_t to, size_t size,
                         v1::AllocateResponse* response, uint32_t ttl_ms = 0) {
     v1::AllocateRequest req;
-    ModelSpecToProto(BuiltinTinyModelSpec(), req.mutable_model());
+    SpecToProto(BuiltinTinyModelSpec(), req.mutable_model());
     req.set_lease_ttl_ms(ttl_ms);
     for (size_t i = from; i < to; ++i) {
       auto* b = req.add_blocks();
@@ -267,7 +281,7 @@ TEST_F(CacheServiceTest, InspectByTokensExplainsMisses) {
   ASSERT_TRUE(cache_->Evict(Ctx().get(), evict, &er).ok());
 
   v1::InspectPrefixRequest req;
-  ModelSpecToProto(spec, req.mutable_tokens()->mutable_model());
+  SpecToProto(spec, req.mutable_tokens()->mutable_model());
   for (uint32_t t : tokens) req.mutable_tokens()->add_tokens(t);
   v1::InspectPrefixResponse resp;
   ASSERT_TRUE(admin_->InspectPrefix(Ctx().get(), req, &resp).ok());

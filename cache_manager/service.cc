@@ -282,17 +282,6 @@ ModelSpec ModelSpecFromProto(const v1::ModelSpec& proto) {
   return spec;
 }
 
-void ModelSpecToProto(const ModelSpec& spec, v1::ModelSpec* proto) {
-  proto->set_model_id(spec.model_id);
-  proto->set_weights_digest(spec.weights_digest);
-  proto->set_num_layers(spec.num_layers);
-  proto->set_num_kv_heads(spec.num_kv_heads);
-  proto->set_head_dim(spec.head_dim);
-  proto->set_kv_dtype(spec.kv_dtype);
-  proto->set_block_tokens(spec.block_tokens);
-  proto->set_tp_rank(spec.tp_rank);
-  proto->set_tp_size(spec.tp_size);
-}
 
 // ---------------------------------------------------------------------------------------
 // CacheService

@@ -98,9 +98,8 @@ class AdminServiceImpl final : public v1::AdminService::CallbackService {
   const ServiceContext ctx_;
 };
 
-// Conversions shared with clients that build requests from core types.
+// The core spec of a request's model (validated by the index, not here).
 ModelSpec ModelSpecFromProto(const v1::ModelSpec& proto);
-void ModelSpecToProto(const ModelSpec& spec, v1::ModelSpec* proto);
 
 }  // namespace tierkv
 

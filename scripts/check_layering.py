@@ -33,8 +33,11 @@ ALLOWED: Dict[str, Optional[FrozenSet[str]]] = {
     "kernels": frozenset({"core"}),
     "model": frozenset({"kernels", "core"}),
     "cache_manager": frozenset({"storage", "transfer", "proto", "core"}),
-    "prefill_worker": frozenset({"model", "transfer", "proto", "core"}),
-    "decode_worker": frozenset({"model", "transfer", "proto", "core"}),
+    # The client side of the cache manager's API (gRPC control plane + data plane), shared
+    # by both workers and by tools; README.md lists it beside ARCHITECTURE.md's table.
+    "cache_client": frozenset({"transfer", "proto", "core"}),
+    "prefill_worker": frozenset({"cache_client", "model", "transfer", "proto", "core"}),
+    "decode_worker": frozenset({"cache_client", "model", "transfer", "proto", "core"}),
     "cli": ANYTHING,
     "tests": ANYTHING,
     "bench": ANYTHING,

@@ -1,0 +1,89 @@
+// The client side of a cache manager: what prefill and decode workers (and tools) use to
+// find, fetch and store KV blocks. Control calls go over gRPC; block bytes move over the
+// data plane: the gRPC Get/Put streams today (UCX joins behind the same calls).
+//
+// Every fetched block is verified against the checksum the cache reported: a block that
+// does not match is never returned, it ends the prefix and is counted as a failure.
+//
+// Thread-safe: calls may run concurrently from several threads.
+#ifndef TIERKV_CACHE_CLIENT_CACHE_CLIENT_H_
+#define TIERKV_CACHE_CLIENT_CACHE_CLIENT_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "core/block_key.h"
+
+namespace tierkv {
+
+namespace v1 {
+class ModelSpec;
+}
+
+// Fills a proto ModelSpec from a core one.
+void ModelSpecToProto(const ModelSpec& spec, v1::ModelSpec* proto);
+
+struct CacheClientOptions {
+  // host:port of the cache manager.
+  std::string address = "127.0.0.1:7471";
+  // Deadline of each control call; data streams get `timeout` per block.
+  absl::Duration timeout = absl::Seconds(10);
+  // Write lease asked for while storing.
+  absl::Duration write_lease = absl::Seconds(30);
+  // Test hook: flip one byte of the fetched block with this index (within a FetchPrefix
+  // call) as if it had been corrupted in flight; -1 (default) never.
+  int fault_corrupt_block = -1;
+};
+
+struct FetchedPrefix {
+  // Payloads of the verified prefix: blocks[i] belongs to keys[i].
+  std::vector<std::string> blocks;
+  // Blocks the cache reported but whose bytes failed the checksum (or vanished) in transfer.
+  uint32_t checksum_failures = 0;
+  // Time in the Lookup call and in moving and checking the bytes.
+  absl::Duration lookup_time;
+  absl::Duration fetch_time;
+};
+
+struct StoreResult {
+  uint32_t stored = 0;          // Written and committed by this call.
+  uint32_t already_cached = 0;  // Committed before; nothing written.
+  uint32_t in_progress = 0;     // Another writer holds them; skipped.
+};
+
+class CacheClient {
+ public:
+  // Creates a client for `options.address`; connects lazily. INVALID_ARGUMENT for an empty
+  // address.
+  static absl::StatusOr<std::unique_ptr<CacheClient>> Create(const CacheClientOptions& options);
+  virtual ~CacheClient() = default;
+
+  // Looks up `keys` (a prompt's chain under `spec`) and fetches the longest committed,
+  // intact prefix, holding a read lease meanwhile. UNAVAILABLE / DEADLINE_EXCEEDED when
+  // the cache manager cannot be reached; a block that goes missing or fails its checksum
+  // ends the prefix (no error).
+  virtual absl::StatusOr<FetchedPrefix> FetchPrefix(const ModelSpec& spec,
+                                                    std::span<const BlockKey> keys) = 0;
+
+  // Number of blocks of `keys` a Lookup finds, without fetching.
+  virtual absl::StatusOr<size_t> CountCached(const ModelSpec& spec,
+                                             std::span<const BlockKey> keys) = 0;
+
+  // Stores payloads[i] as block keys[first + i] (its parent is keys[first + i - 1]): Allocate,
+  // write, Commit with checksums. Blocks already cached or being written elsewhere are
+  // skipped. Each payload must be spec.RawBlockBytes() long (raw codec). Errors of the
+  // cache manager are returned as they are (RESOURCE_EXHAUSTED when it is full of pinned or
+  // leased blocks, ...); nothing half-written ever becomes visible.
+  virtual absl::StatusOr<StoreResult> Store(const ModelSpec& spec, std::span<const BlockKey> keys,
+                                            size_t first,
+                                            std::span<const std::string> payloads) = 0;
+};
+
+}  // namespace tierkv
+
+#endif  // TIERKV_CACHE_CLIENT_CACHE_CLIENT_H_
