@@ -310,6 +310,7 @@ struct Closing {
   std::shared_ptr<EndpointState> ep;
   void* request;  // Close request; freed when it completes.
   absl::flat_hash_map<std::string, UcpRkey> rkeys;  // Destroyed after the close.
+  absl::Time started;
   absl::Time deadline;
 };
 
@@ -382,9 +383,10 @@ class UcxEngine final : public TransferEngine {
   void Scan(absl::Time now);
   void BeginShutdown();
   void FinishShutdown();
-  bool Drained() const {
-    return live_ops_.empty() && serves_.empty() && closing_.empty();
-  }
+  // Whether shutdown has nothing left worth waiting for: every op reported, every serve
+  // done or past its deadline (its peer is gone), and the closes shutdown began finished.
+  // What fails to finish after that is released with the worker.
+  bool Drained(absl::Time now) const;
 
   absl::StatusOr<std::unique_ptr<MemoryRegion>> DoRegister(void* base, size_t length);
   void DoUnregister(uint64_t base, absl::Notification* done);
@@ -400,6 +402,13 @@ class UcxEngine final : public TransferEngine {
   void PostTwoSidedPut(Op* op);
   void SendPutData(Op* op, uint64_t owner_tag);
   absl::StatusOr<ucp_rkey_h> Rkey(EndpointState& ep, const std::string& key);
+  // Send-like requests are kept in in_flight_ from their post to their callback, so that
+  // shutdown can release those UCX still holds before destroying the worker.
+  void AddRequest(void* request) { in_flight_.insert(request); }
+  UcpRequest TakeRequest(void* request) {
+    in_flight_.erase(request);
+    return UcpRequest(request);
+  }
   // Accounts for the return of a *_nbx call made for `op`.
   void Track(Op* op, ucs_status_ptr_t request, const char* what);
   void StepDone(Op* op, ucs_status_t status, const char* what);
@@ -453,6 +462,7 @@ class UcxEngine final : public TransferEngine {
   uint64_t next_region_id_ = 1;
   uint64_t fault_counter_ = 0;
   bool shutting_down_ = false;
+  absl::Time shutdown_started_;
   absl::Time shutdown_deadline_;
   std::map<uint64_t, std::unique_ptr<Region>> regions_;  // Registered, by base.
   std::vector<std::unique_ptr<Region>> dying_regions_;
@@ -464,6 +474,7 @@ class UcxEngine final : public TransferEngine {
   absl::flat_hash_set<ReplyMessage*> replies_;
   absl::flat_hash_set<FlushGroup*> flushes_;
   std::vector<Closing> closing_;
+  absl::flat_hash_set<void*> in_flight_;  // See AddRequest.
   std::vector<std::pair<std::shared_ptr<EndpointState>, ucs_status_t>> ep_errors_;
 };
 
@@ -478,8 +489,8 @@ struct Callbacks {
   // Completion of one send-like request of an op (ucp_get, ucp_put, AM or tag sends).
   template <const char* kWhat>
   static void OpStep(void* request, ucs_status_t status, void* user) {
-    UcpRequest free_it(request);
     auto* op = static_cast<Op*>(user);
+    UcpRequest done = op->ep->engine->TakeRequest(request);
     op->ep->engine->StepDone(op, status, kWhat);
   }
   static void GetRecv(void* request, ucs_status_t status, const ucp_tag_recv_info_t* info,
@@ -494,16 +505,16 @@ struct Callbacks {
     op->ep->engine->StepDone(op, status, "receiving GET bytes");
   }
   static void FlushDone(void* request, ucs_status_t status, void* user) {
-    UcpRequest free_it(request);
     auto* group = static_cast<FlushGroup*>(user);
     UcxEngine* engine = group->engine;
+    UcpRequest done = engine->TakeRequest(request);
     engine->flushes_.erase(group);
     for (Op* op : group->ops) engine->StepDone(op, status, "ucp_ep_flush");
     delete group;
   }
   static void ServeSent(void* request, ucs_status_t status, void* user) {
-    UcpRequest free_it(request);
     auto* serve = static_cast<Serve*>(user);
+    UcpRequest done = serve->engine->TakeRequest(request);
     serve->engine->OnServeSent(serve, status);
   }
   static void ServeRecv(void* request, ucs_status_t status, const ucp_tag_recv_info_t* info,
@@ -513,8 +524,8 @@ struct Callbacks {
     serve->engine->OnServeRecv(serve, status, status == UCS_OK ? info->length : 0);
   }
   static void ReplySent(void* request, ucs_status_t status, void* user) {
-    UcpRequest free_it(request);
     auto* message = static_cast<ReplyMessage*>(user);
+    UcpRequest done = message->engine->TakeRequest(request);
     message->engine->replies_.erase(message);
     delete message;
   }
@@ -703,7 +714,7 @@ void UcxEngine::Loop() {
       if (stop_.load(std::memory_order_acquire) && !shutting_down_) BeginShutdown();
       Scan(now);
       next_scan = now + kScanInterval;
-      if (shutting_down_ && (Drained() || now >= shutdown_deadline_)) return;
+      if (shutting_down_ && (Drained(now) || now >= shutdown_deadline_)) return;
     }
     if (busy || !live_ops_.empty() || !serves_.empty() || shutting_down_) continue;
     if (stop_.load(std::memory_order_acquire)) continue;
@@ -758,7 +769,8 @@ T UcxEngine::RunSync(absl::AnyInvocable<T()> task, T if_stopped) {
 
 void UcxEngine::BeginShutdown() {
   shutting_down_ = true;
-  shutdown_deadline_ = absl::Now() + kShutdownGrace;
+  shutdown_started_ = absl::Now();
+  shutdown_deadline_ = shutdown_started_ + kShutdownGrace;
   {
     absl::MutexLock lock(&mu_);
     accepting_ = false;
@@ -773,6 +785,19 @@ void UcxEngine::BeginShutdown() {
   }
 }
 
+bool UcxEngine::Drained(absl::Time now) const {
+  for (const Op* op : live_ops_) {
+    if (op->batch != nullptr) return false;
+  }
+  for (const Serve* serve : serves_) {
+    if (now < serve->deadline) return false;
+  }
+  for (const Closing& c : closing_) {
+    if (c.started >= shutdown_started_) return false;
+  }
+  return true;
+}
+
 void UcxEngine::FinishShutdown() {
   // Whatever is still in flight is abandoned: report it, then release UCX objects before
   // the worker, and our own bookkeeping after it (no callback can run then).
@@ -781,10 +806,15 @@ void UcxEngine::FinishShutdown() {
   for (Op* op : ops) {
     SetError(op, why);
     if (op->batch != nullptr) Report(op);
-    op->recv.release();  // Pending in the worker; destroyed with it.
+    op->recv.reset();  // Releases the pending receive; its callback will not run.
   }
-  for (Serve* serve : serves_) serve->recv.release();
-  for (Closing& c : closing_) c.rkeys.clear();
+  for (Serve* serve : serves_) serve->recv.reset();
+  for (void* request : in_flight_) ucp_request_free(request);
+  in_flight_.clear();
+  for (Closing& c : closing_) {
+    ucp_request_free(c.request);
+    c.rkeys.clear();
+  }
   for (auto& ep : endpoints_) {
     ep->rkeys.clear();
     ep->ucp = UcpEndpoint();
@@ -1046,8 +1076,8 @@ void UcxEngine::FailEndpoint(EndpointState* ep, const absl::Status& why) {
   // error handling UCX only allows a flushing close, which is local for shared memory.
   ucs_status_ptr_t request = ep->ucp.StartClose(/*force=*/ep->peer_mode);
   if (UCS_PTR_IS_PTR(request)) {
-    closing_.push_back(
-        Closing{ep->shared_from_this(), request, std::move(ep->rkeys), now + kCloseGrace});
+    closing_.push_back(Closing{ep->shared_from_this(), request, std::move(ep->rkeys), now,
+                               now + kCloseGrace});
   } else {
     ep->rkeys.clear();
     endpoints_.erase(ep->shared_from_this());
@@ -1209,6 +1239,7 @@ void UcxEngine::PostBatch(Batch* batch, std::shared_ptr<EndpointState> ep, bool 
       request = UCS_STATUS_PTR(UCS_ERR_CANCELED);
     }
     if (UCS_PTR_IS_PTR(request)) {
+      AddRequest(request);
       flushes_.insert(flush);
     } else {
       ucs_status_t status = UCS_PTR_STATUS(request);
@@ -1220,6 +1251,7 @@ void UcxEngine::PostBatch(Batch* batch, std::shared_ptr<EndpointState> ep, bool 
 
 void UcxEngine::Track(Op* op, ucs_status_ptr_t request, const char* what) {
   if (UCS_PTR_IS_PTR(request)) {
+    AddRequest(request);
     ++op->outstanding;
   } else if (UCS_PTR_STATUS(request) != UCS_OK) {
     SetError(op, UcsToStatus(UCS_PTR_STATUS(request), what));
@@ -1460,6 +1492,7 @@ void UcxEngine::SendReply(ucp_ep_h ep, const ReplyHeader& header) {
   ucs_status_ptr_t request = ucp_am_send_nbx(ep, internal::kAmReply, &message->header,
                                              sizeof(message->header), nullptr, 0, &param);
   if (UCS_PTR_IS_PTR(request)) {
+    AddRequest(request);
     replies_.insert(message);
   } else {
     delete message;
@@ -1512,7 +1545,11 @@ void UcxEngine::OnRequest(bool is_get, const void* header, size_t header_length,
     send.user_data = serve;
     ++serve->outstanding;
     ucs_status_ptr_t sent = ucp_tag_send_nbx(reply_ep, data, request.length, request.tag, &send);
-    if (!UCS_PTR_IS_PTR(sent)) OnServeSent(serve, UCS_PTR_STATUS(sent));
+    if (UCS_PTR_IS_PTR(sent)) {
+      AddRequest(sent);
+    } else {
+      OnServeSent(serve, UCS_PTR_STATUS(sent));
+    }
     return;
   }
 
