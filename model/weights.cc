@@ -1,0 +1,341 @@
+#include "model/weights.h"
+
+#include <openssl/evp.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/block_key.h"
+#include "core/status.h"
+#include "kernels/random.h"
+#include "model/safetensors.h"
+#include "nlohmann/json.hpp"
+
+namespace tierkv {
+namespace {
+
+using nlohmann::json;
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+enum class Kind { kProjection, kEmbedding, kBias, kNorm };
+
+Kind KindOf(const std::string& name) {
+  auto ends_with = [&](std::string_view suffix) {
+    return name.size() >= suffix.size() &&
+           name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  if (ends_with("norm.weight")) return Kind::kNorm;
+  if (ends_with(".bias")) return Kind::kBias;
+  if (name == "model.embed_tokens.weight") return Kind::kEmbedding;
+  return Kind::kProjection;
+}
+
+// The safetensors files of a model directory, opened, and which file holds which tensor.
+struct Shards {
+  std::vector<std::unique_ptr<SafetensorsFile>> files;  // Sorted by file name.
+  std::map<std::string, const SafetensorsFile*> by_tensor;
+
+  std::string FileList() const {
+    std::vector<std::string> names;
+    for (const auto& f : files) names.push_back(std::filesystem::path(f->path()).filename());
+    return absl::StrJoin(names, ", ");
+  }
+};
+
+absl::StatusOr<std::string> ReadText(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::stringstream buf;
+  buf << in.rdbuf();
+  return buf.str();
+}
+
+absl::StatusOr<Shards> OpenShards(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    return absl::NotFoundError(absl::StrCat("model directory ", dir, " does not exist"));
+  }
+  const std::string index_path = dir + "/model.safetensors.index.json";
+  std::vector<std::string> names;
+  std::map<std::string, std::string> weight_map;
+  const bool indexed = fs::exists(index_path, ec);
+  if (indexed) {
+    TIERKV_ASSIGN_OR_RETURN(std::string text, ReadText(index_path));
+    json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") ||
+        !j["weight_map"].is_object()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(index_path, ": malformed index, expected a JSON object with a "
+                                   "\"weight_map\" object"));
+    }
+    for (auto& [tensor, file] : j["weight_map"].items()) {
+      if (!file.is_string()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(index_path, ": weight_map entry ", tensor, " is not a file name"));
+      }
+      weight_map[tensor] = file.get<std::string>();
+      names.push_back(file.get<std::string>());
+    }
+    std::sort(names.begin(), names.end());
+    names.erase(std::unique(names.begin(), names.end()), names.end());
+  } else {
+    for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
+      if (e.path().extension() == ".safetensors") names.push_back(e.path().filename());
+    }
+    std::sort(names.begin(), names.end());
+  }
+  if (names.empty()) {
+    return absl::NotFoundError(absl::StrCat("no .safetensors files in model directory ", dir,
+                                            indexed ? " (the index names none)" : ""));
+  }
+  Shards shards;
+  std::map<std::string, const SafetensorsFile*> by_name;
+  for (const std::string& name : names) {
+    const std::string path = dir + "/" + name;
+    if (!fs::exists(path, ec)) {
+      return absl::NotFoundError(
+          absl::StrCat(path, " is named by model.safetensors.index.json but does not exist"));
+    }
+    TIERKV_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(path));
+    by_name[name] = file.get();
+    shards.files.push_back(std::move(file));
+  }
+  if (indexed) {
+    for (const auto& [tensor, name] : weight_map) {
+      const SafetensorsFile* f = by_name[name];
+      if (f->Find(tensor) != nullptr) shards.by_tensor[tensor] = f;
+    }
+  } else {
+    for (const auto& f : shards.files) {
+      for (const SafetensorsTensor& t : f->tensors()) {
+        auto [it, inserted] = shards.by_tensor.emplace(t.name, f.get());
+        if (!inserted) {
+          return absl::InvalidArgumentError(absl::StrCat("tensor ", t.name, " is in both ",
+                                                         it->second->path(), " and ", f->path()));
+        }
+      }
+    }
+  }
+  return shards;
+}
+
+// SHA-256 through OpenSSL's EVP interface.
+class Sha256 {
+ public:
+  Sha256() : ctx_(EVP_MD_CTX_new()) { EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr); }
+  ~Sha256() { EVP_MD_CTX_free(ctx_); }
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+  void Update(const void* data, size_t size) { EVP_DigestUpdate(ctx_, data, size); }
+  void UpdateU64(uint64_t v) {
+    uint8_t b[8];
+    for (int i = 0; i < 8; ++i) b[i] = static_cast<uint8_t>(v >> (8 * i));
+    Update(b, 8);
+  }
+  std::string HexDigest() {
+    uint8_t out[32];
+    unsigned int len = 0;
+    EVP_DigestFinal_ex(ctx_, out, &len);
+    return ToHex(std::span<const uint8_t>(out, len));
+  }
+
+ private:
+  EVP_MD_CTX* ctx_;
+};
+
+}  // namespace
+
+int64_t HostTensor::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::vector<WeightSlot> WeightSlots(const ModelConfig& c, ModelWeights* w) {
+  std::vector<WeightSlot> slots;
+  const int64_t q_out = c.num_heads * c.head_dim;
+  const int64_t kv_out = c.num_kv_heads * c.head_dim;
+  slots.push_back({"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, &w->embed_tokens});
+  w->layers.resize(c.num_layers);
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    LayerWeights& l = w->layers[i];
+    const std::string p = absl::StrCat("model.layers.", i, ".");
+    slots.push_back({p + "input_layernorm.weight", {c.hidden_size}, &l.input_layernorm});
+    slots.push_back({p + "self_attn.q_proj.weight", {q_out, c.hidden_size}, &l.q_proj});
+    slots.push_back({p + "self_attn.k_proj.weight", {kv_out, c.hidden_size}, &l.k_proj});
+    slots.push_back({p + "self_attn.v_proj.weight", {kv_out, c.hidden_size}, &l.v_proj});
+    if (c.qkv_bias) {
+      slots.push_back({p + "self_attn.q_proj.bias", {q_out}, &l.q_bias});
+      slots.push_back({p + "self_attn.k_proj.bias", {kv_out}, &l.k_bias});
+      slots.push_back({p + "self_attn.v_proj.bias", {kv_out}, &l.v_bias});
+    }
+    slots.push_back({p + "self_attn.o_proj.weight", {c.hidden_size, q_out}, &l.o_proj});
+    if (c.o_bias) slots.push_back({p + "self_attn.o_proj.bias", {c.hidden_size}, &l.o_bias});
+    slots.push_back(
+        {p + "post_attention_layernorm.weight", {c.hidden_size}, &l.post_attention_layernorm});
+    slots.push_back({p + "mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}, &l.gate_proj});
+    slots.push_back({p + "mlp.up_proj.weight", {c.intermediate_size, c.hidden_size}, &l.up_proj});
+    slots.push_back({p + "mlp.down_proj.weight", {c.hidden_size, c.intermediate_size}, &l.down_proj});
+  }
+  slots.push_back({"model.norm.weight", {c.hidden_size}, &w->norm});
+  if (!c.tie_word_embeddings) {
+    slots.push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}, &w->lm_head});
+  }
+  return slots;
+}
+
+absl::Status ValidateWeights(const ModelConfig& config, const ModelWeights& weights) {
+  TIERKV_RETURN_IF_ERROR(config.Validate());
+  if (static_cast<int64_t>(weights.layers.size()) != config.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("weights have ", weights.layers.size(),
+                                                   " layers, config has ", config.num_layers));
+  }
+  ModelWeights& mutable_weights = const_cast<ModelWeights&>(weights);  // WeightSlots only reads.
+  for (const WeightSlot& slot : WeightSlots(config, &mutable_weights)) {
+    const HostTensor& t = *slot.tensor;
+    if (t.shape != slot.shape || static_cast<int64_t>(t.data.size()) != t.numel()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor ", slot.name, " has shape ", ShapeString(t.shape), " (", t.data.size(),
+          " values), expected ", ShapeString(slot.shape), " from the model config"));
+    }
+  }
+  auto unexpected = [](const HostTensor& t, const std::string& what) -> absl::Status {
+    if (t.empty() && t.shape.empty()) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(what, " is set but the config does not use it"));
+  };
+  for (size_t i = 0; i < weights.layers.size(); ++i) {
+    const LayerWeights& l = weights.layers[i];
+    if (!config.qkv_bias) {
+      TIERKV_RETURN_IF_ERROR(unexpected(l.q_bias, absl::StrCat("layer ", i, " q_bias")));
+      TIERKV_RETURN_IF_ERROR(unexpected(l.k_bias, absl::StrCat("layer ", i, " k_bias")));
+      TIERKV_RETURN_IF_ERROR(unexpected(l.v_bias, absl::StrCat("layer ", i, " v_bias")));
+    }
+    if (!config.o_bias) {
+      TIERKV_RETURN_IF_ERROR(unexpected(l.o_bias, absl::StrCat("layer ", i, " o_bias")));
+    }
+  }
+  if (config.tie_word_embeddings) {
+    TIERKV_RETURN_IF_ERROR(unexpected(weights.lm_head, "lm_head (tie_word_embeddings is true)"));
+  }
+  return absl::OkStatus();
+}
+
+ModelWeights SeededWeights(const ModelConfig& config, uint64_t seed, kernels::ThreadPool* pool) {
+  ModelWeights w;
+  std::vector<WeightSlot> slots = WeightSlots(config, &w);
+  for (WeightSlot& slot : slots) {
+    slot.tensor->shape = slot.shape;
+    slot.tensor->data.resize(slot.tensor->numel());
+  }
+  // Tasks of up to 1M elements across all tensors.
+  constexpr int64_t kChunk = 1 << 20;
+  struct Task {
+    const WeightSlot* slot;
+    int64_t begin, end;
+  };
+  std::vector<Task> tasks;
+  for (const WeightSlot& slot : slots) {
+    const int64_t n = slot.tensor->numel();
+    for (int64_t b = 0; b < n; b += kChunk) tasks.push_back({&slot, b, std::min(n, b + kChunk)});
+  }
+  kernels::ParallelFor(pool, static_cast<int64_t>(tasks.size()), [&](int64_t t) {
+    const Task& task = tasks[t];
+    const std::string& name = task.slot->name;
+    const uint64_t key = kernels::StreamKey(seed, kernels::Fnv1a64(name));
+    const Kind kind = KindOf(name);
+    const float fan_scale =
+        kind == Kind::kProjection
+            ? 1.0f / std::sqrt(static_cast<float>(task.slot->shape[1]))
+            : 1.0f;
+    float* out = task.slot->tensor->data.data();
+    for (int64_t i = task.begin; i < task.end; ++i) {
+      const float u = kernels::UniformPm1(kernels::RandomBits(key, static_cast<uint64_t>(i)));
+      switch (kind) {
+        case Kind::kProjection:
+          out[i] = u * fan_scale;
+          break;
+        case Kind::kEmbedding:
+          out[i] = u;
+          break;
+        case Kind::kBias:
+          out[i] = u * 0.0625f;
+          break;
+        case Kind::kNorm:
+          out[i] = 1.0f + u * 0.125f;
+          break;
+      }
+    }
+  });
+  return w;
+}
+
+absl::StatusOr<ModelWeights> LoadHfWeights(const std::string& dir, const ModelConfig& config,
+                                           kernels::ThreadPool* pool) {
+  TIERKV_RETURN_IF_ERROR(config.Validate());
+  TIERKV_ASSIGN_OR_RETURN(Shards shards, OpenShards(dir));
+  ModelWeights w;
+  std::vector<WeightSlot> slots = WeightSlots(config, &w);
+  std::vector<std::pair<const SafetensorsFile*, const SafetensorsTensor*>> sources;
+  for (const WeightSlot& slot : slots) {
+    auto it = shards.by_tensor.find(slot.name);
+    if (it == shards.by_tensor.end()) {
+      return absl::NotFoundError(absl::StrCat("tensor ", slot.name, " not found in ", dir,
+                                              " (searched: ", shards.FileList(), ")"));
+    }
+    const SafetensorsTensor* t = it->second->Find(slot.name);
+    if (t->shape != slot.shape) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor ", slot.name, " in ", it->second->path(), " has shape ", ShapeString(t->shape),
+          ", expected ", ShapeString(slot.shape), " from config.json"));
+    }
+    if (!t->float_dtype().has_value()) {
+      return absl::UnimplementedError(absl::StrCat("tensor ", slot.name, " in ",
+                                                   it->second->path(), " has dtype ", t->dtype,
+                                                   "; supported: F32, F16, BF16"));
+    }
+    sources.emplace_back(it->second, t);
+  }
+  for (WeightSlot& slot : slots) {
+    slot.tensor->shape = slot.shape;
+    slot.tensor->data.resize(slot.tensor->numel());
+  }
+  std::vector<absl::Status> results(slots.size());
+  kernels::ParallelFor(pool, static_cast<int64_t>(slots.size()), [&](int64_t i) {
+    results[i] = sources[i].first->ReadFloat(*sources[i].second, slots[i].tensor->data);
+  });
+  for (const absl::Status& s : results) TIERKV_RETURN_IF_ERROR(s);
+  return w;
+}
+
+absl::StatusOr<std::string> HfWeightsDigest(const std::string& dir, WeightsDigestMode mode) {
+  TIERKV_ASSIGN_OR_RETURN(std::string config, ReadText(dir + "/config.json"));
+  TIERKV_ASSIGN_OR_RETURN(Shards shards, OpenShards(dir));
+  Sha256 h;
+  const std::string_view domain = "tierkv.hf-weights.v1";
+  h.Update(domain.data(), domain.size());
+  h.UpdateU64(config.size());
+  h.Update(config.data(), config.size());
+  for (const auto& f : shards.files) {
+    h.UpdateU64(f->file_size());
+    if (mode == WeightsDigestMode::kFull) {
+      h.Update(f->contents().data(), f->contents().size());
+    } else {
+      h.UpdateU64(f->header().size());
+      h.Update(f->header().data(), f->header().size());
+    }
+  }
+  return absl::StrCat(mode == WeightsDigestMode::kFull ? "sha256:" : "sha256-headers:",
+                      h.HexDigest());
+}
+
+}  // namespace tierkv
