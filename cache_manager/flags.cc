@@ -1,14 +1,8 @@
 #include "cache_manager/flags.h"
 
-#include <signal.h>
-
-#include <cerrno>
-#include <cstdio>
-#include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
-#include "core/status.h"
 #include "core/units.h"
 
 namespace tierkv {
@@ -51,20 +45,6 @@ void CacheManagerFlags::Register(CLI::App& app) {
                  "write the bound port to this file once ready (after --demo, if given)");
 }
 
-absl::Status WritePortFile(const std::string& path, int port) {
-  if (path.empty()) return absl::OkStatus();
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << port << "\n";
-    if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", tmp));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    return ErrnoToStatus(errno, absl::StrCat("rename ", tmp, " to ", path));
-  }
-  return absl::OkStatus();
-}
-
 absl::Status CacheManagerFlags::Resolve(CacheManagerOptions* options) const {
   options->listen_address = listen;
   options->event_buffer = event_buffer;
@@ -75,24 +55,6 @@ absl::Status CacheManagerFlags::Resolve(CacheManagerOptions* options) const {
   if (s.ok()) s = ParseDurationFlag("read-lease-ttl", read_lease_ttl, &options->read_lease_ttl);
   if (s.ok()) s = ParseDurationFlag("max-lease-ttl", max_lease_ttl, &options->max_lease_ttl);
   return s;
-}
-
-void BlockShutdownSignals() {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-}
-
-int WaitForShutdownSignal() {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  int sig = 0;
-  sigwait(&signals, &sig);
-  return sig;
 }
 
 }  // namespace tierkv

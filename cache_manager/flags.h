@@ -7,6 +7,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
 #include "cache_manager/server.h"
+#include "core/process.h"
 
 namespace tierkv {
 
@@ -27,16 +28,6 @@ struct CacheManagerFlags {
   // INVALID_ARGUMENT naming the flag for a bad size or duration.
   absl::Status Resolve(CacheManagerOptions* options) const;
 };
-
-// Writes `port` to `path` atomically (through a rename), so a reader never sees half a
-// number. No-op for an empty path.
-absl::Status WritePortFile(const std::string& path, int port);
-
-// Blocks SIGINT and SIGTERM in the calling thread (and threads it starts later) so that
-// WaitForShutdownSignal() can take them; call before starting any thread.
-void BlockShutdownSignals();
-// Waits for SIGINT or SIGTERM and returns its number.
-int WaitForShutdownSignal();
 
 }  // namespace tierkv
 

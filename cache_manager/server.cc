@@ -1,7 +1,5 @@
 #include "cache_manager/server.h"
 
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/grpcpp.h>
 
 #include <thread>
@@ -9,12 +7,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "cache_manager/service.h"
+#include "proto/grpc_server.h"
 
 namespace tierkv {
 namespace {
 
-// Bulk Put chunks and 1M-key Lookups are larger than gRPC's 4 MiB default.
-constexpr int kMaxMessageBytes = 64 << 20;
 constexpr absl::Duration kReapInterval = absl::Milliseconds(100);
 
 class ServerImpl : public CacheManagerServer {
@@ -44,26 +41,17 @@ class ServerImpl : public CacheManagerServer {
     index_options.eviction_memory = options.eviction_memory;
     index_ = std::make_unique<BlockIndex>(index_options, pool_.get(), clock_, events_.get());
 
-    grpc::EnableDefaultHealthCheckService(true);
-    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-    grpc::ServerBuilder builder;
-    builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &port_);
-    builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
-    builder.SetMaxSendMessageSize(kMaxMessageBytes);
     // The node name depends on the bound port, known only after the server starts; the
     // services read it through an atomic pointer set below.
     cache_service_ = std::make_unique<CacheServiceImpl>(MakeContext());
     admin_service_ = std::make_unique<AdminServiceImpl>(MakeContext());
-    builder.RegisterService(cache_service_.get());
-    builder.RegisterService(admin_service_.get());
-    server_ = builder.BuildAndStart();
-    if (server_ == nullptr || port_ == 0) {
-      return absl::UnavailableError(absl::StrCat(
-          "cannot listen on ", options.listen_address,
-          ": the address is malformed, not local, or the port is taken"));
-    }
-    const std::string host = options.listen_address.substr(0, options.listen_address.rfind(':'));
-    address_ = absl::StrCat(host, ":", port_);
+    std::vector<grpc::Service*> services = {cache_service_.get(), admin_service_.get()};
+    services.insert(services.end(), options.extra_services.begin(), options.extra_services.end());
+    auto started = StartGrpcServer(options.listen_address, services);
+    if (!started.ok()) return started.status();
+    server_ = std::move(started->server);
+    port_ = started->port;
+    address_ = started->address;
     node_ = options.node_name.empty() ? address_ : options.node_name;
     node_ptr_.store(&node_, std::memory_order_release);
     reaper_ = std::thread([this] {

@@ -8,6 +8,9 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
+
+#include <grpcpp/impl/service_type.h>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -31,6 +34,9 @@ struct CacheManagerOptions {
   uint32_t eviction_memory = 1 << 20;
   // Name this node advertises in locations and ListNodes; empty uses the listen address.
   std::string node_name;
+  // More services served on the same port (`tierkv up` adds the workers'). Not owned; they
+  // must outlive the server.
+  std::vector<grpc::Service*> extra_services;
 };
 
 class CacheManagerServer {
