@@ -1,9 +1,11 @@
-// The demo request `tierkv up --demo` sends: a frontend's view of the cache for three
-// prompts (a long one, the same again, and one sharing its prefix), printing what was
-// cached and what had to be stored.
+// The demo request `tierkv up --demo` sends: a long prompt, the same prompt again, and a
+// prompt sharing its prefix through the prefill worker, then a generation from the decode
+// worker; it prints time to first token and cached vs computed tokens for each, and the
+// cache's stats.
 #ifndef TIERKV_CLI_DEMO_H_
 #define TIERKV_CLI_DEMO_H_
 
+#include <cstdint>
 #include <ostream>
 #include <string>
 
@@ -11,8 +13,8 @@
 
 namespace tierkv {
 
-// Runs the demo against the cache manager at `address`, writing a report to `out`.
-absl::Status RunDemo(const std::string& address, std::ostream& out);
+// Runs the demo against `tierkv up` at `address` (prompts drawn below `vocab`).
+absl::Status RunDemo(const std::string& address, uint32_t vocab, std::ostream& out);
 
 }  // namespace tierkv
 

@@ -37,7 +37,9 @@ ALLOWED: Dict[str, Optional[FrozenSet[str]]] = {
     # by both workers and by tools; README.md lists it beside ARCHITECTURE.md's table.
     "cache_client": frozenset({"transfer", "proto", "core"}),
     "prefill_worker": frozenset({"cache_client", "model", "transfer", "proto", "core"}),
-    "decode_worker": frozenset({"cache_client", "model", "transfer", "proto", "core"}),
+    # A decode worker prefills by itself on a miss: it reuses the prefill library.
+    "decode_worker": frozenset({"prefill_worker", "cache_client", "model", "transfer",
+                                "proto", "core"}),
     "cli": ANYTHING,
     "tests": ANYTHING,
     "bench": ANYTHING,

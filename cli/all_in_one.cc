@@ -1,0 +1,89 @@
+#include "cli/all_in_one.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "cache_client/cache_client.h"
+#include "core/status.h"
+#include "decode_worker/decode_service.h"
+#include "prefill_worker/prefill_service.h"
+
+namespace tierkv {
+namespace {
+
+// A port on 127.0.0.1 that nothing listens on right now. The workers dial the cache
+// manager on the process's own port, so it must be known before the server starts.
+absl::StatusOr<int> FreeLoopbackPort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return ErrnoToStatus(errno, "socket");
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    absl::Status s = ErrnoToStatus(errno, "bind 127.0.0.1:0");
+    close(fd);
+    return s;
+  }
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+class AllInOneImpl : public AllInOne {
+ public:
+  absl::Status Init(const AllInOneOptions& options) {
+    TIERKV_ASSIGN_OR_RETURN(model_, Model::Load(options.model, options.model_options));
+    CacheManagerOptions cache_options = options.cache;
+    std::string& listen = cache_options.listen_address;
+    const size_t colon = listen.rfind(':');
+    if (colon == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("--listen '", listen, "' is not host:port"));
+    }
+    int port = 0;
+    if (!absl::SimpleAtoi(listen.substr(colon + 1), &port)) {
+      return absl::InvalidArgumentError(absl::StrCat("--listen '", listen, "' has no port"));
+    }
+    if (port == 0) {
+      TIERKV_ASSIGN_OR_RETURN(port, FreeLoopbackPort());
+      listen = absl::StrCat(listen.substr(0, colon), ":", port);
+    }
+    CacheClientOptions client_options;
+    client_options.address = listen;
+    TIERKV_ASSIGN_OR_RETURN(cache_client_, CacheClient::Create(client_options));
+    prefill_ = std::make_unique<PrefillServiceImpl>(model_.get(), cache_client_.get());
+    decode_ = std::make_unique<DecodeServiceImpl>(model_.get(), cache_client_.get());
+    cache_options.extra_services = {prefill_.get(), decode_.get()};
+    TIERKV_ASSIGN_OR_RETURN(server_, CacheManagerServer::Start(cache_options));
+    return absl::OkStatus();
+  }
+
+  ~AllInOneImpl() override { Shutdown(); }
+  std::string address() const override { return server_->address(); }
+  int port() const override { return server_->port(); }
+  const Model& model() const override { return *model_; }
+  CacheManagerServer& cache_manager() override { return *server_; }
+  void Shutdown() override {
+    if (server_) server_->Shutdown();
+  }
+
+ private:
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<CacheClient> cache_client_;
+  std::unique_ptr<PrefillServiceImpl> prefill_;
+  std::unique_ptr<DecodeServiceImpl> decode_;
+  std::unique_ptr<CacheManagerServer> server_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<AllInOne>> AllInOne::Start(const AllInOneOptions& options) {
+  auto all = std::make_unique<AllInOneImpl>();
+  TIERKV_RETURN_IF_ERROR(all->Init(options));
+  return std::unique_ptr<AllInOne>(std::move(all));
+}
+
+}  // namespace tierkv

@@ -1,0 +1,42 @@
+// Every role of tierkv in one process on one gRPC port: the cache manager (CacheService,
+// AdminService), a prefill worker and a decode worker sharing one model. What `tierkv up`
+// runs, and what end-to-end tests start in-process.
+//
+// Thread-safe.
+#ifndef TIERKV_CLI_ALL_IN_ONE_H_
+#define TIERKV_CLI_ALL_IN_ONE_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "cache_manager/server.h"
+#include "model/model.h"
+
+namespace tierkv {
+
+struct AllInOneOptions {
+  CacheManagerOptions cache;
+  // "builtin:tiny" or a Hugging Face model directory.
+  std::string model = "builtin:tiny";
+  ModelOptions model_options;
+};
+
+class AllInOne {
+ public:
+  // Loads the model, then serves every role on options.cache.listen_address (port 0: a
+  // free port). Errors of Model::Load and CacheManagerServer::Start.
+  static absl::StatusOr<std::unique_ptr<AllInOne>> Start(const AllInOneOptions& options);
+  virtual ~AllInOne() = default;
+
+  virtual std::string address() const = 0;
+  virtual int port() const = 0;
+  virtual const Model& model() const = 0;
+  virtual CacheManagerServer& cache_manager() = 0;
+  // Stops serving; idempotent.
+  virtual void Shutdown() = 0;
+};
+
+}  // namespace tierkv
+
+#endif  // TIERKV_CLI_ALL_IN_ONE_H_

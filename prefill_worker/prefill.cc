@@ -1,0 +1,128 @@
+#include "prefill_worker/prefill.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "core/status.h"
+
+namespace tierkv {
+
+absl::Status ValidateRequest(const Model& model, const std::string& model_id,
+                             std::span<const uint32_t> tokens,
+                             const v1::SamplingParams& sampling, int64_t extra_tokens) {
+  const ModelSpec& spec = model.spec();
+  if (!model_id.empty() && model_id != spec.model_id) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this worker serves model '", spec.model_id, "', not '", model_id,
+        "'; send the request to a worker of that model (or leave model_id empty)"));
+  }
+  if (tokens.empty()) return absl::InvalidArgumentError("the prompt has no tokens");
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] >= static_cast<uint64_t>(model.vocab_size())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "token ", i, " is ", tokens[i], ", outside the vocabulary of ", model.vocab_size(),
+          " tokens"));
+    }
+  }
+  if (static_cast<int64_t>(tokens.size()) + extra_tokens > model.max_positions()) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "the prompt has ", tokens.size(), " tokens", extra_tokens > 0 ? " plus " : "",
+        extra_tokens > 0 ? absl::StrCat(extra_tokens, " to generate") : "",
+        "; the model's context holds ", model.max_positions()));
+  }
+  return kernels::ValidateSamplingParams(ToSamplingParams(sampling));
+}
+
+kernels::SamplingParams ToSamplingParams(const v1::SamplingParams& sampling) {
+  kernels::SamplingParams params;
+  params.temperature = sampling.temperature();
+  params.top_p = sampling.top_p() == 0 ? 1.0f : sampling.top_p();
+  params.seed = sampling.seed();
+  return params;
+}
+
+absl::StatusOr<PreparedSequence> PrepareSequence(const Model& model, CacheClient* cache,
+                                                 const std::string& salt,
+                                                 std::span<const uint32_t> tokens,
+                                                 bool cache_required) {
+  const ModelSpec& spec = model.spec();
+  PreparedSequence out{.kv = model.NewKvCache()};
+  absl::Time t0 = absl::Now();
+  TIERKV_ASSIGN_OR_RETURN(out.keys, ComputeBlockKeys(spec, salt, tokens));
+  // Reuse at most the blocks before the last prompt token.
+  const size_t reusable = (tokens.size() - 1) / spec.block_tokens;
+  if (cache != nullptr && reusable > 0) {
+    auto fetched = cache->FetchPrefix(spec, std::span(out.keys).first(reusable));
+    if (!fetched.ok()) {
+      if (cache_required) {
+        return absl::Status(fetched.status().code(),
+                            absl::StrCat("cache manager: ", fetched.status().message()));
+      }
+      out.cache_unavailable = true;
+    } else {
+      out.lookup_time = fetched->lookup_time;
+      out.fetch_time = fetched->fetch_time;
+      out.checksum_failures = fetched->checksum_failures;
+      for (const std::string& block : fetched->blocks) {
+        absl::Status s = AppendBlock(&out.kv, block, spec);
+        if (!s.ok()) {
+          // A block of the wrong shape cannot be used: recompute from here.
+          ++out.checksum_failures;
+          break;
+        }
+        ++out.cached_blocks;
+      }
+    }
+  }
+  if (out.lookup_time == absl::ZeroDuration()) out.lookup_time = absl::Now() - t0;
+  out.cached_tokens = out.cached_blocks * spec.block_tokens;
+  out.computed_tokens = tokens.size() - out.cached_tokens;
+  t0 = absl::Now();
+  TIERKV_ASSIGN_OR_RETURN(out.logits, model.Prefill(tokens.subspan(out.cached_tokens), &out.kv));
+  out.compute_time = absl::Now() - t0;
+  return out;
+}
+
+absl::StatusOr<v1::PrefillResponse> RunPrefill(const Model& model, CacheClient& cache,
+                                               const v1::PrefillRequest& request) {
+  const absl::Time start = absl::Now();
+  std::span<const uint32_t> tokens(request.tokens().data(), request.tokens().size());
+  TIERKV_RETURN_IF_ERROR(
+      ValidateRequest(model, request.model_id(), tokens, request.sampling(), 0));
+  TIERKV_ASSIGN_OR_RETURN(PreparedSequence seq,
+                          PrepareSequence(model, &cache, request.salt(), tokens,
+                                          /*cache_required=*/true));
+  v1::PrefillResponse response;
+  kernels::Sampler sampler(ToSamplingParams(request.sampling()));
+  response.set_first_token(sampler.Next(seq.logits));
+  const absl::Duration first_token_time = absl::Now() - start;
+
+  // Store every full block not fetched from the cache.
+  const ModelSpec& spec = model.spec();
+  absl::Time t0 = absl::Now();
+  std::vector<std::string> payloads;
+  for (size_t i = seq.cached_blocks; i < seq.keys.size(); ++i) {
+    auto block = ExtractBlock(seq.kv, i, spec);
+    if (!block.ok()) break;
+    payloads.push_back(*std::move(block));
+  }
+  if (!payloads.empty()) {
+    auto stored = cache.Store(spec, seq.keys, seq.cached_blocks, payloads);
+    if (stored.ok()) response.set_stored_blocks(stored->stored);
+  }
+  const absl::Duration store_time = absl::Now() - t0;
+
+  response.set_cached_tokens(seq.cached_tokens);
+  response.set_computed_tokens(seq.computed_tokens);
+  response.set_checksum_failures(seq.checksum_failures);
+  v1::TimingBreakdown* timing = response.mutable_timing();
+  timing->set_lookup_ms(absl::ToDoubleMilliseconds(seq.lookup_time));
+  timing->set_fetch_ms(absl::ToDoubleMilliseconds(seq.fetch_time));
+  timing->set_compute_ms(absl::ToDoubleMilliseconds(seq.compute_time));
+  timing->set_store_ms(absl::ToDoubleMilliseconds(store_time));
+  timing->set_first_token_ms(absl::ToDoubleMilliseconds(first_token_time));
+  timing->set_total_ms(absl::ToDoubleMilliseconds(absl::Now() - start));
+  ModelSpecToProto(spec, response.mutable_model());
+  return response;
+}
+
+}  // namespace tierkv

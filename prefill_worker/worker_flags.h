@@ -1,0 +1,34 @@
+// Flags and start-up shared by the worker binaries (tierkv-prefill-worker,
+// tierkv-decode-worker): which model, which cache manager, where to listen.
+#ifndef TIERKV_PREFILL_WORKER_WORKER_FLAGS_H_
+#define TIERKV_PREFILL_WORKER_WORKER_FLAGS_H_
+
+#include <memory>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/statusor.h"
+#include "cache_client/cache_client.h"
+#include "model/model.h"
+
+namespace tierkv {
+
+struct WorkerFlags {
+  std::string listen;
+  std::string cache = "127.0.0.1:7471";
+  std::string model = "builtin:tiny";
+  std::string model_id;
+  int threads = 0;
+  std::string port_file;
+
+  // Registers the flags on `app` with `default_listen` as --listen's default.
+  void Register(CLI::App& app, const std::string& default_listen);
+  // Loads the model the flags name.
+  absl::StatusOr<std::unique_ptr<Model>> LoadModel() const;
+  // A client of the cache manager the flags name.
+  absl::StatusOr<std::unique_ptr<CacheClient>> CacheClientFor() const;
+};
+
+}  // namespace tierkv
+
+#endif  // TIERKV_PREFILL_WORKER_WORKER_FLAGS_H_

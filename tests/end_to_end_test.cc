@@ -1,0 +1,215 @@
+// Prefill and decode workers with the cache manager, all in one process on 127.0.0.1 (as
+// `tierkv up` runs them), driven over gRPC like a frontend.
+#include <grpcpp/grpcpp.h>
+
+#include <random>
+
+#include "cache_client/cache_client.h"
+#include "cli/all_in_one.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "model/kv_cache.h"
+#include "prefill_worker/prefill.h"
+#include "tierkv/v1/decode_service.grpc.pb.h"
+#include "tierkv/v1/prefill_service.grpc.pb.h"
+
+namespace tierkv {
+namespace {
+
+using ::testing::HasSubstr;
+
+class EndToEndTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    AllInOneOptions options;
+    options.cache.listen_address = "127.0.0.1:0";
+    options.cache.host_capacity_bytes = 256 << 20;
+    auto all = AllInOne::Start(options);
+    ASSERT_TRUE(all.ok()) << all.status();
+    all_ = std::move(all).value().release();
+  }
+  static void TearDownTestSuite() {
+    delete all_;
+    all_ = nullptr;
+  }
+  void SetUp() override {
+    ASSERT_NE(all_, nullptr);
+    auto channel = grpc::CreateChannel(all_->address(), grpc::InsecureChannelCredentials());
+    prefill_ = v1::PrefillService::NewStub(channel);
+    decode_ = v1::DecodeService::NewStub(channel);
+  }
+
+  static std::vector<uint32_t> Prompt(size_t n, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::vector<uint32_t> tokens(n);
+    for (auto& t : tokens) t = rng() % all_->model().vocab_size();
+    return tokens;
+  }
+
+  static std::unique_ptr<grpc::ClientContext> Ctx() {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(2));
+    return ctx;
+  }
+
+  grpc::Status Prefill(const std::vector<uint32_t>& tokens, v1::PrefillResponse* response,
+                       const std::string& salt = "", const std::string& model_id = "") {
+    v1::PrefillRequest request;
+    request.mutable_tokens()->Add(tokens.begin(), tokens.end());
+    request.set_salt(salt);
+    request.set_model_id(model_id);
+    return prefill_->Prefill(Ctx().get(), request, response);
+  }
+
+  struct Generated {
+    grpc::Status status;
+    std::vector<uint32_t> tokens;
+    v1::GenerateResponse last;
+  };
+  Generated Generate(const std::vector<uint32_t>& tokens, uint32_t n, const std::string& salt = "",
+                     v1::SamplingParams sampling = {}) {
+    v1::GenerateRequest request;
+    request.mutable_tokens()->Add(tokens.begin(), tokens.end());
+    request.set_max_new_tokens(n);
+    request.set_salt(salt);
+    *request.mutable_sampling() = sampling;
+    Generated out;
+    auto ctx = Ctx();
+    auto reader = decode_->Generate(ctx.get(), request);
+    v1::GenerateResponse message;
+    while (reader->Read(&message)) {
+      out.tokens.insert(out.tokens.end(), message.tokens().begin(), message.tokens().end());
+      out.last = message;
+    }
+    out.status = reader->Finish();
+    return out;
+  }
+
+  static AllInOne* all_;
+  std::unique_ptr<v1::PrefillService::Stub> prefill_;
+  std::unique_ptr<v1::DecodeService::Stub> decode_;
+};
+
+AllInOne* EndToEndTest::all_ = nullptr;
+
+TEST_F(EndToEndTest, WarmGenerationYieldsExactlyTheTokensOfAColdRun) {
+  const auto prompt = Prompt(16 * 12 + 5, 1);
+  // Cold: nothing cached for this prompt, the decode worker computes everything.
+  Generated cold = Generate(prompt, 12, "cold-then-warm");
+  ASSERT_TRUE(cold.status.ok()) << cold.status.error_message();
+  EXPECT_EQ(cold.last.cached_tokens(), 0u);
+  EXPECT_EQ(cold.last.finish_reason(), "length");
+  ASSERT_EQ(cold.tokens.size(), 12u);
+
+  v1::PrefillResponse stored;
+  ASSERT_TRUE(Prefill(prompt, &stored, "cold-then-warm").ok());
+  EXPECT_EQ(stored.cached_tokens(), 0u);
+  EXPECT_EQ(stored.stored_blocks(), 12u);
+  EXPECT_EQ(stored.first_token(), cold.tokens[0]);
+
+  Generated warm = Generate(prompt, 12, "cold-then-warm");
+  ASSERT_TRUE(warm.status.ok()) << warm.status.error_message();
+  EXPECT_EQ(warm.last.cached_tokens(), 16u * 12);
+  EXPECT_EQ(warm.last.computed_tokens(), 5u);
+  EXPECT_EQ(warm.tokens, cold.tokens);
+}
+
+TEST_F(EndToEndTest, FetchedKvIsBitwiseTheLocallyComputedKv) {
+  const auto prompt = Prompt(16 * 6 + 3, 2);
+  v1::PrefillResponse stored;
+  ASSERT_TRUE(Prefill(prompt, &stored, "bitwise").ok());
+  ASSERT_EQ(stored.stored_blocks(), 6u);
+
+  const Model& model = all_->model();
+  KvCache local = model.NewKvCache();
+  ASSERT_TRUE(model.Prefill(prompt, &local).ok());
+  CacheClientOptions options;
+  options.address = all_->address();
+  auto client = *CacheClient::Create(options);
+  auto keys = *ComputeBlockKeys(model.spec(), "bitwise", prompt);
+  auto fetched = client->FetchPrefix(model.spec(), keys);
+  ASSERT_TRUE(fetched.ok()) << fetched.status();
+  ASSERT_EQ(fetched->blocks.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) {
+    auto expected = ExtractBlock(local, i, model.spec());
+    ASSERT_TRUE(expected.ok());
+    EXPECT_TRUE(fetched->blocks[i] == *expected) << "block " << i << " differs";
+  }
+}
+
+TEST_F(EndToEndTest, SharedPrefixIsReusedAndSaltsIsolateTenants) {
+  const auto prompt = Prompt(16 * 8, 3);
+  v1::PrefillResponse first;
+  ASSERT_TRUE(Prefill(prompt, &first, "tenant-a").ok());
+  auto other = prompt;
+  other.resize(16 * 5);
+  const auto tail = Prompt(40, 4);
+  other.insert(other.end(), tail.begin(), tail.end());
+  v1::PrefillResponse second;
+  ASSERT_TRUE(Prefill(other, &second, "tenant-a").ok());
+  EXPECT_EQ(second.cached_tokens(), 16u * 5);
+  v1::PrefillResponse isolated;
+  ASSERT_TRUE(Prefill(prompt, &isolated, "tenant-b").ok());
+  EXPECT_EQ(isolated.cached_tokens(), 0u);
+  // A prompt of whole blocks still computes its last block (the first token needs it).
+  v1::PrefillResponse again;
+  ASSERT_TRUE(Prefill(prompt, &again, "tenant-a").ok());
+  EXPECT_EQ(again.cached_tokens(), 16u * 7);
+  EXPECT_EQ(again.computed_tokens(), 16u);
+  EXPECT_EQ(again.stored_blocks(), 0u);
+  EXPECT_EQ(again.first_token(), first.first_token());
+}
+
+TEST_F(EndToEndTest, BadRequestsGetSpecificCodes) {
+  v1::PrefillResponse r;
+  auto s = Prefill({}, &r);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  s = Prefill({1, 2, 3}, &r, "", "some-other-model");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(s.error_message(), HasSubstr("builtin:tiny"));
+  s = Prefill({1, static_cast<uint32_t>(all_->model().vocab_size())}, &r);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("token 1"));
+  std::vector<uint32_t> too_long(all_->model().max_positions() + 1, 1);
+  s = Prefill(too_long, &r);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::OUT_OF_RANGE) << s.error_message();
+  Generated g = Generate({1, 2, 3}, 0);
+  EXPECT_EQ(g.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::SamplingParams bad;
+  bad.set_temperature(-1);
+  g = Generate({1, 2, 3}, 2, "", bad);
+  EXPECT_EQ(g.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(EndToEndTest, SeededSamplingIsRepeatable) {
+  const auto prompt = Prompt(50, 5);
+  v1::SamplingParams sampling;
+  sampling.set_temperature(0.8f);
+  sampling.set_top_p(0.9f);
+  sampling.set_seed(99);
+  Generated a = Generate(prompt, 6, "", sampling);
+  Generated b = Generate(prompt, 6, "", sampling);
+  ASSERT_TRUE(a.status.ok());
+  EXPECT_EQ(a.tokens, b.tokens);
+}
+
+// Workers whose cache manager is unreachable: Prefill says so; Generate computes anyway.
+TEST(WorkersWithoutCache, PrefillIsUnavailableGenerateStillServes) {
+  auto model = Model::BuiltinTiny();
+  ASSERT_TRUE(model.ok());
+  CacheClientOptions options;
+  options.address = "127.0.0.1:1";
+  options.timeout = absl::Seconds(2);
+  auto cache = *CacheClient::Create(options);
+  v1::PrefillRequest request;
+  for (uint32_t t = 0; t < 40; ++t) request.add_tokens(t + 7);
+  auto r = RunPrefill(**model, *cache, request);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+  auto seq = PrepareSequence(**model, cache.get(), "", std::vector<uint32_t>(40, 9), false);
+  ASSERT_TRUE(seq.ok());
+  EXPECT_TRUE(seq->cache_unavailable);
+  EXPECT_EQ(seq->computed_tokens, 40u);
+}
+
+}  // namespace
+}  // namespace tierkv
