@@ -332,6 +332,7 @@ class UcxEngine final : public TransferEngine {
 
   const std::string& worker_address() const override { return address_; }
   absl::StatusOr<std::unique_ptr<MemoryRegion>> Register(void* base, size_t length) override;
+  absl::StatusOr<std::unique_ptr<MemoryRegion>> Allocate(size_t length) override;
   absl::StatusOr<std::shared_ptr<Endpoint>> Connect(std::string_view peer_address) override;
   std::vector<absl::Status> Get(Endpoint& ep, std::span<const TransferOp> ops) override {
     return RunBatch(/*is_get=*/true, ep, ops);
@@ -388,6 +389,7 @@ class UcxEngine final : public TransferEngine {
   // What fails to finish after that is released with the worker.
   bool Drained(absl::Time now) const;
 
+  // Maps [base, base + length) with UCX, or allocates `length` bytes when base is null.
   absl::StatusOr<std::unique_ptr<MemoryRegion>> DoRegister(void* base, size_t length);
   void DoUnregister(uint64_t base, absl::Notification* done);
   void ReleaseRegion(Region* region);
@@ -401,6 +403,10 @@ class UcxEngine final : public TransferEngine {
   void PostTwoSidedGet(Op* op);
   void PostTwoSidedPut(Op* op);
   void SendPutData(Op* op, uint64_t owner_tag);
+  // Gives `op` a fresh tag of this engine, under which replies find it.
+  void AssignTag(Op* op);
+  // Sends the two-sided request (kAmGetRequest or kAmPutRequest) of `op` to its owner.
+  ucs_status_ptr_t SendRequest(Op* op, unsigned am_id);
   absl::StatusOr<ucp_rkey_h> Rkey(EndpointState& ep, const std::string& key);
   // Send-like requests are kept in in_flight_ from their post to their callback, so that
   // shutdown can release those UCX still holds before destroying the worker.
@@ -421,6 +427,8 @@ class UcxEngine final : public TransferEngine {
   void FailOp(Op* op, const absl::Status& why, absl::Time now);
   void FailEndpoint(EndpointState* ep, const absl::Status& why);
   bool ShouldCorrupt();
+  // The bytes an op sends: op->local, or a corrupted copy when fault injection says so.
+  const void* OutgoingBytes(Op* op);
 
   void OnRequest(bool is_get, const void* header, size_t header_length,
                  const ucp_am_recv_param_t* param);
@@ -904,17 +912,50 @@ absl::StatusOr<std::unique_ptr<MemoryRegion>> UcxEngine::Register(void* base, si
   if (OnProgressThread()) {
     return absl::FailedPreconditionError("Register called from a completion callback");
   }
+  if (base == nullptr) {
+    return absl::InvalidArgumentError("Register needs a non-null base and a non-zero length");
+  }
   return RunSync<absl::StatusOr<std::unique_ptr<MemoryRegion>>>(
       [&] { return DoRegister(base, length); },
       absl::CancelledError(absl::StrCat(options_.name, ": engine shutting down")));
 }
 
+absl::StatusOr<std::unique_ptr<MemoryRegion>> UcxEngine::Allocate(size_t length) {
+  if (OnProgressThread()) {
+    return absl::FailedPreconditionError("Allocate called from a completion callback");
+  }
+  if (length == 0) return absl::InvalidArgumentError("Allocate needs a non-zero length");
+  return RunSync<absl::StatusOr<std::unique_ptr<MemoryRegion>>>(
+      [&] { return DoRegister(nullptr, length); },
+      absl::CancelledError(absl::StrCat(options_.name, ": engine shutting down")));
+}
+
 absl::StatusOr<std::unique_ptr<MemoryRegion>> UcxEngine::DoRegister(void* base, size_t length) {
-  if (base == nullptr || length == 0) {
+  bool allocate = base == nullptr;
+  if (length == 0) {
     return absl::InvalidArgumentError("Register needs a non-null base and a non-zero length");
   }
   uint64_t start = reinterpret_cast<uint64_t>(base);
   if (start + length < start) return absl::InvalidArgumentError("Register: range wraps");
+  ucp_mem_map_params_t params{};
+  params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                      UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+  params.address = base;
+  params.length = length;
+  params.flags = allocate ? UCP_MEM_MAP_ALLOCATE : 0;
+  ucp_mem_h memh = nullptr;
+  TIERKV_RETURN_IF_ERROR(UcsToStatus(
+      ucp_mem_map(context_.get(), &params, &memh),
+      allocate ? absl::StrCat("ucp_mem_map allocating ", length, " bytes")
+               : absl::StrCat("ucp_mem_map of ", RangeText(start, length))));
+  UcpMemHandle owned(context_.get(), memh);
+  if (allocate) {
+    ucp_mem_attr_t attr{};
+    attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH;
+    TIERKV_RETURN_IF_ERROR(UcsToStatus(ucp_mem_query(memh, &attr), "ucp_mem_query"));
+    base = attr.address;
+    start = reinterpret_cast<uint64_t>(base);
+  }
   auto next = regions_.lower_bound(start);
   bool overlaps = next != regions_.end() && next->second->base < start + length;
   if (next != regions_.begin()) {
@@ -925,15 +966,8 @@ absl::StatusOr<std::unique_ptr<MemoryRegion>> UcxEngine::DoRegister(void* base, 
     return absl::InvalidArgumentError(
         absl::StrCat("Register: ", RangeText(start, length), " overlaps a registered region"));
   }
-  ucp_mem_map_params_t params{};
-  params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
-  params.address = base;
-  params.length = length;
-  ucp_mem_h memh = nullptr;
-  TIERKV_RETURN_IF_ERROR(UcsToStatus(ucp_mem_map(context_.get(), &params, &memh),
-                                     absl::StrCat("ucp_mem_map of ", RangeText(start, length))));
   auto region = std::make_unique<Region>();
-  region->memh = UcpMemHandle(context_.get(), memh);
+  region->memh = std::move(owned);
   region->id = next_region_id_++;
   region->base = start;
   region->length = length;
@@ -1272,6 +1306,21 @@ std::unique_ptr<char[]> CorruptedCopy(const void* data, size_t length) {
   return copy;
 }
 
+// Parameters of a send-like request made for `op`, completing through `callback`.
+ucp_request_param_t SendParam(Op* op, ucp_send_nbx_callback_t callback) {
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  param.cb.send = callback;
+  param.user_data = op;
+  return param;
+}
+
+const void* UcxEngine::OutgoingBytes(Op* op) {
+  if (!ShouldCorrupt()) return op->local;
+  op->bounce = CorruptedCopy(op->local, op->length);
+  return op->bounce.get();
+}
+
 void UcxEngine::PostOneSidedGet(Op* op) {
   absl::StatusOr<ucp_rkey_h> rkey = Rkey(*op->ep, op->key);
   if (!rkey.ok()) {
@@ -1280,10 +1329,7 @@ void UcxEngine::PostOneSidedGet(Op* op) {
     return;
   }
   op->flip_on_land = ShouldCorrupt();
-  ucp_request_param_t param{};
-  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-  param.cb.send = &Callbacks::OpStep<kGetStep>;
-  param.user_data = op;
+  ucp_request_param_t param = SendParam(op, &Callbacks::OpStep<kGetStep>);
   Track(op, ucp_get_nbx(op->ep->ucp.get(), op->local, op->length, op->remote_addr, *rkey, &param),
         "ucp_get");
   MaybeFinish(op);
@@ -1295,22 +1341,29 @@ void UcxEngine::PostOneSidedPut(Op* op) {
     SetError(op, rkey.status());
     return;  // The flush still counts in op->outstanding.
   }
-  const void* data = op->local;
-  if (ShouldCorrupt()) {
-    op->bounce = CorruptedCopy(op->local, op->length);
-    data = op->bounce.get();
-  }
-  ucp_request_param_t param{};
-  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-  param.cb.send = &Callbacks::OpStep<kPutStep>;
-  param.user_data = op;
-  Track(op, ucp_put_nbx(op->ep->ucp.get(), data, op->length, op->remote_addr, *rkey, &param),
+  ucp_request_param_t param = SendParam(op, &Callbacks::OpStep<kPutStep>);
+  Track(op,
+        ucp_put_nbx(op->ep->ucp.get(), OutgoingBytes(op), op->length, op->remote_addr, *rkey,
+                    &param),
         "ucp_put");
 }
 
-void UcxEngine::PostTwoSidedGet(Op* op) {
+void UcxEngine::AssignTag(Op* op) {
   op->tag = kTagNamespace | (next_tag_++ & kTagCounterMask);
   tags_[op->tag] = op;
+}
+
+ucs_status_ptr_t UcxEngine::SendRequest(Op* op, unsigned am_id) {
+  op->header = RequestHeader{op->tag, op->remote_addr, op->length};
+  ucp_request_param_t send = SendParam(op, &Callbacks::OpStep<kRequestStep>);
+  send.op_attr_mask |= UCP_OP_ATTR_FIELD_FLAGS;
+  send.flags = UCP_AM_SEND_FLAG_REPLY;  // The owner answers through the reply endpoint.
+  return ucp_am_send_nbx(op->ep->ucp.get(), am_id, &op->header, sizeof(op->header), nullptr, 0,
+                         &send);
+}
+
+void UcxEngine::PostTwoSidedGet(Op* op) {
+  AssignTag(op);
   ucp_request_param_t recv{};
   recv.op_attr_mask =
       UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_RECV_INFO;
@@ -1332,34 +1385,15 @@ void UcxEngine::PostTwoSidedGet(Op* op) {
   op->recv = UcpRequest(request);
   ++op->outstanding;
 
-  op->header = RequestHeader{op->tag, op->remote_addr, op->length};
-  ucp_request_param_t send{};
-  send.op_attr_mask =
-      UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-  send.cb.send = &Callbacks::OpStep<kRequestStep>;
-  send.user_data = op;
-  send.flags = UCP_AM_SEND_FLAG_REPLY;
-  ucs_status_ptr_t sent = ucp_am_send_nbx(op->ep->ucp.get(), internal::kAmGetRequest,
-                                          &op->header, sizeof(op->header), nullptr, 0, &send);
-  Track(op, sent, "sending the GET request");
+  Track(op, SendRequest(op, internal::kAmGetRequest), "sending the GET request");
   if (!op->status.ok()) ucp_request_cancel(worker_.get(), op->recv.get());
 }
 
 void UcxEngine::PostTwoSidedPut(Op* op) {
-  op->tag = kTagNamespace | (next_tag_++ & kTagCounterMask);
-  tags_[op->tag] = op;
-  op->header = RequestHeader{op->tag, op->remote_addr, op->length};
-  ucp_request_param_t send{};
-  send.op_attr_mask =
-      UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-  send.cb.send = &Callbacks::OpStep<kRequestStep>;
-  send.user_data = op;
-  send.flags = UCP_AM_SEND_FLAG_REPLY;
+  AssignTag(op);
   op->awaiting = Awaiting::kPutReady;
   ++op->outstanding;
-  ucs_status_ptr_t sent = ucp_am_send_nbx(op->ep->ucp.get(), internal::kAmPutRequest,
-                                          &op->header, sizeof(op->header), nullptr, 0, &send);
-  Track(op, sent, "sending the PUT request");
+  Track(op, SendRequest(op, internal::kAmPutRequest), "sending the PUT request");
   if (!op->status.ok()) {
     op->awaiting = Awaiting::kNothing;
     --op->outstanding;
@@ -1368,16 +1402,8 @@ void UcxEngine::PostTwoSidedPut(Op* op) {
 }
 
 void UcxEngine::SendPutData(Op* op, uint64_t owner_tag) {
-  const void* data = op->local;
-  if (ShouldCorrupt()) {
-    op->bounce = CorruptedCopy(op->local, op->length);
-    data = op->bounce.get();
-  }
-  ucp_request_param_t send{};
-  send.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-  send.cb.send = &Callbacks::OpStep<kDataStep>;
-  send.user_data = op;
-  Track(op, ucp_tag_send_nbx(op->ep->ucp.get(), data, op->length, owner_tag, &send),
+  ucp_request_param_t send = SendParam(op, &Callbacks::OpStep<kDataStep>);
+  Track(op, ucp_tag_send_nbx(op->ep->ucp.get(), OutgoingBytes(op), op->length, owner_tag, &send),
         "sending PUT bytes");
 }
 

@@ -90,8 +90,8 @@ struct EngineOptions {
   uint64_t fault_corrupt_every_n = 0;
 };
 
-// A range of this process's memory registered with UCX. Destroying it unregisters the
-// range: from then on peers' requests for it are refused (OUT_OF_RANGE), and the
+// A range of this process's memory registered with UCX (Register) or allocated by it
+// (Allocate). Destroying it unregisters the range (and frees it when allocated): from then on peers' requests for it are refused (OUT_OF_RANGE), and the
 // destructor waits (up to op_timeout) for the two-sided transfers this engine is serving
 // from or into it to finish, so that once it returns the engine no longer touches the
 // memory. Peers holding the key may still reach it one-sided until then: callers must
@@ -165,6 +165,15 @@ class TransferEngine {
   // stay valid until the returned region is destroyed. INVALID_ARGUMENT for a null base,
   // zero length, or a range overlapping a region already registered here.
   virtual absl::StatusOr<std::unique_ptr<MemoryRegion>> Register(void* base, size_t length) = 0;
+
+  // Allocates `length` bytes through UCX and registers them. Over shared memory the bytes
+  // live in a segment that peers on this host map when they unpack the key, so their
+  // one-sided transfers become plain memory copies in their own process (a registered
+  // ordinary buffer is reached through cma, one system call per block); elsewhere it is
+  // ordinary memory. Owners that serve many blocks (the cache manager's host pool) should
+  // take their memory from here. The memory is freed when the region is destroyed.
+  // INVALID_ARGUMENT for zero length; RESOURCE_EXHAUSTED when UCX cannot allocate it.
+  virtual absl::StatusOr<std::unique_ptr<MemoryRegion>> Allocate(size_t length) = 0;
 
   // Connects to the engine whose worker_address() is `peer_address` (cached per address
   // while healthy). INVALID_ARGUMENT for bytes that are not a worker address; UNAVAILABLE

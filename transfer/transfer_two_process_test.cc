@@ -14,6 +14,7 @@
 #include "core/block_key.h"
 #include "gtest/gtest.h"
 #include "transfer/engine.h"
+#include "transfer/testing/blocks.h"
 #include "transfer/testing/peer.h"
 
 namespace {
@@ -32,11 +33,6 @@ using testing::PeerProcess;
 
 constexpr uint64_t kSeed = 77;
 constexpr size_t kMaxBlock = 4 << 20;
-
-size_t RandomSize(std::mt19937_64& rng, size_t max) {
-  double exponent = std::uniform_real_distribution<double>(0, std::log2(double(max)))(rng);
-  return std::clamp<size_t>(static_cast<size_t>(std::exp2(exponent)), 1, max);
-}
 
 class TwoProcessTest : public ::testing::TestWithParam<std::tuple<std::string, PathPolicy>> {
  protected:
@@ -88,7 +84,7 @@ class TwoProcessTest : public ::testing::TestWithParam<std::tuple<std::string, P
     buffers.resize(count);
     std::vector<TransferOp> ops(count);
     for (int i = 0; i < count; ++i) {
-      size_t length = RandomSize(rng, kMaxBlock);
+      size_t length = testing::RandomBlockSize(rng, kMaxBlock);
       size_t offset = std::uniform_int_distribution<size_t>(0, peer_->length() - length)(rng);
       buffers[i].assign(length, '\xee');
       ops[i] = {peer_->remote_key(), peer_->base() + offset, buffers[i].data(), length,
@@ -123,7 +119,7 @@ TEST_P(TwoProcessTest, PutsHundredsOfRandomSizedBlocksThatThePeerChecksums) {
   std::vector<TransferOp> ops;
   size_t offset = 0;
   while (ops.size() < 300) {
-    size_t length = RandomSize(rng, kMaxBlock);
+    size_t length = testing::RandomBlockSize(rng, kMaxBlock);
     if (offset + length > peer_->length()) break;
     buffers.emplace_back(length);
     testing::FillPattern(buffers.back().data(), length, 5000 + ops.size());
@@ -137,6 +133,31 @@ TEST_P(TwoProcessTest, PutsHundredsOfRandomSizedBlocksThatThePeerChecksums) {
     absl::StatusOr<uint64_t> sum = peer_->Checksum(ops[i].remote_addr, ops[i].length);
     ASSERT_TRUE(sum.ok()) << sum.status();
     ASSERT_EQ(*sum, BlockChecksum(buffers[i].data(), ops[i].length)) << i;
+  }
+}
+
+TEST_P(TwoProcessTest, GetsAndPutsOnMemoryThePeersEngineAllocated) {
+  PeerOptions peer = Peer(64 << 20);
+  peer.allocate = true;
+  Start(peer, Options());
+  std::vector<std::vector<char>> buffers;
+  std::vector<TransferOp> gets = RandomGets(200, buffers, 4);
+  std::vector<absl::Status> statuses = engine_->Get(*ep_, gets);
+  for (size_t i = 0; i < gets.size(); ++i) ASSERT_TRUE(statuses[i].ok()) << i << ": " << statuses[i];
+  // PUT what was read to the start of the region, one block after the other.
+  std::vector<TransferOp> puts;
+  uint64_t offset = 0;
+  for (const TransferOp& get : gets) {
+    if (offset + get.length > peer_->length()) break;
+    puts.push_back({peer_->remote_key(), peer_->base() + offset, get.local, get.length});
+    offset += get.length;
+  }
+  statuses = engine_->Put(*ep_, puts);
+  for (size_t i = 0; i < puts.size(); ++i) {
+    ASSERT_TRUE(statuses[i].ok()) << i << ": " << statuses[i];
+    absl::StatusOr<uint64_t> sum = peer_->Checksum(puts[i].remote_addr, puts[i].length);
+    ASSERT_TRUE(sum.ok()) << sum.status();
+    ASSERT_EQ(*sum, *gets[i].checksum) << i;
   }
 }
 
@@ -247,8 +268,7 @@ TEST_P(TwoProcessTest, KilledPeerFailsEveryOpInFlightWithinBoundedTime) {
 }
 
 std::string ParamName(const TestParamInfo<TwoProcessTest::ParamType>& info) {
-  return std::get<0>(info.param) +
-         (std::get<1>(info.param) == PathPolicy::kOneSided ? "_one_sided" : "_two_sided");
+  return testing::TransportPathName(std::get<0>(info.param), std::get<1>(info.param));
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, TwoProcessTest,

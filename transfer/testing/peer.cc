@@ -42,7 +42,7 @@ std::vector<std::string_view> Words(std::string_view line, char separator) {
 
 std::string Encode(const PeerOptions& o) {
   return absl::StrCat("transports=", o.transports, ";net=", o.net_devices,
-                      ";bytes=", o.region_bytes, ";seed=", o.seed,
+                      ";bytes=", o.region_bytes, ";allocate=", o.allocate ? 1 : 0, ";seed=", o.seed,
                       ";corrupt=", o.corrupt_every_n, ";alarm=", o.alarm_seconds,
                       ";timeout_ms=", absl::ToInt64Milliseconds(o.op_timeout));
 }
@@ -61,6 +61,8 @@ bool Decode(std::string_view text, PeerOptions* o) {
       o->net_devices = value;
     } else if (key == "bytes") {
       ok = absl::SimpleAtoi(value, &o->region_bytes);
+    } else if (key == "allocate") {
+      o->allocate = value == "1";
     } else if (key == "seed") {
       ok = absl::SimpleAtoi(value, &o->seed);
     } else if (key == "corrupt") {
@@ -98,19 +100,25 @@ int RunPeer(const PeerOptions& options) {
     WriteLine(absl::StrCat("ERR ", engine.status().ToString()));
     return 1;
   }
-  void* memory = mmap(nullptr, options.region_bytes, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-  if (memory == MAP_FAILED) {
-    WriteLine(absl::StrCat("ERR mmap: ", std::strerror(errno)));
-    return 1;
+  void* memory = nullptr;
+  absl::StatusOr<std::unique_ptr<MemoryRegion>> region;
+  if (options.allocate) {
+    region = (*engine)->Allocate(options.region_bytes);
+    if (region.ok()) memory = (*region)->base();
+  } else {
+    memory = mmap(nullptr, options.region_bytes, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (memory == MAP_FAILED) {
+      WriteLine(absl::StrCat("ERR mmap: ", std::strerror(errno)));
+      return 1;
+    }
+    region = (*engine)->Register(memory, options.region_bytes);
   }
-  FillPattern(memory, options.region_bytes, options.seed);
-  absl::StatusOr<std::unique_ptr<MemoryRegion>> region =
-      (*engine)->Register(memory, options.region_bytes);
   if (!region.ok()) {
     WriteLine(absl::StrCat("ERR ", region.status().ToString()));
     return 1;
   }
+  FillPattern(memory, options.region_bytes, options.seed);
   WriteLine(absl::StrCat("READY ", ToHex((*engine)->worker_address()), " ",
                          ToHex((*region)->remote_key()), " ",
                          reinterpret_cast<uint64_t>(memory), " ", options.region_bytes));
@@ -140,7 +148,7 @@ int RunPeer(const PeerOptions& options) {
   }
   region->reset();
   engine->reset();
-  munmap(memory, options.region_bytes);
+  if (!options.allocate) munmap(memory, options.region_bytes);
   return 0;
 }
 

@@ -32,6 +32,8 @@ struct PeerOptions {
   std::string transports = "tcp";  // UCX_TLS of the child's engine.
   std::string net_devices;         // UCX_NET_DEVICES; "lo" keeps tcp on loopback.
   uint64_t region_bytes = 64 << 20;
+  // Take the region from TransferEngine::Allocate rather than registering mmap'ed memory.
+  bool allocate = false;
   uint64_t seed = 1;               // Of the region's initial content (FillPattern).
   uint64_t corrupt_every_n = 0;    // EngineOptions::fault_corrupt_every_n of the child.
   int alarm_seconds = 120;         // The child dies by SIGALRM after this long at most.
