@@ -161,36 +161,53 @@ int64_t HostTensor::numel() const {
   return n;
 }
 
-std::vector<WeightSlot> WeightSlots(const ModelConfig& c, ModelWeights* w) {
-  std::vector<WeightSlot> slots;
+namespace {
+
+// Calls fn(name, shape, tensor) for every tensor `c` needs, in WeightSlots order. W is
+// ModelWeights or const ModelWeights; w.layers must already have c.num_layers entries.
+template <typename W, typename Fn>
+void VisitSlots(const ModelConfig& c, W& w, Fn&& fn) {
   const int64_t q_out = c.num_heads * c.head_dim;
   const int64_t kv_out = c.num_kv_heads * c.head_dim;
-  slots.push_back({"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, &w->embed_tokens});
-  w->layers.resize(c.num_layers);
+  fn("model.embed_tokens.weight", std::vector<int64_t>{c.vocab_size, c.hidden_size},
+     w.embed_tokens);
   for (int64_t i = 0; i < c.num_layers; ++i) {
-    LayerWeights& l = w->layers[i];
+    auto& l = w.layers[i];
     const std::string p = absl::StrCat("model.layers.", i, ".");
-    slots.push_back({p + "input_layernorm.weight", {c.hidden_size}, &l.input_layernorm});
-    slots.push_back({p + "self_attn.q_proj.weight", {q_out, c.hidden_size}, &l.q_proj});
-    slots.push_back({p + "self_attn.k_proj.weight", {kv_out, c.hidden_size}, &l.k_proj});
-    slots.push_back({p + "self_attn.v_proj.weight", {kv_out, c.hidden_size}, &l.v_proj});
+    fn(p + "input_layernorm.weight", std::vector<int64_t>{c.hidden_size}, l.input_layernorm);
+    fn(p + "self_attn.q_proj.weight", std::vector<int64_t>{q_out, c.hidden_size}, l.q_proj);
+    fn(p + "self_attn.k_proj.weight", std::vector<int64_t>{kv_out, c.hidden_size}, l.k_proj);
+    fn(p + "self_attn.v_proj.weight", std::vector<int64_t>{kv_out, c.hidden_size}, l.v_proj);
     if (c.qkv_bias) {
-      slots.push_back({p + "self_attn.q_proj.bias", {q_out}, &l.q_bias});
-      slots.push_back({p + "self_attn.k_proj.bias", {kv_out}, &l.k_bias});
-      slots.push_back({p + "self_attn.v_proj.bias", {kv_out}, &l.v_bias});
+      fn(p + "self_attn.q_proj.bias", std::vector<int64_t>{q_out}, l.q_bias);
+      fn(p + "self_attn.k_proj.bias", std::vector<int64_t>{kv_out}, l.k_bias);
+      fn(p + "self_attn.v_proj.bias", std::vector<int64_t>{kv_out}, l.v_bias);
     }
-    slots.push_back({p + "self_attn.o_proj.weight", {c.hidden_size, q_out}, &l.o_proj});
-    if (c.o_bias) slots.push_back({p + "self_attn.o_proj.bias", {c.hidden_size}, &l.o_bias});
-    slots.push_back(
-        {p + "post_attention_layernorm.weight", {c.hidden_size}, &l.post_attention_layernorm});
-    slots.push_back({p + "mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}, &l.gate_proj});
-    slots.push_back({p + "mlp.up_proj.weight", {c.intermediate_size, c.hidden_size}, &l.up_proj});
-    slots.push_back({p + "mlp.down_proj.weight", {c.hidden_size, c.intermediate_size}, &l.down_proj});
+    fn(p + "self_attn.o_proj.weight", std::vector<int64_t>{c.hidden_size, q_out}, l.o_proj);
+    if (c.o_bias) fn(p + "self_attn.o_proj.bias", std::vector<int64_t>{c.hidden_size}, l.o_bias);
+    fn(p + "post_attention_layernorm.weight", std::vector<int64_t>{c.hidden_size},
+       l.post_attention_layernorm);
+    fn(p + "mlp.gate_proj.weight", std::vector<int64_t>{c.intermediate_size, c.hidden_size},
+       l.gate_proj);
+    fn(p + "mlp.up_proj.weight", std::vector<int64_t>{c.intermediate_size, c.hidden_size},
+       l.up_proj);
+    fn(p + "mlp.down_proj.weight", std::vector<int64_t>{c.hidden_size, c.intermediate_size},
+       l.down_proj);
   }
-  slots.push_back({"model.norm.weight", {c.hidden_size}, &w->norm});
+  fn("model.norm.weight", std::vector<int64_t>{c.hidden_size}, w.norm);
   if (!c.tie_word_embeddings) {
-    slots.push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}, &w->lm_head});
+    fn("lm_head.weight", std::vector<int64_t>{c.vocab_size, c.hidden_size}, w.lm_head);
   }
+}
+
+}  // namespace
+
+std::vector<WeightSlot> WeightSlots(const ModelConfig& c, ModelWeights* w) {
+  w->layers.resize(std::max<int64_t>(c.num_layers, 0));
+  std::vector<WeightSlot> slots;
+  VisitSlots(c, *w, [&](std::string name, std::vector<int64_t> shape, HostTensor& t) {
+    slots.push_back({std::move(name), std::move(shape), &t});
+  });
   return slots;
 }
 
@@ -200,15 +217,17 @@ absl::Status ValidateWeights(const ModelConfig& config, const ModelWeights& weig
     return absl::InvalidArgumentError(absl::StrCat("weights have ", weights.layers.size(),
                                                    " layers, config has ", config.num_layers));
   }
-  ModelWeights& mutable_weights = const_cast<ModelWeights&>(weights);  // WeightSlots only reads.
-  for (const WeightSlot& slot : WeightSlots(config, &mutable_weights)) {
-    const HostTensor& t = *slot.tensor;
-    if (t.shape != slot.shape || static_cast<int64_t>(t.data.size()) != t.numel()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor ", slot.name, " has shape ", ShapeString(t.shape), " (", t.data.size(),
-          " values), expected ", ShapeString(slot.shape), " from the model config"));
-    }
-  }
+  absl::Status status;
+  VisitSlots(config, weights,
+             [&](const std::string& name, const std::vector<int64_t>& shape, const HostTensor& t) {
+               if (!status.ok()) return;
+               if (t.shape != shape || static_cast<int64_t>(t.data.size()) != t.numel()) {
+                 status = absl::InvalidArgumentError(absl::StrCat(
+                     "tensor ", name, " has shape ", ShapeString(t.shape), " (", t.data.size(),
+                     " values), expected ", ShapeString(shape), " from the model config"));
+               }
+             });
+  TIERKV_RETURN_IF_ERROR(status);
   auto unexpected = [](const HostTensor& t, const std::string& what) -> absl::Status {
     if (t.empty() && t.shape.empty()) return absl::OkStatus();
     return absl::InvalidArgumentError(absl::StrCat(what, " is set but the config does not use it"));
