@@ -19,9 +19,10 @@
 //   moves bytes without the owner's CPU (RDMA verbs, cma/knem/xpmem, mapped shared memory);
 // - two-sided: where UCX would only emulate RMA over messages (tcp), the owner's engine
 //   serves each request itself: the reader posts a tagged receive into its buffer and asks
-//   the owner, which checks the range and tag-sends the bytes (GET), or posts a tagged
-//   receive at the target and lets the writer send (PUT). On this machine's UCX 1.13 tcp,
-//   tagged messages move 2 MiB at several times the speed of emulated ucp_get.
+//   the owner, which checks the range and tag-sends the bytes (GET); the writer sends the
+//   bytes as an active message by rendezvous, which the owner receives straight into the
+//   target once it has checked the range (PUT). On this machine's UCX 1.13 tcp, messages
+//   move 2 MiB at several times the speed of emulated ucp_get and ucp_put.
 // PathPolicy::kAuto picks one-sided exactly when every lane UCX chose for RMA bandwidth on
 // the endpoint is such a transport (ucp_ep_print_info lists the lanes); the policy can
 // force either path (tests run both paths on both transports).

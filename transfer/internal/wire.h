@@ -15,10 +15,10 @@
 //   GET: the reader posts a tag receive into its buffer with a tag of its own, then sends
 //        kAmGetRequest {tag, addr, length}; the owner tag-sends the bytes with that tag, or
 //        answers kAmReply {tag, kGetError, code}.
-//   PUT: the writer sends kAmPutRequest {tag, addr, length}; the owner posts a tag receive
-//        at addr with a tag of its own (owner_tag) and answers kAmReply {tag, kPutReady,
-//        0, owner_tag}, or {tag, kPutError, code}; the writer tag-sends the bytes with
-//        owner_tag; when they have landed the owner answers {tag, kPutDone, code}.
+//   PUT: the writer sends kAmPutData {tag, addr, length} with the bytes as the message's
+//        data (large ones by rendezvous, so nothing moves before the owner asks for it);
+//        the owner checks the range, receives the bytes at addr and answers kAmReply {tag,
+//        kPutDone, code}, or refuses with {tag, kPutError, code} without receiving.
 //   Tags carry kTagNamespace in their top byte; each engine draws them from one counter,
 //   so a tag names one operation of the engine that receives with it.
 #ifndef TIERKV_TRANSFER_INTERNAL_WIRE_H_
@@ -65,11 +65,11 @@ inline bool RangeInside(uint64_t addr, uint64_t length, uint64_t base, uint64_t 
 // Active-message ids of the two-sided protocol.
 enum AmId : unsigned {
   kAmGetRequest = 0x7b01,
-  kAmPutRequest = 0x7b02,
   kAmReply = 0x7b03,
+  kAmPutData = 0x7b04,
 };
 
-// Header of kAmGetRequest and kAmPutRequest.
+// Header of kAmGetRequest and kAmPutData.
 struct RequestHeader {
   uint64_t tag = 0;     // The initiator's tag for this operation.
   uint64_t addr = 0;    // Address in the owner's memory.
@@ -78,17 +78,15 @@ struct RequestHeader {
 
 enum class ReplyKind : uint32_t {
   kGetError = 1,  // code: why the owner refused a GET (no bytes follow).
-  kPutReady = 2,  // owner_tag: the tag to send the PUT's bytes with.
-  kPutError = 3,  // code: why the owner refused a PUT.
+  kPutError = 3,  // code: why the owner refused a PUT (its bytes were not received).
   kPutDone = 4,   // code: OK when the bytes have landed, else why not.
 };
 
 // Header of kAmReply.
 struct ReplyHeader {
-  uint64_t tag = 0;        // The initiator's tag of the operation answered.
-  uint32_t kind = 0;       // A ReplyKind.
-  uint32_t code = 0;       // An absl::StatusCode.
-  uint64_t owner_tag = 0;  // kPutReady only.
+  uint64_t tag = 0;   // The initiator's tag of the operation answered.
+  uint32_t kind = 0;  // A ReplyKind.
+  uint32_t code = 0;  // An absl::StatusCode.
 };
 
 inline constexpr uint64_t kTagNamespace = uint64_t{0x7b} << 56;
