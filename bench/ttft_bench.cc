@@ -7,6 +7,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <iostream>
 #include <random>
 #include <vector>
@@ -74,9 +75,11 @@ int main(int argc, char** argv) {
       grpc::CreateChannel((*all)->address(), grpc::InsecureChannelCredentials()));
   std::cout << absl::StrFormat(
       "# model %s: %u layers, %u kv heads, head_dim %u, KV %s (%u bytes a token); cache "
-      "manager and prefill worker in this process on %s; data plane: gRPC streams\n",
+      "manager and prefill worker in this process on %s; block bytes over the UCX data plane "
+      "(UCX_TLS=%s)\n",
       spec.model_id, spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.kv_dtype,
-      static_cast<uint32_t>(spec.RawBlockBytes() / spec.block_tokens), (*all)->address());
+      static_cast<uint32_t>(spec.RawBlockBytes() / spec.block_tokens), (*all)->address(),
+      getenv("UCX_TLS") ? getenv("UCX_TLS") : "unset: UCX picks");
   std::cout << "| tokens | cold TTFT ms (baseline) | warm TTFT ms | cold / warm | target | "
                "warm: cached / computed | warm: lookup / fetch / compute ms | cold: compute / "
                "store ms |\n|---:|---:|---:|---:|---|---|---|---|\n";

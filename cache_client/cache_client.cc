@@ -3,7 +3,9 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "transfer/engine.h"
 #include "core/status.h"
 #include "proto/grpc_status.h"
 #include "tierkv/v1/cache_service.grpc.pb.h"
@@ -46,15 +48,19 @@ class GrpcCacheClient : public CacheClient {
     out.lookup_time = absl::Now() - t0;
     t0 = absl::Now();
     out.blocks.reserve(found.found());
-    for (uint32_t i = 0; i < found.found(); ++i) {
-      auto payload = GetBlock(keys[i], found.sizes(i), found.checksums(i),
-                              static_cast<int>(i) == options_.fault_corrupt_block);
-      if (!payload.ok()) {
-        // Missing or corrupt on the way: a miss from here on, never data for the model.
-        ++out.checksum_failures;
-        break;
+    if (found.found() > 0 && DataPlaneReady()) {
+      FetchOverUcx(found, out);
+    } else {
+      for (uint32_t i = 0; i < found.found(); ++i) {
+        auto payload = GetBlock(keys[i], found.sizes(i), found.checksums(i),
+                                static_cast<int>(i) == options_.fault_corrupt_block);
+        if (!payload.ok()) {
+          // Missing or corrupt on the way: a miss from here on, never data for the model.
+          ++out.checksum_failures;
+          break;
+        }
+        out.blocks.push_back(*std::move(payload));
       }
-      out.blocks.push_back(*std::move(payload));
     }
     if (found.lease_id() != 0) {
       v1::ReleaseLeaseRequest release;
@@ -72,6 +78,10 @@ class GrpcCacheClient : public CacheClient {
     v1::LookupResponse found;
     TIERKV_RETURN_IF_ERROR(Lookup(spec, keys, /*lease=*/false, &found));
     return found.found();
+  }
+
+  ~GrpcCacheClient() override {
+    endpoint_.reset();  // Before the engine that made it.
   }
 
   absl::StatusOr<StoreResult> Store(const ModelSpec& spec, std::span<const BlockKey> keys,
@@ -118,7 +128,9 @@ class GrpcCacheClient : public CacheClient {
         default:
           break;
       }
-      absl::Status put = PutBlock(allocated.allocation_id(), b.key(), payloads[i]);
+      absl::Status put = DataPlaneReady()
+                             ? PutOverUcx(b.location(), payloads[i])
+                             : PutBlock(allocated.allocation_id(), b.key(), payloads[i]);
       if (!put.ok()) {
         Abort(allocated.allocation_id());
         return put;
@@ -140,7 +152,103 @@ class GrpcCacheClient : public CacheClient {
     return result;
   }
 
+  DataPath data_path() const override {
+    absl::MutexLock lock(&plane_mu_);
+    return path_;
+  }
+
  private:
+  // Decides the data path once: UCX when the node offers a data plane and the client may
+  // use it (and an engine starts here), else the gRPC streams.
+  bool DataPlaneReady() {
+    absl::MutexLock lock(&plane_mu_);
+    if (path_ != DataPath::kUndecided) return path_ == DataPath::kUcx;
+    path_ = DataPath::kGrpcStreams;
+    if (!options_.use_data_plane) return false;
+    v1::DataPlaneResponse plane;
+    {
+      auto ctx = Context();
+      if (!stub_->DataPlane(ctx.get(), v1::DataPlaneRequest(), &plane).ok()) return false;
+    }
+    transfer::EngineOptions engine_options;
+    engine_options.name = "cache-client";
+    engine_options.transports = options_.transports;
+    auto engine = transfer::TransferEngine::Create(engine_options);
+    if (!engine.ok()) return false;
+    auto endpoint = (*engine)->Connect(plane.worker_address());
+    if (!endpoint.ok()) return false;
+    engine_ = std::move(engine).value();
+    endpoint_ = std::move(endpoint).value();
+    remote_key_ = plane.remote_key();
+    path_ = DataPath::kUcx;
+    return true;
+  }
+
+  // Reads every found block straight into its payload buffer, all in flight at once, then
+  // verifies each against the checksum Lookup reported. The first block that failed ends
+  // the prefix.
+  void FetchOverUcx(const v1::LookupResponse& found, FetchedPrefix& out) {
+    const uint32_t n = found.found();
+    std::vector<std::string> payloads(n);
+    std::vector<transfer::TransferOp> ops;
+    std::vector<uint32_t> op_block;
+    int extent = 0;
+    for (uint32_t i = 0; i < n; ++i) {
+      payloads[i].resize(found.sizes(i));
+      uint64_t filled = 0;
+      for (uint32_t j = 0; j < found.extent_counts(i); ++j, ++extent) {
+        transfer::TransferOp op;
+        op.remote_key = remote_key_;
+        op.remote_addr = found.remote_base() + found.extent_offsets(extent);
+        op.local = payloads[i].data() + filled;
+        op.length = found.extent_lengths(extent);
+        filled += op.length;
+        ops.push_back(op);
+        op_block.push_back(i);
+      }
+    }
+    std::vector<absl::Status> statuses = engine_->Get(*endpoint_, ops);
+    uint32_t good = n;
+    for (size_t k = 0; k < ops.size(); ++k) {
+      if (!statuses[k].ok()) good = std::min(good, op_block[k]);
+    }
+    for (uint32_t i = 0; i < good; ++i) {
+      if (static_cast<int>(i) == options_.fault_corrupt_block && !payloads[i].empty()) {
+        payloads[i][payloads[i].size() / 2] ^= 0x40;
+      }
+      if (BlockChecksum(payloads[i].data(), payloads[i].size()) != found.checksums(i)) {
+        good = i;
+        break;
+      }
+    }
+    if (good < n) ++out.checksum_failures;
+    payloads.resize(good);
+    out.blocks = std::move(payloads);
+  }
+
+  // Writes a payload into the extents Allocate reserved for it.
+  absl::Status PutOverUcx(const v1::BlockLocation& location, const std::string& payload) {
+    std::vector<transfer::TransferOp> ops;
+    uint64_t filled = 0;
+    for (const auto& e : location.extents()) {
+      transfer::TransferOp op;
+      op.remote_key = remote_key_;
+      op.remote_addr = location.remote_base() + e.offset();
+      op.local = const_cast<char*>(payload.data()) + filled;
+      op.length = e.length();
+      filled += e.length();
+      ops.push_back(op);
+    }
+    if (filled != payload.size()) {
+      return absl::InternalError(absl::StrCat("the cache reserved ", filled, " bytes for a ",
+                                              payload.size(), "-byte block"));
+    }
+    for (absl::Status& s : engine_->Put(*endpoint_, ops)) {
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
   std::unique_ptr<grpc::ClientContext> Context() const {
     auto ctx = std::make_unique<grpc::ClientContext>();
     ctx->set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
@@ -213,6 +321,13 @@ class GrpcCacheClient : public CacheClient {
 
   const CacheClientOptions options_;
   std::unique_ptr<v1::CacheService::Stub> stub_;
+
+  mutable absl::Mutex plane_mu_;
+  DataPath path_ ABSL_GUARDED_BY(plane_mu_) = DataPath::kUndecided;
+  // Set once when path_ becomes kUcx, then read without the lock.
+  std::unique_ptr<transfer::TransferEngine> engine_;
+  std::shared_ptr<transfer::Endpoint> endpoint_;
+  std::string remote_key_;
 };
 
 }  // namespace

@@ -1,6 +1,8 @@
 // The client side of a cache manager: what prefill and decode workers (and tools) use to
 // find, fetch and store KV blocks. Control calls go over gRPC; block bytes move over the
-// data plane: the gRPC Get/Put streams today (UCX joins behind the same calls).
+// node's UCX data plane (DataPlane gives its address and remote key; one-sided or
+// engine-served transfers, see transfer/engine.h), or over the gRPC Get/Put streams when
+// the node has no data plane or the client is told not to use it.
 //
 // Every fetched block is verified against the checksum the cache reported: a block that
 // does not match is never returned, it ends the prefix and is counted as a failure.
@@ -35,10 +37,18 @@ struct CacheClientOptions {
   absl::Duration timeout = absl::Seconds(10);
   // Write lease asked for while storing.
   absl::Duration write_lease = absl::Seconds(30);
+  // Move block bytes over UCX when the node offers a data plane.
+  bool use_data_plane = true;
+  // UCX transports of the client's engine ("tcp", "shm", ...); empty: UCX_TLS or UCX's
+  // default.
+  std::string transports;
   // Test hook: flip one byte of the fetched block with this index (within a FetchPrefix
   // call) as if it had been corrupted in flight; -1 (default) never.
   int fault_corrupt_block = -1;
 };
+
+// How the client moves block bytes (decided at the first call that needs it).
+enum class DataPath { kUndecided, kUcx, kGrpcStreams };
 
 struct FetchedPrefix {
   // Payloads of the verified prefix: blocks[i] belongs to keys[i].
@@ -82,6 +92,9 @@ class CacheClient {
   virtual absl::StatusOr<StoreResult> Store(const ModelSpec& spec, std::span<const BlockKey> keys,
                                             size_t first,
                                             std::span<const std::string> payloads) = 0;
+
+  // The data path in use (kUndecided before the first fetch or store).
+  virtual DataPath data_path() const = 0;
 };
 
 }  // namespace tierkv

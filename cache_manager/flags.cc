@@ -41,6 +41,10 @@ void CacheManagerFlags::Register(CLI::App& app) {
   app.add_option("--event-buffer", event_buffer, "events kept for WatchEvents")
       ->capture_default_str();
   app.add_option("--node-name", node_name, "name advertised to clients (default: the address)");
+  app.add_flag("--no-data-plane", no_data_plane,
+               "serve block bytes over gRPC only (no UCX engine)");
+  app.add_option("--transports", transports,
+                 "UCX transports of the data plane, e.g. tcp or shm (default: UCX_TLS)");
   app.add_option("--port-file", port_file,
                  "write the bound port to this file once ready (after --demo, if given)");
 }
@@ -49,6 +53,8 @@ absl::Status CacheManagerFlags::Resolve(CacheManagerOptions* options) const {
   options->listen_address = listen;
   options->event_buffer = event_buffer;
   options->node_name = node_name;
+  options->data_plane = !no_data_plane;
+  options->transports = transports;
   absl::Status s = ParseBytesFlag("host-capacity", host_capacity, &options->host_capacity_bytes);
   if (s.ok()) s = ParseBytesFlag("page-size", page_size, &options->page_bytes);
   if (s.ok()) s = ParseDurationFlag("write-lease-ttl", write_lease_ttl, &options->write_lease_ttl);

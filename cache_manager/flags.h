@@ -22,6 +22,8 @@ struct CacheManagerFlags {
   uint32_t event_buffer = 65536;
   std::string node_name;
   std::string port_file;
+  bool no_data_plane = false;
+  std::string transports;
 
   // Registers the flags on `app`; `this` must outlive parsing.
   void Register(CLI::App& app);

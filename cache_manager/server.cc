@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "cache_manager/service.h"
+#include "core/status.h"
 #include "proto/grpc_server.h"
 
 namespace tierkv {
@@ -16,7 +17,14 @@ constexpr absl::Duration kReapInterval = absl::Milliseconds(100);
 
 class ServerImpl : public CacheManagerServer {
  public:
-  ~ServerImpl() override { Shutdown(); }
+  ~ServerImpl() override {
+    Shutdown();
+    // A registration over the pool's own mapping goes before the mapping does; memory the
+    // engine allocated goes after the pool (members die in reverse order).
+    if (pool_ != nullptr && region_ != nullptr && region_->base() != pool_external_) {
+      region_.reset();
+    }
+  }
 
   absl::Status Init(const CacheManagerOptions& options, Clock* clock) {
     clock_ = clock != nullptr ? clock : RealClock();
@@ -29,10 +37,24 @@ class ServerImpl : public CacheManagerServer {
           "lease lengths must be positive and at most the maximum of ",
           absl::FormatDuration(options.max_lease_ttl)));
     }
-    auto pool = HostPool::Create(
-        {.capacity_bytes = options.host_capacity_bytes, .page_bytes = options.page_bytes});
+    HostPool::Options pool_options{.capacity_bytes = options.host_capacity_bytes,
+                                   .page_bytes = options.page_bytes};
+    if (options.data_plane) {
+      TIERKV_RETURN_IF_ERROR(StartDataPlane(options, &pool_options));
+    }
+    auto pool = HostPool::Create(pool_options);
     if (!pool.ok()) return pool.status();
     pool_ = std::move(pool).value();
+    if (engine_ != nullptr && region_ == nullptr) {
+      // UCX could not allocate the pool's memory itself: register the pool's own mapping.
+      auto region = engine_->Register(pool_->base(), pool_->capacity_bytes());
+      if (!region.ok()) {
+        return absl::Status(region.status().code(),
+                            absl::StrCat("data plane: registering the host tier: ",
+                                         region.status().message()));
+      }
+      region_ = std::move(region).value();
+    }
     events_ = std::make_unique<EventLog>(options.event_buffer);
     BlockIndexOptions index_options;
     index_options.write_lease_ttl = options.write_lease_ttl;
@@ -78,6 +100,31 @@ class ServerImpl : public CacheManagerServer {
   absl::Status CheckInvariants() override { return index_->CheckInvariants(); }
 
  private:
+  // Starts the UCX engine and takes the host tier's memory from it, so that peers on this
+  // host map it directly (shm) and remote peers reach it through its registration.
+  absl::Status StartDataPlane(const CacheManagerOptions& options, HostPool::Options* pool) {
+    transfer::EngineOptions engine_options;
+    engine_options.name = "cache-manager";
+    engine_options.transports = options.transports;
+    auto engine = transfer::TransferEngine::Create(engine_options);
+    if (!engine.ok()) {
+      return absl::Status(engine.status().code(),
+                          absl::StrCat("data plane: ", engine.status().message(),
+                                       "; run with --no-data-plane to serve over gRPC only"));
+    }
+    engine_ = std::move(engine).value();
+    transports_ = options.transports;
+    const uint64_t capacity = options.host_capacity_bytes / options.page_bytes * options.page_bytes;
+    if (capacity == 0) return absl::OkStatus();  // HostPool::Create says what is wrong.
+    auto region = engine_->Allocate(capacity);
+    if (region.ok() && reinterpret_cast<uintptr_t>((*region)->base()) % 4096 == 0) {
+      region_ = std::move(region).value();
+      pool->external_memory = region_->base();
+      pool_external_ = region_->base();
+    }
+    return absl::OkStatus();
+  }
+
   ServiceContext MakeContext() {
     ServiceContext ctx;
     ctx.index = index_.get();
@@ -86,10 +133,18 @@ class ServerImpl : public CacheManagerServer {
     ctx.clock = clock_;
     ctx.node = &node_ptr_;
     ctx.started = clock_->Now();
+    ctx.engine = engine_.get();
+    ctx.region = region_.get();
+    ctx.transports = transports_;
     return ctx;
   }
 
   Clock* clock_ = nullptr;
+  // The data plane outlives the pool built on its memory (members die in reverse order).
+  std::unique_ptr<transfer::TransferEngine> engine_;
+  std::unique_ptr<transfer::MemoryRegion> region_;
+  std::string transports_;
+  void* pool_external_ = nullptr;  // The engine's memory the pool manages, if any.
   std::unique_ptr<HostPool> pool_;
   std::unique_ptr<EventLog> events_;
   std::unique_ptr<BlockIndex> index_;

@@ -34,6 +34,11 @@ struct CacheManagerOptions {
   uint32_t eviction_memory = 1 << 20;
   // Name this node advertises in locations and ListNodes; empty uses the listen address.
   std::string node_name;
+  // Serve block memory over UCX (DataPlane, one-sided or engine-served transfers). Off:
+  // clients move bytes with the gRPC Put/Get streams only.
+  bool data_plane = true;
+  // UCX transports of the data plane ("tcp", "shm", ...); empty: UCX_TLS or UCX's default.
+  std::string transports;
   // More services served on the same port (`tierkv up` adds the workers'). Not owned; they
   // must outlive the server.
   std::vector<grpc::Service*> extra_services;

@@ -28,9 +28,14 @@ std::vector<std::string> Strings(const google::protobuf::RepeatedPtrField<std::s
   return std::vector<std::string>(in.begin(), in.end());
 }
 
+uint64_t RemoteBase(const ServiceContext& ctx) {
+  return ctx.region == nullptr ? 0 : reinterpret_cast<uint64_t>(ctx.region->base());
+}
+
 void FillLocation(const ServiceContext& ctx, const PoolAllocation& space,
                   v1::BlockLocation* location) {
   location->set_tier(v1::TIER_HOST);
+  location->set_remote_base(RemoteBase(ctx));
   for (const PoolExtent& e : space.extents) {
     auto* extent = location->add_extents();
     extent->set_offset(e.offset);
@@ -333,7 +338,10 @@ grpc::ServerUnaryReactor* CacheServiceImpl::Lookup(grpc::CallbackServerContext* 
       });
   if (!result.ok()) return Done(context, result.status());
   response->set_found(result->found);
-  if (result->found > 0) response->set_node(ctx_.node_name());
+  if (result->found > 0) {
+    response->set_node(ctx_.node_name());
+    response->set_remote_base(RemoteBase(ctx_));
+  }
   response->set_lease_id(result->lease_id);
   if (result->lease_id != 0) {
     response->set_lease_expires_unix_ms(absl::ToUnixMillis(result->lease_expires));
@@ -445,6 +453,22 @@ grpc::ServerWriteReactor<v1::GetResponse>* CacheServiceImpl::Get(
 grpc::ServerWriteReactor<v1::Event>* CacheServiceImpl::WatchEvents(
     grpc::CallbackServerContext*, const v1::WatchEventsRequest* request) {
   return new WatchReactor(ctx_, request);
+}
+
+grpc::ServerUnaryReactor* CacheServiceImpl::DataPlane(grpc::CallbackServerContext* context,
+                                                      const v1::DataPlaneRequest*,
+                                                      v1::DataPlaneResponse* response) {
+  if (ctx_.engine == nullptr || ctx_.region == nullptr) {
+    return Done(context, absl::UnavailableError(
+                             "this node runs without a UCX data plane; move block bytes with "
+                             "the Put and Get streams"));
+  }
+  response->set_worker_address(ctx_.engine->worker_address());
+  response->set_remote_key(ctx_.region->remote_key());
+  response->set_remote_base(RemoteBase(ctx_));
+  response->set_region_bytes(ctx_.region->length());
+  response->set_transports(ctx_.transports);
+  return Done(context, absl::OkStatus());
 }
 
 // ---------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 #include "cache_manager/event_log.h"
 #include "core/clock.h"
 #include "storage/host_pool.h"
+#include "transfer/engine.h"
 #include "tierkv/v1/admin_service.grpc.pb.h"
 #include "tierkv/v1/cache_service.grpc.pb.h"
 
@@ -28,6 +29,10 @@ struct ServiceContext {
   // until then. Points into the server.
   const std::atomic<const std::string*>* node = nullptr;
   absl::Time started;
+  // The data plane, or null without one. Owned by the server.
+  transfer::TransferEngine* engine = nullptr;
+  const transfer::MemoryRegion* region = nullptr;
+  std::string transports;
 
   std::string node_name() const {
     const std::string* n = node == nullptr ? nullptr : node->load(std::memory_order_acquire);
@@ -69,6 +74,9 @@ class CacheServiceImpl final : public v1::CacheService::CallbackService {
                                                  const v1::GetRequest* request) override;
   grpc::ServerWriteReactor<v1::Event>* WatchEvents(
       grpc::CallbackServerContext* context, const v1::WatchEventsRequest* request) override;
+  grpc::ServerUnaryReactor* DataPlane(grpc::CallbackServerContext* context,
+                                      const v1::DataPlaneRequest* request,
+                                      v1::DataPlaneResponse* response) override;
 
  private:
   const ServiceContext ctx_;

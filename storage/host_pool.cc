@@ -28,15 +28,20 @@ absl::StatusOr<std::unique_ptr<HostPool>> HostPool::Create(const Options& option
                                                    options.capacity_bytes,
                                                    " bytes is below one page of ", page));
   }
-  void* mem = mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
-  if (mem == MAP_FAILED) {
-    return ErrnoToStatus(errno, absl::StrCat("host pool: mmap of ", capacity, " bytes"));
+  const bool owned = options.external_memory == nullptr;
+  void* mem = options.external_memory;
+  if (owned) {
+    mem = mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) {
+      return ErrnoToStatus(errno, absl::StrCat("host pool: mmap of ", capacity, " bytes"));
+    }
+  } else if (reinterpret_cast<uintptr_t>(mem) % 4096 != 0) {
+    return absl::InvalidArgumentError("host pool: external memory is not page-aligned");
   }
   if (options.prefault) {
     // Huge pages cut the page-table work of a large pool; populate then takes one fault per
     // 2 MiB instead of per 4 KiB. Both calls are advice: failure only costs speed.
-    madvise(mem, capacity, MADV_HUGEPAGE);
+    if (owned) madvise(mem, capacity, MADV_HUGEPAGE);
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
 #endif
@@ -57,11 +62,12 @@ absl::StatusOr<std::unique_ptr<HostPool>> HostPool::Create(const Options& option
   }
 #endif
   return std::unique_ptr<HostPool>(
-      new HostPool(static_cast<uint8_t*>(mem), capacity, page, pinned));
+      new HostPool(static_cast<uint8_t*>(mem), capacity, page, pinned, owned));
 }
 
-HostPool::HostPool(uint8_t* base, uint64_t capacity, uint64_t page_bytes, bool pinned)
-    : base_(base), capacity_(capacity), page_bytes_(page_bytes), pinned_(pinned) {
+HostPool::HostPool(uint8_t* base, uint64_t capacity, uint64_t page_bytes, bool pinned,
+                   bool owned)
+    : base_(base), capacity_(capacity), page_bytes_(page_bytes), pinned_(pinned), owned_(owned) {
   absl::MutexLock lock(&mu_);
   InsertFreeRun(0, capacity / page_bytes);
 }
@@ -70,7 +76,7 @@ HostPool::~HostPool() {
 #ifdef TIERKV_HAVE_CUDA
   if (pinned_) cudaHostUnregister(base_);
 #endif
-  munmap(base_, capacity_);
+  if (owned_) munmap(base_, capacity_);
 }
 
 void HostPool::InsertFreeRun(uint64_t first_page, uint64_t pages) {

@@ -53,6 +53,10 @@ class HostPool {
     // Fault every page in at creation (with transparent huge pages where the kernel allows),
     // so that no write on the data path takes a page fault.
     bool prefault = true;
+    // Memory to manage instead of mapping its own (for example a region the data plane
+    // allocated so that peers can reach it): at least capacity_bytes long, page-aligned,
+    // valid for the pool's lifetime, not freed by the pool. Null: the pool maps memory.
+    void* external_memory = nullptr;
   };
 
   // INVALID_ARGUMENT for a bad page size or a capacity below one page; RESOURCE_EXHAUSTED
@@ -89,7 +93,7 @@ class HostPool {
   std::pair<uint64_t, uint64_t> FreeRuns() const;
 
  private:
-  HostPool(uint8_t* base, uint64_t capacity, uint64_t page_bytes, bool pinned);
+  HostPool(uint8_t* base, uint64_t capacity, uint64_t page_bytes, bool pinned, bool owned);
   void InsertFreeRun(uint64_t first_page, uint64_t pages) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EraseFreeRun(std::map<uint64_t, uint64_t>::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -98,6 +102,7 @@ class HostPool {
   const uint64_t capacity_;
   const uint64_t page_bytes_;
   const bool pinned_;
+  const bool owned_;  // Mapped by the pool (unmapped on destruction).
 
   mutable absl::Mutex mu_;
   // Free runs by first page -> page count, and the same runs ordered by (count, first page).

@@ -8,12 +8,22 @@
 namespace tierkv {
 namespace {
 
-class CacheClientTest : public ::testing::Test {
+// How the client moves bytes: over UCX with the given transports (both ends), or over the
+// gRPC streams.
+struct PathParam {
+  const char* name;
+  bool ucx;
+  const char* transports;
+};
+
+class CacheClientTest : public ::testing::TestWithParam<PathParam> {
  protected:
   void SetUp() override {
     CacheManagerOptions options;
     options.listen_address = "127.0.0.1:0";
     options.host_capacity_bytes = 64 << 20;
+    options.data_plane = GetParam().ucx;
+    options.transports = GetParam().transports;
     auto server = CacheManagerServer::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(server).value();
@@ -35,6 +45,8 @@ class CacheClientTest : public ::testing::Test {
     CacheClientOptions options;
     options.address = server_->address();
     options.fault_corrupt_block = corrupt_block;
+    options.use_data_plane = GetParam().ucx;
+    options.transports = GetParam().transports;
     return *CacheClient::Create(options);
   }
 
@@ -45,7 +57,7 @@ class CacheClientTest : public ::testing::Test {
   std::vector<std::string> payloads_;
 };
 
-TEST_F(CacheClientTest, StoresAndFetchesTheLongestPrefixBitwise) {
+TEST_P(CacheClientTest, StoresAndFetchesTheLongestPrefixBitwise) {
   auto stored = client_->Store(spec_, keys_, 0, std::span(payloads_).subspan(0, 6));
   ASSERT_TRUE(stored.ok()) << stored.status();
   EXPECT_EQ(stored->stored, 6u);
@@ -53,6 +65,7 @@ TEST_F(CacheClientTest, StoresAndFetchesTheLongestPrefixBitwise) {
   ASSERT_TRUE(fetched.ok()) << fetched.status();
   ASSERT_EQ(fetched->blocks.size(), 6u);
   for (size_t i = 0; i < 6; ++i) EXPECT_EQ(fetched->blocks[i], payloads_[i]) << i;
+  EXPECT_EQ(client_->data_path(), GetParam().ucx ? DataPath::kUcx : DataPath::kGrpcStreams);
   EXPECT_EQ(fetched->checksum_failures, 0u);
   EXPECT_EQ(*client_->CountCached(spec_, keys_), 6u);
   // Storing an overlapping range writes only what is new.
@@ -63,7 +76,7 @@ TEST_F(CacheClientTest, StoresAndFetchesTheLongestPrefixBitwise) {
   EXPECT_EQ(*client_->CountCached(spec_, keys_), 10u);
 }
 
-TEST_F(CacheClientTest, CorruptedBlockEndsThePrefixAndIsCounted) {
+TEST_P(CacheClientTest, CorruptedBlockEndsThePrefixAndIsCounted) {
   ASSERT_TRUE(client_->Store(spec_, keys_, 0, std::span(payloads_).subspan(0, 5)).ok());
   auto corrupting = Client(/*corrupt_block=*/3);
   auto fetched = corrupting->FetchPrefix(spec_, keys_);
@@ -72,7 +85,7 @@ TEST_F(CacheClientTest, CorruptedBlockEndsThePrefixAndIsCounted) {
   EXPECT_EQ(fetched->checksum_failures, 1u);
 }
 
-TEST_F(CacheClientTest, OtherModelSpecIsAMiss) {
+TEST_P(CacheClientTest, OtherModelSpecIsAMiss) {
   ASSERT_TRUE(client_->Store(spec_, keys_, 0, std::span(payloads_).subspan(0, 2)).ok());
   ModelSpec other = spec_;
   other.weights_digest = "seed:42";
@@ -80,14 +93,14 @@ TEST_F(CacheClientTest, OtherModelSpecIsAMiss) {
   EXPECT_EQ(*client_->CountCached(other, keys_), 0u);
 }
 
-TEST_F(CacheClientTest, BadPayloadSizeIsInvalidArgument) {
+TEST_P(CacheClientTest, BadPayloadSizeIsInvalidArgument) {
   std::vector<std::string> wrong = {std::string(10, 'x')};
   EXPECT_EQ(client_->Store(spec_, keys_, 0, wrong).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(*client_->CountCached(spec_, keys_), 0u);
 }
 
-TEST_F(CacheClientTest, UnreachableCacheManagerIsUnavailable) {
+TEST_P(CacheClientTest, UnreachableCacheManagerIsUnavailable) {
   CacheClientOptions options;
   options.address = "127.0.0.1:1";
   options.timeout = absl::Seconds(2);
@@ -95,6 +108,12 @@ TEST_F(CacheClientTest, UnreachableCacheManagerIsUnavailable) {
   auto fetched = client->FetchPrefix(spec_, keys_);
   EXPECT_EQ(fetched.status().code(), absl::StatusCode::kUnavailable) << fetched.status();
 }
+
+INSTANTIATE_TEST_SUITE_P(
+    DataPaths, CacheClientTest,
+    ::testing::Values(PathParam{"ucx_tcp", true, "tcp"}, PathParam{"ucx_shm", true, "shm"},
+                      PathParam{"grpc_streams", false, ""}),
+    [](const ::testing::TestParamInfo<PathParam>& info) { return std::string(info.param.name); });
 
 }  // namespace
 }  // namespace tierkv
