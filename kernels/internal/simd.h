@@ -30,8 +30,11 @@
 #endif
 
 // Compiles a function once per x86-64 ISA level and picks one at load time (GNU ifunc).
-// Every clone computes the same bits; the clones only differ in speed.
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+// Every clone computes the same bits; the clones only differ in speed. Define
+// TIERKV_NO_ISA_CLONES to build the baseline ISA only (for tools that dislike ifuncs, or to
+// check that claim).
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && \
+    !defined(TIERKV_NO_ISA_CLONES)
 #define TIERKV_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define TIERKV_ISA_CLONES
