@@ -45,7 +45,11 @@ def block_keys(spec, salt: bytes, tokens):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", default="127.0.0.1:7471", help="tierkv up's address")
+    parser.add_argument("--server", default="127.0.0.1:7471",
+                        help="tierkv up's address (every service on one port)")
+    parser.add_argument("--prefill", help="prefill worker's address (default: --server)")
+    parser.add_argument("--decode", help="decode worker's address (default: --server)")
+    parser.add_argument("--cache", help="cache manager's address (default: --server)")
     parser.add_argument("--stubs", required=True, help="folder with the generated tierkv/v1 stubs")
     parser.add_argument("--tokens", type=int, default=600, help="prompt length")
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens to generate")
@@ -68,10 +72,12 @@ def main():
         if not ok:
             failures.append(what)
 
-    channel = grpc.insecure_channel(args.server)
-    prefill = prefill_service_pb2_grpc.PrefillServiceStub(channel)
-    decode = decode_service_pb2_grpc.DecodeServiceStub(channel)
-    cache = cache_service_pb2_grpc.CacheServiceStub(channel)
+    def channel(address):
+        return grpc.insecure_channel(address or args.server)
+
+    prefill = prefill_service_pb2_grpc.PrefillServiceStub(channel(args.prefill))
+    decode = decode_service_pb2_grpc.DecodeServiceStub(channel(args.decode))
+    cache = cache_service_pb2_grpc.CacheServiceStub(channel(args.cache))
 
     rng = random.Random(args.seed)
     tokens = [rng.randrange(1, 32000) for _ in range(args.tokens)]
