@@ -18,7 +18,10 @@
 // size with --in_flight outstanding (-O); the best of them ("best perftest") is the
 // ceiling the target refers to: at least 0.90 of it for 2 MiB blocks. Each side runs
 // --rounds times, alternating; the best round of each is reported, with the spread.
+// "memcpy" is one thread copying the same blocks between two buffers of this process: the
+// copy every transport here ends in, so the ceiling of a layout's memory traffic.
 // Every child (the peer, each perftest) is bounded by a timeout and stopped by its pid.
+// The load average before and after is printed: other work on the machine moves figures.
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -31,6 +34,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <memory>
@@ -82,6 +86,7 @@ struct Flags {
   double seconds = 1.5;
   double warmup_seconds = 0.3;
   bool perftest = true;
+  bool detect_peer_failure = true;
   std::string owner_memory = "allocated";
   int perftest_port = 13360;
   double perftest_bytes_gib = 2.0;
@@ -287,6 +292,26 @@ Measurement Measure(const Flags& flags, TransferEngine& engine,
   return m;
 }
 
+// memcpy of the same blocks between two buffers of this process, one thread: the copy
+// every transport here ends in, as a ceiling for the layout's memory traffic.
+double MeasureMemcpy(const Flags& flags, uint64_t size, bool distinct) {
+  size_t blocks = distinct ? static_cast<size_t>(flags.in_flight) : 1;
+  std::vector<char> from(blocks * size, 1), to(blocks * size, 2);
+  absl::Time end = absl::Now() + absl::Seconds(flags.warmup_seconds);
+  uint64_t copied = 0;
+  for (bool timed : {false, true}) {
+    absl::Time start = absl::Now();
+    if (timed) end = start + absl::Seconds(flags.seconds);
+    copied = 0;
+    while (absl::Now() < end) {
+      for (size_t i = 0; i < blocks; ++i) std::memcpy(to.data() + i * size, from.data() + i * size, size);
+      copied += blocks * size;
+    }
+    if (timed) return static_cast<double>(copied) / absl::ToDoubleSeconds(absl::Now() - start) / 1e9;
+  }
+  return 0;
+}
+
 // --- Driver -------------------------------------------------------------------------------
 
 struct Row {
@@ -296,6 +321,7 @@ struct Row {
   uint64_t size = 0;
   std::string layout;
   std::vector<double> ours;                    // One per round.
+  std::vector<double> memcpy;                  // One per round.
   std::map<std::string, std::vector<double>> perftest;  // Test -> one per round.
   uint64_t errors = 0;
   std::string first_error;
@@ -317,7 +343,19 @@ PathPolicy ParsePath(const std::string& path) {
   return PathPolicy::kAuto;
 }
 
+std::string LoadAverage() {
+  char buffer[128] = {};
+  FILE* f = fopen("/proc/loadavg", "r");
+  if (f == nullptr) return "?";
+  size_t n = fread(buffer, 1, sizeof(buffer) - 1, f);
+  fclose(f);
+  std::string text(buffer, n);
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  return text;
+}
+
 int Run(const Flags& flags) {
+  fprintf(stderr, "load average at start: %s\n", LoadAverage().c_str());
   std::vector<uint64_t> sizes;
   for (const std::string& text : flags.sizes) {
     absl::StatusOr<uint64_t> size = ParseBytes(text);
@@ -355,6 +393,7 @@ int Run(const Flags& flags) {
       if (transport == "tcp") options.net_devices = "lo";
       options.path = ParsePath(path_name);
       options.op_timeout = absl::Seconds(30);
+      options.detect_peer_failure = flags.detect_peer_failure;
       absl::StatusOr<std::unique_ptr<TransferEngine>> engine = TransferEngine::Create(options);
       if (!engine.ok()) {
         fprintf(stderr, "engine over %s: %s\n", transport.c_str(),
@@ -397,6 +436,7 @@ int Run(const Flags& flags) {
               Measurement m = Measure(flags, **engine, *ep, **peer, local, row->op == "GET",
                                       size, layout == "distinct");
               row->ours.push_back(m.gbps);
+              row->memcpy.push_back(MeasureMemcpy(flags, size, layout == "distinct"));
               row->errors += m.errors;
               if (row->first_error.empty()) row->first_error = m.first_error;
               fprintf(stderr, "  %s %s %s %s round %d: %.2f GB/s%s\n", transport.c_str(),
@@ -427,11 +467,12 @@ int Run(const Flags& flags) {
     }
   }
 
+  printf("load average at the end: %s\n\n", LoadAverage().c_str());
   printf("| transport | path | op | block | layout | in flight | tierkv GB/s | tierkv, %d rounds "
          "| best perftest GB/s | (test) | ratio | tag_bw | ucp_get | ucp_put_bw | ucp_am_bw "
-         "| target | met |\n",
+         "| memcpy GB/s | target | met |\n",
          flags.rounds);
-  printf("|---|---|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---|\n");
+  printf("|---|---|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|\n");
   bool all_met = true;
   for (const Row& row : rows) {
     const auto& baseline = perf[{row.transport, row.size}];
@@ -453,10 +494,10 @@ int Run(const Flags& flags) {
     bool met = ratio >= kTargetRatio && row.errors == 0;
     if (targeted) all_met &= met;
     absl::PrintF("| %s | %s | %s | %s | %s | %d | %.2f | %s | %.2f | %s | %.2f | %s | %s | %s | %s "
-                 "| %s | %s |\n",
+                 "| %.1f | %s | %s |\n",
                  row.transport, row.path, row.op, FormatBytes(row.size), row.layout,
                  flags.in_flight, ours, Spread(row.ours), best, best_test, ratio, cell("tag_bw"),
-                 cell("ucp_get"), cell("ucp_put_bw"), cell("ucp_am_bw"),
+                 cell("ucp_get"), cell("ucp_put_bw"), cell("ucp_am_bw"), Best(row.memcpy),
                  targeted ? "≥ 0.90x" : "-", targeted ? (met ? "yes" : "**no**") : "-");
     if (row.errors > 0) {
       printf("\n%s %s %s: %lu errors, first: %s\n", row.transport.c_str(), row.op.c_str(),
@@ -492,6 +533,9 @@ int main(int argc, char** argv) {
   app.add_option("--owner_memory", flags.owner_memory,
                  "allocated (TransferEngine::Allocate) or registered (mmap + Register)")
       ->check(CLI::IsMember({"allocated", "registered"}))
+      ->capture_default_str();
+  app.add_option("--detect_peer_failure", flags.detect_peer_failure,
+                 "EngineOptions::detect_peer_failure of this side's engine")
       ->capture_default_str();
   app.add_option("--in_flight", flags.in_flight, "Blocks in flight")->capture_default_str();
   app.add_option("--group", flags.group, "Blocks per asynchronous batch")->capture_default_str();

@@ -602,7 +602,8 @@ absl::Status UcxEngine::Start() {
   }
   context_ = UcpContext(context);
 
-  // Peer failure detection where any transport can do it (see IsLocalTransport).
+  // Peer failure detection where any transport can do it (see IsLocalTransport) and the
+  // options want it.
   std::string resources = PrintToString(
       [](void* c, FILE* f) { ucp_context_print_info(static_cast<ucp_context_h>(c), f); },
       context_.get());
@@ -613,7 +614,7 @@ absl::Status UcxEngine::Start() {
     if (dashes == std::string_view::npos) continue;
     std::string_view tl = line.substr(dashes + 3);
     tl = tl.substr(0, tl.find('/'));
-    if (!IsLocalTransport(tl)) peer_mode_ = true;
+    if (!IsLocalTransport(tl)) peer_mode_ = options_.detect_peer_failure;
   }
 
   absl::Notification started;

@@ -426,6 +426,24 @@ TEST(TransferEngine, AutoPathIsTwoSidedOverTcpAndOneSidedOverSharedMemory) {
   }
 }
 
+TEST(TransferEngine, TcpStaysTwoSidedWithoutPeerFailureDetection) {
+  // Without peer error handling UCX offers tcp's own put_zcopy as an RMA lane; it is still
+  // the socket, not RMA the owner's CPU stays out of.
+  EngineOptions options = OptionsFor("tcp", PathPolicy::kAuto);
+  options.detect_peer_failure = false;
+  auto owner = MakeEngine(options);
+  auto reader = MakeEngine(options);
+  auto ep = reader->Connect(owner->worker_address());
+  ASSERT_TRUE(ep.ok()) << ep.status();
+  EXPECT_EQ((*ep)->path(), TransferPath::kTwoSided);
+  std::vector<char> memory(1 << 20, '\x44'), local(1 << 20);
+  auto region = owner->Register(memory.data(), memory.size());
+  ASSERT_TRUE(region.ok());
+  TransferOp op{(*region)->remote_key(), reinterpret_cast<uint64_t>(memory.data()), local.data(),
+                local.size(), BlockChecksum(memory.data(), memory.size())};
+  EXPECT_TRUE(reader->Get(**ep, {&op, 1})[0].ok());
+}
+
 TEST(TransferEngine, ConnectReturnsTheCachedEndpointAndRejectsGarbage) {
   auto owner = MakeEngine(OptionsFor("tcp", PathPolicy::kAuto));
   auto reader = MakeEngine(OptionsFor("tcp", PathPolicy::kAuto));

@@ -267,6 +267,41 @@ TEST_P(TwoProcessTest, KilledPeerFailsEveryOpInFlightWithinBoundedTime) {
   }
 }
 
+TEST(TwoProcess, WithoutPeerFailureDetectionAKilledPeerStillFailsInBoundedTime) {
+  PeerOptions peer_options;
+  peer_options.transports = "tcp";
+  peer_options.net_devices = "lo";
+  peer_options.region_bytes = 64 << 20;
+  absl::StatusOr<std::unique_ptr<PeerProcess>> peer = PeerProcess::Start(peer_options);
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  EngineOptions options;
+  options.transports = "tcp";
+  options.net_devices = "lo";
+  options.detect_peer_failure = false;
+  options.op_timeout = absl::Seconds(2);
+  absl::StatusOr<std::unique_ptr<TransferEngine>> engine = TransferEngine::Create(options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  absl::StatusOr<std::shared_ptr<Endpoint>> ep = (*engine)->Connect((*peer)->worker_address());
+  ASSERT_TRUE(ep.ok()) << ep.status();
+  constexpr int kBlocks = 16;
+  constexpr size_t kBlock = 4 << 20;
+  std::vector<char> local(kBlocks * kBlock);
+  std::vector<TransferOp> ops(kBlocks);
+  for (int i = 0; i < kBlocks; ++i) {
+    ops[i] = {(*peer)->remote_key(), (*peer)->base() + i * kBlock, local.data() + i * kBlock,
+              kBlock};
+  }
+  ASSERT_TRUE((*engine)->Get(**ep, std::span(ops).first(1))[0].ok());
+  (*peer)->Kill();
+  absl::Time start = absl::Now();
+  for (const absl::Status& status : (*engine)->Get(**ep, ops)) {
+    EXPECT_TRUE(status.code() == absl::StatusCode::kUnavailable ||
+                status.code() == absl::StatusCode::kDeadlineExceeded)
+        << status;
+  }
+  EXPECT_LT(absl::Now() - start, absl::Seconds(8));
+}
+
 std::string ParamName(const TestParamInfo<TwoProcessTest::ParamType>& info) {
   return testing::TransportPathName(std::get<0>(info.param), std::get<1>(info.param));
 }
