@@ -258,6 +258,8 @@ absl::StatusOr<std::string> PeerProcess::ReadLine(absl::Duration timeout) {
     if (newline != std::string::npos) {
       std::string line = buffered_.substr(0, newline);
       buffered_.erase(0, newline + 1);
+      // UCX writes its warnings to the child's stdout too ("[time] [host:pid] ... UCX WARN").
+      if (line.starts_with("[")) continue;
       return line;
     }
     absl::Duration left = deadline - absl::Now();
