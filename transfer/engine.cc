@@ -598,8 +598,14 @@ absl::Status UcxEngine::Start() {
   // without a zero-copy rendezvous lane (peer error handling takes it away) every large
   // block goes through them. 64 KiB / 256 KiB measured 1.2-1.8x faster on loopback
   // (bench/RESULTS.md). The environment still wins.
+  // UCX warns about (and ignores) settings of transports it does not load, so only when
+  // tcp may be among them.
+  std::string tls = options_.transports;
+  if (tls.empty() && std::getenv("UCX_TLS") != nullptr) tls = std::getenv("UCX_TLS");
+  bool tcp_possible = tls.empty() || tls.find("tcp") != std::string::npos ||
+                      tls.find("all") != std::string::npos || tls.starts_with("^");
   for (const auto& [name, value] : kTcpSegmentDefaults) {
-    if (std::getenv(absl::StrCat("UCX_TCP_", name).c_str()) != nullptr) continue;
+    if (!tcp_possible || std::getenv(absl::StrCat("UCX_TCP_", name).c_str()) != nullptr) continue;
     TIERKV_RETURN_IF_ERROR(UcsToStatus(ucp_config_modify(config.get(), name, value),
                                        absl::StrCat("UCX setting ", name)));
   }
