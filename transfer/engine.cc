@@ -596,7 +596,7 @@ absl::Status UcxEngine::Start() {
   }
   // tcp segment sizes: UCX 1.13 cuts messages into 8 KiB sends and 64 KiB receives, and
   // without a zero-copy rendezvous lane (peer error handling takes it away) every large
-  // block goes through them. 64 KiB / 256 KiB measured 1.2-1.8x faster on loopback
+  // block goes through them. 64 KiB / 256 KiB measured 1.3-1.8x faster on loopback
   // (bench/RESULTS.md). The environment still wins.
   // UCX warns about (and ignores) settings of transports it does not load, so only when
   // tcp may be among them.

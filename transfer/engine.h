@@ -81,10 +81,10 @@ struct EngineOptions {
   absl::Duration op_timeout = absl::Seconds(30);
   // Create endpoints with UCX peer error handling where a transport supports it (tcp,
   // RDMA; shared memory never does), so that a dead peer fails the operations in flight at
-  // once (UNAVAILABLE). The cost, measured on UCX 1.13 over tcp: UCX then offers no zero-copy
-  // rendezvous lane, and 2 MiB blocks move 10-20% slower (bench/RESULTS.md). When false, a
-  // dead peer may be noticed only at op_timeout (DEADLINE_EXCEEDED), and UCX logs the
-  // errors it meets on the way.
+  // once (UNAVAILABLE). UCX 1.13 then offers no zero-copy rendezvous lane over tcp; with
+  // the engine's tcp segment sizes that costs nothing on loopback (bench/RESULTS.md), but a
+  // fabric where zero copy matters may prefer false. When false, a dead peer may be noticed
+  // only at op_timeout (DEADLINE_EXCEEDED), and UCX logs the errors it meets on the way.
   bool detect_peer_failure = true;
   // How long the progress thread keeps polling after its last event before it sleeps on
   // the worker's event fd. It polls without sleeping while any operation is in flight.
