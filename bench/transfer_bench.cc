@@ -24,6 +24,7 @@
 // copy every transport here ends in, so the ceiling of a layout's memory traffic.
 // Every child (the peer, each perftest) is bounded by a timeout and stopped by its pid.
 // The load average before and after is printed: other work on the machine moves figures.
+// Exit status: 0 when every 2 MiB figure meets its target, 3 when one misses, else 1 or 2.
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
