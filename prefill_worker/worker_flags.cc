@@ -1,5 +1,12 @@
 #include "prefill_worker/worker_flags.h"
 
+#include <unistd.h>
+
+#include <iostream>
+
+#include "core/process.h"
+#include "proto/grpc_server.h"
+
 namespace tierkv {
 
 void WorkerFlags::Register(CLI::App& app, const std::string& default_listen) {
@@ -26,6 +33,37 @@ absl::StatusOr<std::unique_ptr<CacheClient>> WorkerFlags::CacheClientFor() const
   CacheClientOptions options;
   options.address = cache;
   return CacheClient::Create(options);
+}
+
+int RunWorker(const char* name, const WorkerFlags& flags,
+              absl::FunctionRef<std::unique_ptr<grpc::Service>(const Model*, CacheClient*)> make) {
+  BlockShutdownSignals();
+  auto model = flags.LoadModel();
+  if (!model.ok()) {
+    std::cerr << name << ": --model " << flags.model << ": " << model.status() << "\n";
+    return 1;
+  }
+  auto cache = flags.CacheClientFor();
+  if (!cache.ok()) {
+    std::cerr << name << ": --cache: " << cache.status().message() << "\n";
+    return 2;
+  }
+  std::unique_ptr<grpc::Service> service = make(model->get(), cache->get());
+  grpc::Service* services[] = {service.get()};
+  auto server = StartGrpcServer(flags.listen, services);
+  if (!server.ok()) {
+    std::cerr << name << ": " << server.status().message() << "\n";
+    return 1;
+  }
+  std::cout << name << " serving " << (*model)->spec().model_id << " on " << server->address
+            << ", cache manager " << flags.cache << " (pid " << getpid() << ")" << std::endl;
+  if (absl::Status s = WritePortFile(flags.port_file, server->port); !s.ok()) {
+    std::cerr << name << ": --port-file: " << s.message() << "\n";
+    return 1;
+  }
+  WaitForShutdownSignal();
+  server->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  return 0;
 }
 
 }  // namespace tierkv

@@ -6,7 +6,10 @@
 #include <memory>
 #include <string>
 
+#include <grpcpp/impl/service_type.h>
+
 #include "CLI/CLI.hpp"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "cache_client/cache_client.h"
 #include "model/model.h"
@@ -28,6 +31,13 @@ struct WorkerFlags {
   // A client of the cache manager the flags name.
   absl::StatusOr<std::unique_ptr<CacheClient>> CacheClientFor() const;
 };
+
+// The life of a worker binary named `name`: loads the model and the cache client the flags
+// name, serves the service `make` builds over them (with health and reflection) until
+// SIGINT or SIGTERM, and returns the process's exit status (1 for a failed start, 2 for a
+// bad flag).
+int RunWorker(const char* name, const WorkerFlags& flags,
+              absl::FunctionRef<std::unique_ptr<grpc::Service>(const Model*, CacheClient*)> make);
 
 }  // namespace tierkv
 
