@@ -1,10 +1,10 @@
 #include "core/block_key.h"
 
-#include <openssl/evp.h>
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/sha256.h"
 
 namespace tierkv {
 namespace {
@@ -12,36 +12,11 @@ namespace {
 constexpr std::string_view kFingerprintDomain = "tierkv.v1";
 constexpr std::string_view kRootDomain = "tierkv.v1/root";
 
-// Incremental SHA-256 over the OpenSSL EVP interface.
-class Sha256 {
- public:
-  Sha256() : ctx_(EVP_MD_CTX_new()) { EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr); }
-  ~Sha256() { EVP_MD_CTX_free(ctx_); }
-  Sha256(const Sha256&) = delete;
-  Sha256& operator=(const Sha256&) = delete;
-
-  void Update(const void* data, size_t size) { EVP_DigestUpdate(ctx_, data, size); }
-  void Update(std::string_view s) { Update(s.data(), s.size()); }
-  void UpdateU32(uint32_t v) {
-    const uint8_t le[4] = {static_cast<uint8_t>(v), static_cast<uint8_t>(v >> 8),
-                           static_cast<uint8_t>(v >> 16), static_cast<uint8_t>(v >> 24)};
-    Update(le, sizeof(le));
-  }
-  // A field: u32le(length) || bytes.
-  void UpdateField(std::string_view s) {
-    UpdateU32(static_cast<uint32_t>(s.size()));
-    Update(s);
-  }
-  Digest Finish() {
-    Digest out;
-    unsigned int len = 0;
-    EVP_DigestFinal_ex(ctx_, out.data(), &len);
-    return out;
-  }
-
- private:
-  EVP_MD_CTX* ctx_;
-};
+// A fingerprint field: u32le(length) || bytes.
+void UpdateField(Sha256& h, std::string_view s) {
+  h.UpdateU32(static_cast<uint32_t>(s.size()));
+  h.Update(s);
+}
 
 bool IsPowerOfTwo(uint32_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
@@ -99,16 +74,16 @@ ModelSpec BuiltinTinyModelSpec() {
 
 Digest ModelFingerprint(const ModelSpec& spec) {
   Sha256 h;
-  h.UpdateField(kFingerprintDomain);
-  h.UpdateField(spec.model_id);
-  h.UpdateField(spec.weights_digest);
-  h.UpdateField(absl::StrCat(spec.num_layers));
-  h.UpdateField(absl::StrCat(spec.num_kv_heads));
-  h.UpdateField(absl::StrCat(spec.head_dim));
-  h.UpdateField(spec.kv_dtype);
-  h.UpdateField(absl::StrCat(spec.block_tokens));
-  h.UpdateField(absl::StrCat(spec.tp_rank));
-  h.UpdateField(absl::StrCat(spec.tp_size));
+  UpdateField(h, kFingerprintDomain);
+  UpdateField(h, spec.model_id);
+  UpdateField(h, spec.weights_digest);
+  UpdateField(h, absl::StrCat(spec.num_layers));
+  UpdateField(h, absl::StrCat(spec.num_kv_heads));
+  UpdateField(h, absl::StrCat(spec.head_dim));
+  UpdateField(h, spec.kv_dtype);
+  UpdateField(h, absl::StrCat(spec.block_tokens));
+  UpdateField(h, absl::StrCat(spec.tp_rank));
+  UpdateField(h, absl::StrCat(spec.tp_size));
   return h.Finish();
 }
 
@@ -116,7 +91,7 @@ Digest RootKey(const Digest& fingerprint, std::string_view salt) {
   Sha256 h;
   h.Update(kRootDomain);
   h.Update(fingerprint.data(), fingerprint.size());
-  h.UpdateField(salt);
+  UpdateField(h, salt);
   return h.Finish();
 }
 

@@ -1,6 +1,5 @@
 #include "model/weights.h"
 
-#include <openssl/evp.h>
 
 #include <cmath>
 #include <filesystem>
@@ -12,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/block_key.h"
+#include "core/sha256.h"
 #include "core/status.h"
 #include "kernels/random.h"
 #include "model/safetensors.h"
@@ -128,30 +128,6 @@ absl::StatusOr<Shards> OpenShards(const std::string& dir) {
   }
   return shards;
 }
-
-// SHA-256 through OpenSSL's EVP interface.
-class Sha256 {
- public:
-  Sha256() : ctx_(EVP_MD_CTX_new()) { EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr); }
-  ~Sha256() { EVP_MD_CTX_free(ctx_); }
-  Sha256(const Sha256&) = delete;
-  Sha256& operator=(const Sha256&) = delete;
-  void Update(const void* data, size_t size) { EVP_DigestUpdate(ctx_, data, size); }
-  void UpdateU64(uint64_t v) {
-    uint8_t b[8];
-    for (int i = 0; i < 8; ++i) b[i] = static_cast<uint8_t>(v >> (8 * i));
-    Update(b, 8);
-  }
-  std::string HexDigest() {
-    uint8_t out[32];
-    unsigned int len = 0;
-    EVP_DigestFinal_ex(ctx_, out, &len);
-    return ToHex(std::span<const uint8_t>(out, len));
-  }
-
- private:
-  EVP_MD_CTX* ctx_;
-};
 
 }  // namespace
 
@@ -354,7 +330,7 @@ absl::StatusOr<std::string> HfWeightsDigest(const std::string& dir, WeightsDiges
     }
   }
   return absl::StrCat(mode == WeightsDigestMode::kFull ? "sha256:" : "sha256-headers:",
-                      h.HexDigest());
+                      ToHex(h.Finish()));
 }
 
 }  // namespace tierkv
