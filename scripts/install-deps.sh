@@ -5,7 +5,7 @@
 # costs a few milliseconds and touches no network. Works as root on a fresh
 # Debian 12 machine that reaches only Debian's archive; uses sudo when not root.
 #
-# To add a dependency (librocksdb-dev, libucx-dev, ...), append it to PACKAGES.
+# To add a dependency, append it to PACKAGES.
 set -euo pipefail
 
 PACKAGES=(
@@ -17,6 +17,8 @@ PACKAGES=(
   libabsl-dev libssl-dev libxxhash-dev libcli11-dev
   # data plane (UCX; ucx-utils brings ucx_perftest for the transfer benchmark baseline)
   libucx-dev ucx-utils
+  # SSD tier (RocksDB catalog, io_uring) and its benchmark baseline (fio)
+  librocksdb-dev liburing-dev fio
   # tests and benchmarks
   libgtest-dev libgmock-dev googletest libbenchmark-dev nlohmann-json3-dev
   python3-grpcio python3-protobuf
