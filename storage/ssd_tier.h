@@ -19,11 +19,13 @@
 // Every file operation goes through an SsdFileIo (the storage seam), so tests can inject
 // ENOSPC, EIO, flipped bytes and truncation.
 //
-// Thread-safe. Reserve/Unreserve are in-memory and cheap (callable under a caller's lock);
-// Write/Read/Remove/Touch do I/O and must not be called under one.
+// Thread-safe. Reserve/Unreserve are in-memory and cheap, and Remove/Touch are unsynced
+// catalog updates (microseconds): all four may be called under a caller's lock. Write and
+// Read do payload I/O and must not be.
 #ifndef TIERKV_STORAGE_SSD_TIER_H_
 #define TIERKV_STORAGE_SSD_TIER_H_
 
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include <cstdint>
