@@ -54,17 +54,21 @@ std::string_view InspectStateName(InspectState state) {
       return "fingerprint mismatch";
     case InspectState::kUnreachable:
       return "unreachable";
+    case InspectState::kChecksumFailure:
+      return "checksum failure";
   }
   return "unknown";
 }
 
 BlockIndex::BlockIndex(const BlockIndexOptions& options, HostPool* pool, Clock* clock,
-                       EventLog* events)
-    : options_(options), pool_(pool), clock_(clock), events_(events) {}
+                       EventLog* events, SsdTier* ssd)
+    : options_(options), pool_(pool), clock_(clock), events_(events), ssd_(ssd) {}
 
 BlockIndex::~BlockIndex() {
   absl::MutexLock lock(&mu_);
-  for (auto& [key, block] : blocks_) pool_->Free(block.space);
+  for (auto& [key, block] : blocks_) {
+    if (block.in_host) pool_->Free(block.space);
+  }
   for (auto& [key, block] : pending_) pool_->Free(block.space);
 }
 
@@ -79,12 +83,30 @@ absl::Status BlockIndex::CheckLeaseTtl(absl::Duration ttl, const char* what) con
 }
 
 // ---------------------------------------------------------------------------------------
-// Recency, readers and eviction.
+// Recency, readers and eviction orders.
+
+void BlockIndex::Unlist(CommittedBlock& b) {
+  if (b.children == 0) leaves_.erase(b.touch_seq);
+  if (b.in_host && b.host_children == 0) host_leaves_.erase(b.touch_seq);
+  if (b.ssd && (b.in_host || b.children == 0)) ssd_order_.erase(b.touch_seq);
+}
+
+void BlockIndex::Relist(CommittedBlock& b) {
+  if (b.children == 0) leaves_.emplace(b.touch_seq, &b);
+  if (b.in_host && b.host_children == 0) host_leaves_.emplace(b.touch_seq, &b);
+  if (b.ssd && (b.in_host || b.children == 0)) ssd_order_.emplace(b.touch_seq, &b);
+}
 
 void BlockIndex::Touch(CommittedBlock& block) {
-  if (block.children == 0) leaves_.erase(block.touch_seq);
+  Unlist(block);
   block.touch_seq = next_seq_++;
-  if (block.children == 0) leaves_.emplace(block.touch_seq, &block);
+  Relist(block);
+}
+
+CommittedBlock* BlockIndex::FindParent(const CommittedBlock& block) {
+  if (!block.parent) return nullptr;
+  auto it = blocks_.find(*block.parent);
+  return it == blocks_.end() ? nullptr : &it->second;
 }
 
 void BlockIndex::AddReader(CommittedBlock& block) {
@@ -95,7 +117,8 @@ void BlockIndex::AddReader(CommittedBlock& block) {
 
 void BlockIndex::RemoveReader(const BlockKey& key) {
   auto it = blocks_.find(key);
-  // Blocks with readers are never evicted, so the block is still there.
+  // Blocks with readers are never evicted (a corrupt one is removed with its readers'
+  // references), so the block is still there.
   if (it == blocks_.end() || it->second.readers == 0) return;
   const bool was = IsProtected(it->second);
   --it->second.readers;
@@ -122,31 +145,323 @@ void BlockIndex::AdjustKept(CommittedBlock* block, int delta) {
     }
     // The parent gains or loses one kept child.
     delta = delta > 0 ? 1 : -1;
-    if (!block->parent) return;
-    auto parent = blocks_.find(*block->parent);
-    block = parent == blocks_.end() ? nullptr : &parent->second;
+    block = FindParent(*block);
   }
 }
 
-bool BlockIndex::EvictFor(uint64_t bytes) {
-  while (pool_->free_bytes() < bytes) {
+void BlockIndex::DropHostCopy(CommittedBlock& block) {
+  CommittedBlock* parent = FindParent(block);
+  Unlist(block);
+  if (parent != nullptr) Unlist(*parent);
+  if (block.kept > 0) kept_bytes_ -= block.space.reserved_bytes;
+  committed_reserved_ -= block.space.reserved_bytes;
+  pool_->Free(block.space);
+  block.space = PoolAllocation();
+  block.in_host = false;
+  --host_blocks_;
+  host_bytes_ -= block.size;
+  if (parent != nullptr) {
+    --parent->host_children;
+    Relist(*parent);
+  }
+  Relist(block);
+}
+
+void BlockIndex::SetHostCopy(CommittedBlock& block, PoolAllocation space) {
+  CommittedBlock* parent = FindParent(block);
+  Unlist(block);
+  if (parent != nullptr) Unlist(*parent);
+  block.space = std::move(space);
+  block.in_host = true;
+  ++host_blocks_;
+  host_bytes_ += block.size;
+  committed_reserved_ += block.space.reserved_bytes;
+  if (block.kept > 0) kept_bytes_ += block.space.reserved_bytes;
+  if (parent != nullptr) {
+    ++parent->host_children;
+    Relist(*parent);
+  }
+  Relist(block);
+}
+
+SsdRecord BlockIndex::RecordOf(const CommittedBlock& block, const SsdLocation& location) const {
+  SsdRecord r;
+  r.key = block.key;
+  r.parent = block.parent;
+  r.size = block.size;
+  r.codec = block.codec;
+  r.checksum = block.checksum;
+  r.fingerprint = block.fingerprint;
+  r.last_use_unix_ms = absl::ToUnixMillis(block.last_access);
+  r.location = location;
+  return r;
+}
+
+void BlockIndex::DropSsdCopy(CommittedBlock& block) {
+  if (!block.ssd) return;
+  const SsdRecord record = RecordOf(block, *block.ssd);
+  // A catalog delete without sync: microseconds, and the tier reuses the space only once
+  // the deletion is durable.
+  absl::Status removed = ssd_->Remove(std::span<const SsdRecord>(&record, 1));
+  if (!removed.ok()) ++counters_.ssd_write_failures;
+  Unlist(block);
+  block.ssd.reset();
+  --ssd_blocks_;
+  ssd_bytes_ -= block.size;
+  Relist(block);
+}
+
+absl::StatusOr<SsdLocation> BlockIndex::ReserveSsd(uint64_t size) {
+  for (;;) {
+    auto location = ssd_->Reserve(size);
+    if (location.ok() || location.status().code() != absl::StatusCode::kResourceExhausted) {
+      return location;
+    }
+    // Coldest SSD copy that may go: one also in host memory (the block stays cached), or
+    // an unprotected leaf (the block leaves the cache).
     CommittedBlock* victim = nullptr;
-    // A kept leaf is a protected one (any other kept block has a kept child).
-    for (auto& [seq, block] : leaves_) {
-      if (block->kept == 0) {
-        victim = block;
+    for (auto& [seq, b] : ssd_order_) {
+      if (!b->moving && (b->in_host || b->kept == 0)) {
+        victim = b;
         break;
       }
     }
-    if (victim == nullptr) return false;
-    EvictOne(*victim, "capacity");
+    if (victim == nullptr) return location.status();
+    ++counters_.ssd_evictions;
+    if (victim->in_host) {
+      DropSsdCopy(*victim);
+    } else {
+      RemoveBlock(*victim, "ssd capacity", false);
+    }
+  }
+}
+
+bool BlockIndex::Admit(const CommittedBlock& block) const {
+  // A candidate with children has them all on SSD only: keep the chain whole.
+  return block.hits >= options_.ssd_admit_min_hits || block.children > 0;
+}
+
+bool BlockIndex::AllHostChildrenMoving(const CommittedBlock& block) {
+  auto kids = children_.find(block.key);
+  if (kids == children_.end()) return true;
+  for (const BlockKey& k : kids->second) {
+    const CommittedBlock& child = blocks_.at(k);
+    if (child.in_host && !child.moving) return false;
   }
   return true;
 }
 
-void BlockIndex::EvictOne(CommittedBlock& block, const std::string& reason) {
+bool BlockIndex::MakeHostRoom(uint64_t bytes) {
+  constexpr int kMaxRounds = 64;
+  for (int round = 0; round < kMaxRounds; ++round) {
+    if (pool_->free_bytes() >= bytes) return true;
+    std::vector<Demotion> demotions;
+    uint64_t planned = 0;
+    auto plan = [&](CommittedBlock& b) -> bool {
+      if (ssd_ == nullptr || b.no_demote || b.kept > 0 || b.moving || !Admit(b)) return false;
+      auto location = ReserveSsd(b.size);
+      if (!location.ok()) return false;
+      b.moving = true;
+      demotions.push_back(Demotion{b.key, *location});
+      planned += b.space.reserved_bytes;
+      return true;
+    };
+    // Coldest host leaves first. Restart the scan after every change: a drop or eviction
+    // can make a parent a host leaf at an older position, and any change may invalidate
+    // the iterator.
+    bool progress = true;
+    while (progress && pool_->free_bytes() + planned < bytes) {
+      progress = false;
+      for (auto it = host_leaves_.begin(); it != host_leaves_.end(); ++it) {
+        CommittedBlock* b = it->second;
+        if (b->kept > 0 || b->moving) continue;
+        if (b->ssd) {
+          ++counters_.host_drops;
+          DropHostCopy(*b);
+          progress = true;
+          break;
+        }
+        if (plan(*b)) {
+          progress = true;
+          // Parents whose host children all go down in this batch go with them, so that a
+          // long chain moves in one write rather than one level per round.
+          for (CommittedBlock* p = FindParent(*b);
+               p != nullptr && pool_->free_bytes() + planned < bytes && p->in_host &&
+               !p->ssd && AllHostChildrenMoving(*p) && plan(*p);
+               p = FindParent(*p)) {
+          }
+          // Reserving SSD space may have changed the orders: rescan (moving blocks are
+          // skipped quickly).
+          break;
+        }
+        if (b->children > 0) continue;  // Its children are on SSD only: it cannot go.
+        if (ssd_ != nullptr) ++counters_.admissions_refused;
+        RemoveBlock(*b, "capacity", false);
+        progress = true;
+        break;
+      }
+    }
+    if (demotions.empty()) return pool_->free_bytes() >= bytes;
+    RunDemotions(demotions);
+  }
+  return pool_->free_bytes() >= bytes;
+}
+
+namespace {
+
+std::vector<std::span<const uint8_t>> ConstPieces(const HostPool& pool,
+                                                  const PoolAllocation& space) {
+  std::vector<std::span<const uint8_t>> pieces;
+  pieces.reserve(space.extents.size());
+  for (const PoolExtent& e : space.extents) pieces.emplace_back(pool.base() + e.offset, e.length);
+  return pieces;
+}
+
+std::vector<std::span<uint8_t>> MutablePieces(const HostPool& pool, const PoolAllocation& space) {
+  std::vector<std::span<uint8_t>> pieces;
+  pieces.reserve(space.extents.size());
+  for (const PoolExtent& e : space.extents) pieces.emplace_back(pool.base() + e.offset, e.length);
+  return pieces;
+}
+
+}  // namespace
+
+void BlockIndex::RunDemotions(const std::vector<Demotion>& demotions) {
+  std::vector<SsdTier::WriteItem> items;
+  items.reserve(demotions.size());
+  for (const Demotion& d : demotions) {
+    const CommittedBlock& block = blocks_.at(d.key);
+    items.push_back(SsdTier::WriteItem{RecordOf(block, d.location), ConstPieces(*pool_, block.space)});
+  }
+  // The blocks stay readable in host memory meanwhile; `moving` keeps them from being
+  // dropped, evicted or moved by anyone else.
+  mu_.Unlock();
+  std::vector<absl::Status> written = ssd_->Write(items);
+  mu_.Lock();
+  for (size_t i = 0; i < demotions.size(); ++i) {
+    CommittedBlock& block = blocks_.at(demotions[i].key);
+    block.moving = false;
+    if (!written[i].ok()) {
+      ssd_->Unreserve(demotions[i].location);
+      block.no_demote = true;
+      ++counters_.ssd_write_failures;
+      continue;
+    }
+    Unlist(block);
+    block.ssd = demotions[i].location;
+    ++ssd_blocks_;
+    ssd_bytes_ += block.size;
+    Relist(block);
+    ++counters_.demotions;
+    Publish(EventType::kMoved, block, "demoted", kTierSsd);
+    // Leased or pinned while it was written: it keeps its host copy as well.
+    if (block.kept == 0) DropHostCopy(block);
+  }
+  moved_.SignalAll();
+}
+
+void BlockIndex::WaitForMove(const BlockKey& key) {
+  for (;;) {
+    auto it = blocks_.find(key);
+    if (it == blocks_.end() || !it->second.moving) return;
+    moved_.Wait(&mu_);
+  }
+}
+
+void BlockIndex::Promote(const std::vector<BlockKey>& keys) {
+  std::vector<CommittedBlock*> blocks;
+  uint64_t bytes = 0;
+  for (const BlockKey& key : keys) {
+    CommittedBlock& block = blocks_.at(key);
+    block.moving = true;
+    AddReader(block);  // Keeps it (and its ancestors) while the lock is released.
+    blocks.push_back(&block);
+    bytes += pool_->PagesFor(block.size) * pool_->page_bytes();
+  }
+  MakeHostRoom(bytes);
+  // Pointers stay valid: held blocks are not removed while the lock was released.
+  std::vector<PoolAllocation> spaces;
+  for (CommittedBlock* block : blocks) {
+    auto space = pool_->Allocate(block->size);
+    if (!space.ok()) break;
+    spaces.push_back(*std::move(space));
+  }
+  for (size_t i = spaces.size(); i < blocks.size(); ++i) {
+    blocks[i]->moving = false;
+    RemoveReader(blocks[i]->key);
+  }
+  if (spaces.empty()) {
+    moved_.SignalAll();
+    return;
+  }
+  std::vector<SsdRecord> records;
+  for (size_t i = 0; i < spaces.size(); ++i) records.push_back(RecordOf(*blocks[i], *blocks[i]->ssd));
+  mu_.Unlock();
+  // The chain ends at the first block that fails: the rest is not read.
+  std::vector<absl::Status> read(spaces.size(), absl::CancelledError());
+  for (size_t i = 0; i < spaces.size(); ++i) {
+    auto pieces = MutablePieces(*pool_, spaces[i]);
+    read[i] = ssd_->Read(records[i], pieces);
+    if (!read[i].ok()) break;
+  }
+  mu_.Lock();
+  std::vector<SsdRecord> touched;
+  for (size_t i = 0; i < spaces.size(); ++i) {
+    CommittedBlock& block = *blocks[i];
+    block.moving = false;
+    if (read[i].code() == absl::StatusCode::kCancelled) {
+      pool_->Free(spaces[i]);
+      RemoveReader(block.key);
+      continue;
+    }
+    if (!read[i].ok()) {
+      pool_->Free(spaces[i]);
+      ++counters_.ssd_read_failures;
+      RemoveCorrupt(block, std::string(read[i].message()));
+      continue;
+    }
+    SetHostCopy(block, std::move(spaces[i]));
+    ++counters_.promotions;
+    ++counters_.ssd_hits;
+    Publish(EventType::kMoved, block, "promoted", kTierHost);
+    touched.push_back(records[i]);
+    RemoveReader(block.key);
+  }
+  if (!touched.empty()) {
+    const int64_t now_ms = absl::ToUnixMillis(clock_->Now());
+    for (SsdRecord& r : touched) r.last_use_unix_ms = now_ms;
+    (void)ssd_->Touch(touched);  // Only an eviction hint after a restart.
+  }
+  moved_.SignalAll();
+}
+
+void BlockIndex::RemoveCorrupt(CommittedBlock& block, const std::string& detail) {
+  RemoveBlock(block, absl::StrCat("checksum failure on SSD read: ", detail), true);
+}
+
+void BlockIndex::RemoveBlock(CommittedBlock& block, const std::string& reason,
+                             bool checksum_failure) {
   const BlockKey key = block.key;
-  if (block.children == 0) leaves_.erase(block.touch_seq);
+  if (block.readers > 0) {
+    // Only a block leaving because its SSD copy is corrupt can have readers here (this
+    // thread's promotion hold, allocations extending it): forget their references so that
+    // a later block under the same key is not released by them.
+    for (auto& [id, allocation] : allocations_) {
+      auto& held = allocation.held_parents;
+      held.erase(std::remove(held.begin(), held.end(), key), held.end());
+    }
+    for (auto& [id, lease] : leases_) {
+      auto& leased = lease.keys;
+      leased.erase(std::remove(leased.begin(), leased.end(), key), leased.end());
+    }
+  }
+  CommittedBlock* parent = FindParent(block);
+  Unlist(block);
+  if (parent != nullptr) Unlist(*parent);
+  if (block.kept > 0) {
+    kept_bytes_ -= block.space.reserved_bytes;
+    if (parent != nullptr) AdjustKept(parent, -1);
+  }
   by_commit_.erase(block.commit_seq);
   if (block.parent) {
     auto siblings = children_.find(*block.parent);
@@ -155,24 +470,37 @@ void BlockIndex::EvictOne(CommittedBlock& block, const std::string& reason) {
       v.erase(std::remove(v.begin(), v.end(), key), v.end());
       if (v.empty()) children_.erase(siblings);
     }
-    auto parent = blocks_.find(*block.parent);
-    if (parent != blocks_.end() && --parent->second.children == 0) {
-      leaves_.emplace(parent->second.touch_seq, &parent->second);
-    }
+  }
+  if (parent != nullptr) {
+    --parent->children;
+    if (block.in_host) --parent->host_children;
+    Relist(*parent);
   }
   if (block.pinned) --pinned_blocks_;
   committed_bytes_ -= block.size;
-  committed_reserved_ -= block.space.reserved_bytes;
   ++counters_.evictions;
-  Publish(EventType::kEvicted, block, reason);
-  pool_->Free(block.space);
+  Publish(EventType::kEvicted, block, reason, block.in_host ? kTierHost : kTierSsd);
+  if (block.in_host) {
+    committed_reserved_ -= block.space.reserved_bytes;
+    --host_blocks_;
+    host_bytes_ -= block.size;
+    pool_->Free(block.space);
+  }
+  if (block.ssd) {
+    const SsdRecord record = RecordOf(block, *block.ssd);
+    if (!ssd_->Remove(std::span<const SsdRecord>(&record, 1)).ok()) ++counters_.ssd_write_failures;
+    --ssd_blocks_;
+    ssd_bytes_ -= block.size;
+  }
   blocks_.erase(key);
-  RememberEvicted(key, reason);
+  RememberEvicted(key, reason, checksum_failure);
 }
 
-void BlockIndex::RememberEvicted(const BlockKey& key, const std::string& reason) {
+void BlockIndex::RememberEvicted(const BlockKey& key, const std::string& reason,
+                                 bool checksum_failure) {
   if (options_.eviction_memory == 0) return;
-  if (evicted_.insert_or_assign(key, EvictedRecord{clock_->Now(), reason}).second) {
+  if (evicted_.insert_or_assign(key, EvictedRecord{clock_->Now(), reason, checksum_failure})
+          .second) {
     evicted_order_.push_back(key);
   }
   while (evicted_order_.size() > options_.eviction_memory) {
@@ -191,7 +519,8 @@ void BlockIndex::CollectSubtree(const BlockKey& key, std::vector<BlockKey>& out)
   }
 }
 
-void BlockIndex::Publish(EventType type, const CommittedBlock& block, const std::string& reason) {
+void BlockIndex::Publish(EventType type, const CommittedBlock& block, const std::string& reason,
+                         uint32_t tier) {
   CacheEvent event;
   event.type = type;
   event.key = block.key;
@@ -199,6 +528,7 @@ void BlockIndex::Publish(EventType type, const CommittedBlock& block, const std:
   event.size = block.size;
   event.time = clock_->Now();
   event.reason = reason;
+  event.tier = tier;
   events_->Append(std::move(event));
 }
 
@@ -226,25 +556,55 @@ absl::StatusOr<LookupResult> BlockIndex::Lookup(
     return std::find(accept_codecs.begin(), accept_codecs.end(), codec) !=
            accept_codecs.end();
   };
-  const absl::Time now = clock_->Now();
   absl::MutexLock lock(&mu_);
   ++counters_.lookups;
+  // Find the prefix; SSD-only blocks in it are promoted to host memory first (the lock is
+  // released for the reads), then the walk starts over. The last walk emits only blocks in
+  // host memory, with no release of the lock between it and the emission.
+  constexpr int kMaxPromotionRounds = 4;
+  std::vector<CommittedBlock*> found;
+  found.reserve(keys.size());
+  for (int round = 0;; ++round) {
+    found.clear();
+    std::vector<BlockKey> to_promote;
+    bool waited = false;
+    for (std::string_view raw : keys) {
+      BlockKey key;
+      std::memcpy(key.data(), raw.data(), kDigestBytes);
+      auto it = blocks_.find(key);
+      if (it == blocks_.end()) break;
+      CommittedBlock& block = it->second;
+      if (fingerprint && !BlockKeyEq()(block.fingerprint, *fingerprint)) break;
+      if (!codec_ok(block.codec)) break;
+      if (!block.in_host) {
+        if (round >= kMaxPromotionRounds) break;
+        if (block.moving) {
+          if (!to_promote.empty()) break;  // Promote what comes before it first.
+          WaitForMove(key);
+          waited = true;
+          break;
+        }
+        to_promote.push_back(key);
+        continue;
+      }
+      if (!to_promote.empty()) continue;  // Walk on to collect the chain's SSD-only blocks.
+      found.push_back(&block);
+    }
+    if (waited) continue;
+    if (to_promote.empty()) break;
+    Promote(to_promote);
+  }
+  const absl::Time now = clock_->Now();
   LookupResult result;
   std::vector<BlockKey> leased;
-  for (std::string_view raw : keys) {
-    BlockKey key;
-    std::memcpy(key.data(), raw.data(), kDigestBytes);
-    auto it = blocks_.find(key);
-    if (it == blocks_.end()) break;
-    CommittedBlock& block = it->second;
-    if (fingerprint && !BlockKeyEq()(block.fingerprint, *fingerprint)) break;
-    if (!codec_ok(block.codec)) break;
+  for (CommittedBlock* b : found) {
+    CommittedBlock& block = *b;
     ++block.hits;
     block.last_access = now;
     Touch(block);
     if (lease) {
       AddReader(block);
-      leased.push_back(key);
+      leased.push_back(block.key);
     }
     emit(block);
     ++result.found;
@@ -323,34 +683,12 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
     return absl::UnavailableError(
         "node is draining and takes no new blocks; write to another node or undrain it");
   }
-  AllocateResult result;
-  result.blocks.resize(blocks.size());
-  uint64_t pages_needed = 0;
-  for (size_t i = 0; i < blocks.size(); ++i) {
-    result.blocks[i].key = parsed[i].key;
-    if (blocks_.contains(parsed[i].key)) {
-      result.blocks[i].state = AllocateState::kAlreadyCommitted;
-    } else if (pending_.contains(parsed[i].key)) {
-      result.blocks[i].state = AllocateState::kInProgress;
-    } else {
-      result.blocks[i].state = AllocateState::kAllocated;
-      pages_needed += pool_->PagesFor(blocks[i].size);
-    }
-  }
-  if (pages_needed == 0) return result;
-
-  const uint64_t bytes_needed = pages_needed * pool_->page_bytes();
-  if (bytes_needed > pool_->capacity_bytes()) {
-    ++counters_.allocation_failures;
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "Allocate needs ", bytes_needed, " bytes but the host tier holds only ",
-        pool_->capacity_bytes(), "; split the request or raise --host-capacity"));
-  }
   // The chains the new blocks extend must survive while they are written: evicting a parent
-  // would make its child unreachable the moment it is committed. Hold them like readers.
+  // would make its child unreachable the moment it is committed. Hold them like readers
+  // (before making room, which could otherwise evict them).
   std::vector<BlockKey> held;
   for (size_t i = 0; i < blocks.size(); ++i) {
-    if (result.blocks[i].state != AllocateState::kAllocated || !parsed[i].parent) continue;
+    if (!parsed[i].parent) continue;
     auto parent = blocks_.find(*parsed[i].parent);
     if (parent == blocks_.end() ||
         std::find(held.begin(), held.end(), parent->first) != held.end()) {
@@ -359,18 +697,69 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
     AddReader(parent->second);
     held.push_back(parent->first);
   }
-  if (pool_->free_bytes() < bytes_needed) {
+  auto release_held = [&] {
+    for (const BlockKey& key : held) RemoveReader(key);
+  };
+  AllocateResult result;
+  result.blocks.resize(blocks.size());
+  // Making room may release the lock (demotions write to SSD), so the blocks' states are
+  // taken again after it; the reservation below follows a check under the same hold.
+  constexpr int kMaxRoomRounds = 8;
+  uint64_t bytes_needed = 0;
+  for (int round = 0;; ++round) {
+    uint64_t pages_needed = 0;
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      result.blocks[i].key = parsed[i].key;
+      if (blocks_.contains(parsed[i].key)) {
+        result.blocks[i].state = AllocateState::kAlreadyCommitted;
+      } else if (pending_.contains(parsed[i].key)) {
+        result.blocks[i].state = AllocateState::kInProgress;
+      } else {
+        result.blocks[i].state = AllocateState::kAllocated;
+        pages_needed += pool_->PagesFor(blocks[i].size);
+      }
+    }
+    bytes_needed = pages_needed * pool_->page_bytes();
+    if (bytes_needed == 0) {
+      release_held();
+      return result;
+    }
+    if (bytes_needed > pool_->capacity_bytes()) {
+      release_held();
+      ++counters_.allocation_failures;
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "Allocate needs ", bytes_needed, " bytes but the host tier holds only ",
+          pool_->capacity_bytes(), "; split the request or raise --host-capacity"));
+    }
+    if (pool_->free_bytes() >= bytes_needed) break;
     const uint64_t evictable = committed_reserved_ - kept_bytes_;
-    if (pool_->free_bytes() + evictable < bytes_needed) {
-      for (const BlockKey& key : held) RemoveReader(key);
+    if (round == kMaxRoomRounds || pool_->free_bytes() + evictable < bytes_needed ||
+        !MakeHostRoom(bytes_needed)) {
+      release_held();
       ++counters_.allocation_failures;
       return absl::ResourceExhaustedError(absl::StrCat(
           "Allocate needs ", bytes_needed, " bytes; ", pool_->free_bytes(), " are free and ",
-          evictable, " evictable (the rest is pinned, leased or being written); retry later, "
+          committed_reserved_ - kept_bytes_,
+          " evictable (the rest is pinned, leased, being written or moved); retry later, "
           "release leases or unpin blocks"));
     }
-    EvictFor(bytes_needed);
   }
+  // Keep only the holds on parents of blocks this allocation writes.
+  std::vector<BlockKey> needed_parents;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    if (result.blocks[i].state != AllocateState::kAllocated || !parsed[i].parent) continue;
+    if (std::find(held.begin(), held.end(), *parsed[i].parent) != held.end() &&
+        std::find(needed_parents.begin(), needed_parents.end(), *parsed[i].parent) ==
+            needed_parents.end()) {
+      needed_parents.push_back(*parsed[i].parent);
+    }
+  }
+  for (const BlockKey& key : held) {
+    if (std::find(needed_parents.begin(), needed_parents.end(), key) == needed_parents.end()) {
+      RemoveReader(key);
+    }
+  }
+  held = std::move(needed_parents);
   const uint64_t id = next_allocation_id_++;
   Allocation& allocation = allocations_[id];
   allocation.fingerprint = fingerprint;
@@ -513,6 +902,8 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
     keys.push_back(key);
   }
   std::vector<PoolAllocation> spaces;
+  const bool write_through = ssd_ != nullptr && options_.ssd_write_through;
+  std::vector<SsdTier::WriteItem> ssd_items;
   {
     absl::MutexLock lock(&mu_);
     TIERKV_ASSIGN_OR_RETURN(Allocation * allocation, FindAllocation(allocation_id));
@@ -529,6 +920,32 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
             ShortKey(keys[i]), "... is in progress; commit once it has finished"));
       }
     }
+    if (write_through) {
+      // SSD space first, so that a full SSD fails the commit before anything changes.
+      const absl::Time now = clock_->Now();
+      for (size_t i = 0; i < keys.size(); ++i) {
+        const PendingBlock& p = pending_.at(keys[i]);
+        auto location = ReserveSsd(p.size);
+        if (!location.ok()) {
+          for (const SsdTier::WriteItem& item : ssd_items) ssd_->Unreserve(item.record.location);
+          ++counters_.ssd_write_failures;
+          return absl::Status(location.status().code(),
+                              absl::StrCat("write-through to the SSD tier: ",
+                                           location.status().message(),
+                                           "; nothing was committed"));
+        }
+        SsdRecord r;
+        r.key = keys[i];
+        r.parent = p.parent;
+        r.size = p.size;
+        r.codec = p.codec;
+        r.checksum = blocks[i].second;
+        r.fingerprint = allocation->fingerprint;
+        r.last_use_unix_ms = absl::ToUnixMillis(now);
+        r.location = *location;
+        ssd_items.push_back(SsdTier::WriteItem{r, ConstPieces(*pool_, p.space)});
+      }
+    }
     for (const BlockKey& key : keys) {
       PendingBlock& p = pending_.at(key);
       p.committing = true;
@@ -536,11 +953,28 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
       spaces.push_back(p.space);
     }
   }
-  // Checksums of large payloads run outside the lock; `writers` keeps the space alive.
+  // Checksums of large payloads (and write-through to SSD) run outside the lock; `writers`
+  // keeps the space alive.
   std::vector<uint64_t> actual(keys.size());
   for (size_t i = 0; i < keys.size(); ++i) actual[i] = pool_->Checksum(spaces[i]);
+  bool sums_match = true;
+  for (size_t i = 0; i < keys.size(); ++i) sums_match = sums_match && actual[i] == blocks[i].second;
+  std::vector<absl::Status> ssd_written;
+  if (write_through && sums_match) ssd_written = ssd_->Write(ssd_items);
 
   absl::MutexLock lock(&mu_);
+  // Undoes the write-through when the commit does not happen.
+  auto undo_ssd = [&] {
+    std::vector<SsdRecord> written;
+    for (size_t i = 0; i < ssd_items.size(); ++i) {
+      if (i < ssd_written.size() && ssd_written[i].ok()) {
+        written.push_back(ssd_items[i].record);
+      } else {
+        ssd_->Unreserve(ssd_items[i].record.location);
+      }
+    }
+    if (!written.empty()) (void)ssd_->Remove(written);
+  };
   size_t bad = keys.size();
   bool lost = false;
   for (size_t i = 0; i < keys.size(); ++i) {
@@ -557,15 +991,29 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
     }
   }
   auto allocation = FindAllocation(allocation_id);
-  if (!allocation.ok()) return allocation.status();
+  if (!allocation.ok()) {
+    undo_ssd();
+    return allocation.status();
+  }
   for (size_t i = 0; i < keys.size(); ++i) {
     if (!(*allocation)->keys.contains(keys[i])) {
+      undo_ssd();
       return absl::FailedPreconditionError(absl::StrCat(
           "blocks[", i, "]: block ", ShortKey(keys[i]),
           "... was aborted while its commit ran; nothing was committed"));
     }
   }
+  for (size_t i = 0; i < ssd_written.size(); ++i) {
+    if (ssd_written[i].ok()) continue;
+    undo_ssd();
+    ++counters_.ssd_write_failures;
+    return absl::Status(ssd_written[i].code(),
+                        absl::StrCat("blocks[", i, "]: write-through to the SSD tier failed: ",
+                                     ssd_written[i].message(),
+                                     "; nothing was committed: commit again or abort"));
+  }
   if (bad != keys.size()) {
+    undo_ssd();
     ++counters_.checksum_failures;
     return absl::DataLossError(absl::StrCat(
         "blocks[", bad, "]: checksum of the bytes written to block ", ShortKey(keys[bad]),
@@ -587,26 +1035,41 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
     block.codec = p.codec;
     block.fingerprint = fingerprint;
     block.space = p.space;
+    block.in_host = true;
+    if (write_through) {
+      block.ssd = ssd_items[i].record.location;
+      ++ssd_blocks_;
+      ssd_bytes_ += block.size;
+    }
     block.committed_at = now;
     block.last_access = now;
     block.commit_seq = next_seq_++;
     block.touch_seq = next_seq_++;
+    // Children may have been committed before their parent (or kept after it was evicted).
     auto kids = children_.find(block.key);
-    block.children = kids == children_.end() ? 0 : kids->second.size();
-    if (block.children == 0) leaves_.emplace(block.touch_seq, &block);
-    committed_reserved_ += block.space.reserved_bytes;
-    // Children committed earlier that are kept make this block kept too.
     uint32_t kept_children = 0;
     if (kids != children_.end()) {
-      for (const BlockKey& child : kids->second) kept_children += blocks_.at(child).kept > 0;
+      block.children = kids->second.size();
+      for (const BlockKey& child : kids->second) {
+        const CommittedBlock& c = blocks_.at(child);
+        kept_children += c.kept > 0;
+        block.host_children += c.in_host;
+      }
     }
+    Relist(block);
+    ++host_blocks_;
+    host_bytes_ += block.size;
+    committed_reserved_ += block.space.reserved_bytes;
+    // Kept children make this block kept too.
     if (kept_children > 0) AdjustKept(&block, static_cast<int>(kept_children));
     by_commit_.emplace(block.commit_seq, &block);
     if (block.parent) {
       children_[*block.parent].push_back(block.key);
-      auto parent = blocks_.find(*block.parent);
-      if (parent != blocks_.end() && parent->second.children++ == 0) {
-        leaves_.erase(parent->second.touch_seq);
+      if (CommittedBlock* parent = FindParent(block)) {
+        Unlist(*parent);
+        ++parent->children;
+        ++parent->host_children;
+        Relist(*parent);
       }
     }
     committed_bytes_ += block.size;
@@ -687,6 +1150,11 @@ absl::StatusOr<EvictResult> BlockIndex::Evict(const std::vector<std::string>& ra
           key == keys[0] ? "" : " (a descendant of a block asked for)",
           "; nothing was evicted: unpin it or wait for the lease to end"));
     }
+    if (block.moving) {
+      return absl::UnavailableError(absl::StrCat(
+          "block ", ToHex(key), " is being moved between the host and SSD tiers; nothing was "
+          "evicted: retry in a moment"));
+    }
   }
   EvictResult result;
   // Deepest first, so that every block is a leaf when it goes.
@@ -694,8 +1162,9 @@ absl::StatusOr<EvictResult> BlockIndex::Evict(const std::vector<std::string>& ra
     auto block = blocks_.find(*it);
     if (block == blocks_.end()) continue;
     result.bytes_freed += block->second.space.reserved_bytes;
+    if (block->second.ssd) result.bytes_freed += block->second.ssd->reserved;
     ++result.evicted;
-    EvictOne(block->second, "requested");
+    RemoveBlock(block->second, "requested", false);
   }
   return result;
 }
@@ -708,8 +1177,27 @@ absl::StatusOr<BlockIndex::ReadHold> BlockIndex::Hold(
   TIERKV_ASSIGN_OR_RETURN(BlockKey key, ParseKey(raw_key, "key", 0));
   absl::MutexLock lock(&mu_);
   auto it = blocks_.find(key);
+  // An SSD-only block is promoted to host memory first (the lock is released for the read).
+  for (int round = 0; round < 4 && it != blocks_.end() && !it->second.in_host; ++round) {
+    if (it->second.moving) {
+      WaitForMove(key);
+    } else {
+      Promote({key});
+    }
+    it = blocks_.find(key);
+  }
   if (it == blocks_.end()) {
+    auto ev = evicted_.find(key);
+    if (ev != evicted_.end() && ev->second.checksum_failure) {
+      return absl::DataLossError(absl::StrCat("block ", ToHex(key), " was dropped: ",
+                                              ev->second.reason));
+    }
     return absl::NotFoundError(absl::StrCat("block ", ToHex(key), " is not committed here"));
+  }
+  if (!it->second.in_host) {
+    return absl::UnavailableError(absl::StrCat(
+        "block ", ToHex(key), " is on SSD and could not be brought into host memory (the "
+        "host tier is full of pinned, leased or pending blocks); retry later"));
   }
   AddReader(it->second);
   it->second.last_access = clock_->Now();
@@ -773,8 +1261,18 @@ absl::StatusOr<std::vector<InspectEntry>> BlockIndex::Inspect(
       const CommittedBlock& block = it->second;
       if (reachable) {
         e.state = InspectState::kFound;
-        e.detail = absl::StrCat("in host memory, ", block.size, " bytes, ", block.hits,
-                                " hits", block.pinned ? ", pinned" : "");
+        std::string where;
+        if (block.in_host && block.ssd) {
+          where = "in host memory and on SSD";
+        } else if (block.in_host) {
+          where = "in host memory";
+        } else {
+          where = absl::StrCat("on SSD (slab ", block.ssd->slab, ", offset ", block.ssd->offset,
+                               "; promoted to host memory on the next read)");
+        }
+        e.detail = absl::StrCat(where, ", ", block.size, " bytes, ", block.hits, " hits",
+                                block.pinned ? ", pinned" : "",
+                                block.moving ? ", moving between tiers" : "");
       } else {
         e.state = InspectState::kUnreachable;
         e.detail = "committed, but an earlier block of the chain is missing, so a Lookup "
@@ -796,9 +1294,10 @@ absl::StatusOr<std::vector<InspectEntry>> BlockIndex::Inspect(
       continue;
     }
     if (auto ev = evicted_.find(keys[i]); ev != evicted_.end()) {
-      e.state = InspectState::kEvicted;
-      e.detail = absl::StrCat("evicted at ", TimeString(ev->second.when), " (",
-                              ev->second.reason, ")");
+      e.state = ev->second.checksum_failure ? InspectState::kChecksumFailure
+                                            : InspectState::kEvicted;
+      e.detail = absl::StrCat(ev->second.checksum_failure ? "dropped at " : "evicted at ",
+                              TimeString(ev->second.when), " (", ev->second.reason, ")");
       continue;
     }
     e.state = InspectState::kNeverStored;
@@ -873,34 +1372,145 @@ IndexStats BlockIndex::Stats() {
   s.read_leases = leases_.size();
   s.pinned_blocks = pinned_blocks_;
   s.draining = draining_;
+  s.host_blocks = host_blocks_;
+  s.host_bytes = host_bytes_;
+  s.ssd_write_through = options_.ssd_write_through;
+  if (ssd_ != nullptr) {
+    s.has_ssd = true;
+    s.ssd_blocks = ssd_blocks_;
+    s.ssd_bytes = ssd_bytes_;
+    const SsdTierStats t = ssd_->Stats();
+    s.ssd_used_bytes = t.reserved_bytes;
+    s.ssd_capacity_bytes = t.capacity_bytes;
+  }
   return s;
+}
+
+void BlockIndex::Recover(const SsdRecovery& recovery) {
+  absl::MutexLock lock(&mu_);
+  for (const ModelSpec& spec : recovery.models) {
+    if (known_models_.size() >= kMaxKnownModels) break;
+    known_models_.emplace(ModelFingerprint(spec), spec);
+  }
+  // Coldest first, so that recency order continues where the last run left it.
+  std::vector<const SsdRecord*> order;
+  order.reserve(recovery.records.size());
+  for (const SsdRecord& r : recovery.records) order.push_back(&r);
+  std::sort(order.begin(), order.end(), [](const SsdRecord* a, const SsdRecord* b) {
+    return a->last_use_unix_ms < b->last_use_unix_ms;
+  });
+  blocks_.reserve(blocks_.size() + order.size());
+  for (const SsdRecord* r : order) {
+    auto [it, inserted] = blocks_.try_emplace(r->key);
+    if (!inserted) continue;
+    CommittedBlock& block = it->second;
+    block.key = r->key;
+    block.parent = r->parent;
+    block.size = r->size;
+    block.checksum = r->checksum;
+    block.codec = r->codec;
+    block.fingerprint = r->fingerprint;
+    block.in_host = false;
+    block.ssd = r->location;
+    block.committed_at = absl::FromUnixMillis(r->last_use_unix_ms);
+    block.last_access = block.committed_at;
+    block.commit_seq = next_seq_++;
+    block.touch_seq = next_seq_++;
+    by_commit_.emplace(block.commit_seq, &block);
+    if (block.parent) children_[*block.parent].push_back(block.key);
+    ++ssd_blocks_;
+    ssd_bytes_ += block.size;
+    committed_bytes_ += block.size;
+  }
+  for (auto& [parent_key, kids] : children_) {
+    auto parent = blocks_.find(parent_key);
+    if (parent != blocks_.end()) parent->second.children = kids.size();
+  }
+  for (auto& [key, block] : blocks_) Relist(block);
+  counters_.ssd_recovered_blocks += order.size();
 }
 
 absl::Status BlockIndex::CheckInvariants() {
   absl::MutexLock lock(&mu_);
   uint64_t reserved = 0;
   uint64_t bytes = 0;
+  uint64_t ssd_blocks = 0;
+  uint64_t ssd_bytes = 0;
+  uint64_t host_blocks = 0;
   size_t leaves = 0;
+  size_t host_leaves = 0;
+  size_t ssd_listed = 0;
+  auto listed = [](const absl::btree_map<uint64_t, CommittedBlock*>& order,
+                   const CommittedBlock& b) {
+    auto it = order.find(b.touch_seq);
+    return it != order.end() && it->second == &b;
+  };
   for (auto& [key, block] : blocks_) {
-    reserved += block.space.reserved_bytes;
+    if (!block.in_host && !block.ssd) {
+      return absl::InternalError(absl::StrCat("block ", ShortKey(key), " is in no tier"));
+    }
+    if (block.ssd && ssd_ == nullptr) {
+      return absl::InternalError(absl::StrCat("block ", ShortKey(key), " on SSD without a tier"));
+    }
+    if (!block.in_host && !block.space.extents.empty()) {
+      return absl::InternalError(absl::StrCat("block ", ShortKey(key), " keeps host space"));
+    }
+    if (block.in_host) {
+      reserved += block.space.reserved_bytes;
+      ++host_blocks;
+    }
+    if (block.ssd) {
+      ++ssd_blocks;
+      ssd_bytes += block.size;
+    }
+    if (!block.in_host && block.readers > 0 && !block.moving) {
+      // Only allocations extending an SSD-only block hold it without a host copy.
+      bool by_allocation = false;
+      for (auto& [id, a] : allocations_) {
+        for (const BlockKey& k : a.held_parents) by_allocation = by_allocation || k == key;
+      }
+      if (!by_allocation) {
+        return absl::InternalError(absl::StrCat("SSD-only block ", ShortKey(key),
+                                                " has readers without an allocation"));
+      }
+    }
     bytes += block.size;
     auto kids = children_.find(key);
     const size_t children = kids == children_.end() ? 0 : kids->second.size();
-    if (children != block.children) {
-      return absl::InternalError(absl::StrCat("block ", ShortKey(key), " counts ",
-                                              block.children, " children, has ", children));
+    uint32_t host_children = 0;
+    if (kids != children_.end()) {
+      for (const BlockKey& child : kids->second) host_children += blocks_.at(child).in_host;
     }
-    if (block.children == 0) {
-      ++leaves;
-      auto leaf = leaves_.find(block.touch_seq);
-      if (leaf == leaves_.end() || leaf->second != &block) {
-        return absl::InternalError(absl::StrCat("leaf ", ShortKey(key), " not in eviction order"));
-      }
+    if (children != block.children || host_children != block.host_children) {
+      return absl::InternalError(absl::StrCat(
+          "block ", ShortKey(key), " counts ", block.children, "/", block.host_children,
+          " children/in host, has ", children, "/", host_children));
     }
+    const bool leaf = block.children == 0;
+    const bool host_leaf = block.in_host && block.host_children == 0;
+    const bool ssd_candidate = block.ssd && (block.in_host || block.children == 0);
+    if (leaf != listed(leaves_, block) || host_leaf != listed(host_leaves_, block) ||
+        ssd_candidate != listed(ssd_order_, block)) {
+      return absl::InternalError(absl::StrCat("block ", ShortKey(key),
+                                              " misplaced in the eviction orders"));
+    }
+    leaves += leaf;
+    host_leaves += host_leaf;
+    ssd_listed += ssd_candidate;
   }
-  if (leaves != leaves_.size()) {
-    return absl::InternalError(absl::StrCat("eviction order holds ", leaves_.size(),
-                                            " blocks; there are ", leaves, " leaves"));
+  if (leaves != leaves_.size() || host_leaves != host_leaves_.size() ||
+      ssd_listed != ssd_order_.size()) {
+    return absl::InternalError(absl::StrCat(
+        "eviction orders hold ", leaves_.size(), "/", host_leaves_.size(), "/",
+        ssd_order_.size(), " blocks; there are ", leaves, "/", host_leaves, "/", ssd_listed));
+  }
+  uint64_t host_bytes = 0;
+  for (auto& [key, block] : blocks_) host_bytes += block.in_host ? block.size : 0;
+  if (ssd_blocks != ssd_blocks_ || ssd_bytes != ssd_bytes_ || host_blocks != host_blocks_ ||
+      host_bytes != host_bytes_) {
+    return absl::InternalError(absl::StrCat("tier counts ", host_blocks_, "/", ssd_blocks_, "/",
+                                            ssd_bytes_, ", recomputed ", host_blocks, "/",
+                                            ssd_blocks, "/", ssd_bytes));
   }
   // Recompute every kept count bottom-up from its definition and compare.
   uint64_t committed_reserved = reserved;

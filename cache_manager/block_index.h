@@ -1,19 +1,36 @@
-// The cache manager's state machine: committed blocks and their prefix structure, pending
-// allocations under write leases, read leases, pins, prefix-aware LRU eviction and the
-// bookkeeping that lets InspectPrefix explain a miss. Owns nothing on the wire: the gRPC
-// services translate to and from these calls.
+// The cache manager's state machine: committed blocks and their prefix structure across the
+// host and SSD tiers, pending allocations under write leases, read leases, pins,
+// prefix-aware LRU eviction, demotion and promotion, and the bookkeeping that lets
+// InspectPrefix explain a miss. Owns nothing on the wire: the gRPC services translate to
+// and from these calls.
+//
+// Tiers. A committed block has a host copy (pool pages), an SSD copy (a durable catalog
+// record), or both. New blocks are written to the host tier. When the host tier needs room,
+// the coldest host blocks without host-resident children go first: a block that also has an
+// SSD copy just drops its host copy; one the admission rule accepts (used again since its
+// commit, or a parent of blocks already on SSD) is demoted, written to SSD with the lock
+// released while it stays readable in host memory; any other leaf is evicted. Lookup and
+// reads promote SSD-only blocks back to host memory (checksum verified) before they hand
+// out locations. In write-through mode Commit also writes every block to SSD before it
+// returns, so a restart finds every committed block. The SSD tier evicts its coldest
+// blocks that are either also in host memory or leaves. A block whose SSD copy fails its
+// checksum is dropped and remembered as a checksum failure.
 //
 // Invariants (checked by CheckInvariants() in tests):
-// - every committed or pending block owns exactly one pool allocation, and the pool's used
-//   bytes equal the sum of their reservations (plus allocations whose release waits for an
-//   in-flight copy);
+// - every host-resident committed block and every pending block owns exactly one pool
+//   allocation, and the pool's used bytes equal the sum of their reservations (plus
+//   allocations whose release waits for an in-flight copy); every committed block is in at
+//   least one tier;
 // - a block with readers (leases, in-flight Get, an allocation extending it) or a pin is
 //   never evicted, and neither is any ancestor of one, since a chain cut above it would make
-//   it unreachable: `kept` counts exactly these reasons, and kept_bytes_ their space;
-// - the eviction order holds exactly the committed blocks without committed children.
+//   it unreachable: `kept` counts exactly these reasons, and kept_bytes_ their host space;
+//   kept blocks are neither demoted nor dropped from host memory;
+// - the eviction orders hold exactly: all committed blocks without committed children
+//   (leaves_), host-resident blocks without host-resident children (host_leaves_), and
+//   SSD-resident blocks that are in host memory too or are leaves (ssd_order_).
 //
-// Thread-safe: every public method takes the index's mutex; checksums and byte copies of
-// large payloads run outside it.
+// Thread-safe: every public method takes the index's mutex; checksums, byte copies of large
+// payloads and SSD I/O run outside it.
 #ifndef TIERKV_CACHE_MANAGER_BLOCK_INDEX_H_
 #define TIERKV_CACHE_MANAGER_BLOCK_INDEX_H_
 
@@ -40,6 +57,7 @@
 #include "core/block_key.h"
 #include "core/clock.h"
 #include "storage/host_pool.h"
+#include "storage/ssd_tier.h"
 
 namespace tierkv {
 
@@ -59,7 +77,16 @@ struct CommittedBlock {
   uint64_t checksum = 0;
   uint32_t codec = kCodecRaw;
   Digest fingerprint{};
+  // Host copy: `space` is valid only while in_host.
+  bool in_host = true;
   PoolAllocation space;
+  // SSD copy (durable, cataloged), if any.
+  std::optional<SsdLocation> ssd;
+  // A demotion or promotion of this block is running with the lock released.
+  bool moving = false;
+  // Its demotion failed (I/O error): it leaves host memory only by eviction.
+  bool no_demote = false;
+  uint32_t host_children = 0;  // Committed children with a host copy.
   bool pinned = false;
   uint32_t readers = 0;   // Read leases, in-flight Gets, and allocations extending it.
   uint32_t children = 0;  // Committed blocks whose parent is this one.
@@ -79,6 +106,13 @@ struct BlockIndexOptions {
   absl::Duration max_lease_ttl = absl::Minutes(10);
   uint32_t eviction_memory = 1 << 20;
   uint32_t expired_allocation_memory = 65536;
+  // With an SSD tier: write back (blocks reach SSD when demoted, if admitted) or write
+  // through (Commit returns once every block is durable on SSD too).
+  bool ssd_write_through = false;
+  // Admission to SSD on demotion: a block must have had at least this many Lookup hits
+  // since its commit (0 admits every block). Parents of SSD-resident blocks are always
+  // admitted, so that chains stay whole.
+  uint32_t ssd_admit_min_hits = 1;
 };
 
 struct AllocateBlockSpec {
@@ -119,6 +153,7 @@ enum class InspectState {
   kUncommitted,
   kFingerprintMismatch,
   kUnreachable,
+  kChecksumFailure,
 };
 
 struct InspectEntry {
@@ -147,12 +182,35 @@ struct IndexStats {
   uint64_t checksum_failures = 0;
   uint64_t allocation_failures = 0;
   bool draining = false;
+  // SSD tier (zero without one).
+  bool has_ssd = false;
+  uint64_t ssd_blocks = 0;
+  uint64_t ssd_bytes = 0;
+  uint64_t ssd_used_bytes = 0;
+  uint64_t ssd_capacity_bytes = 0;
+  uint64_t ssd_hits = 0;            // Lookup/read hits served by a promotion.
+  uint64_t ssd_evictions = 0;       // SSD copies dropped for room.
+  uint64_t host_blocks = 0;         // Committed blocks with a host copy, and their bytes.
+  uint64_t host_bytes = 0;
+  bool ssd_write_through = false;
+  uint64_t demotions = 0;
+  uint64_t promotions = 0;
+  uint64_t host_drops = 0;          // Host copies dropped because an SSD copy existed.
+  uint64_t admissions_refused = 0;  // Cold blocks evicted rather than demoted.
+  uint64_t ssd_write_failures = 0;
+  uint64_t ssd_read_failures = 0;   // Promotions that failed (checksum, truncation, I/O).
+  uint64_t ssd_recovered_blocks = 0;
 };
 
 class BlockIndex {
  public:
-  // `pool`, `clock` and `events` must outlive the index.
-  BlockIndex(const BlockIndexOptions& options, HostPool* pool, Clock* clock, EventLog* events);
+  // `pool`, `clock`, `events` and `ssd` (null: no SSD tier) must outlive the index.
+  BlockIndex(const BlockIndexOptions& options, HostPool* pool, Clock* clock, EventLog* events,
+             SsdTier* ssd = nullptr);
+
+  // Adds the blocks an SSD tier recovered at start (SSD-only, coldest by last use first)
+  // and the model specs it remembered. Call once, before serving.
+  void Recover(const SsdRecovery& recovery);
   ~BlockIndex();
   BlockIndex(const BlockIndex&) = delete;
   BlockIndex& operator=(const BlockIndex&) = delete;
@@ -276,6 +334,12 @@ class BlockIndex {
   struct EvictedRecord {
     absl::Time when;
     std::string reason;
+    bool checksum_failure = false;
+  };
+  // A block being demoted: where its SSD copy goes.
+  struct Demotion {
+    BlockKey key;
+    SsdLocation location;
   };
 
   absl::Status CheckLeaseTtl(absl::Duration ttl, const char* what) const;
@@ -287,6 +351,42 @@ class BlockIndex {
   // Releases the allocation's held parents and forgets it.
   void EndAllocation(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Touch(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Take a block out of / put it back into the eviction orders its state qualifies it for.
+  // Every change of touch_seq, children, host_children, in_host or ssd happens between the
+  // two.
+  void Unlist(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Relist(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  CommittedBlock* FindParent(const CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Host copy changes, keeping the parent's host_children and the byte counts exact.
+  void DropHostCopy(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SetHostCopy(CommittedBlock& block, PoolAllocation space) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes a block's SSD copy from the catalog and the tier (the block stays if in host).
+  void DropSsdCopy(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  SsdRecord RecordOf(const CommittedBlock& block, const SsdLocation& location) const;
+  // SSD space for `size` bytes, evicting cold SSD copies when needed.
+  absl::StatusOr<SsdLocation> ReserveSsd(uint64_t size) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool Admit(const CommittedBlock& block) const;
+  bool AllHostChildrenMoving(const CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Frees `bytes` of host pool: drops host copies that have SSD copies, demotes admitted
+  // blocks (releasing the lock while they are written), evicts the rest, coldest first.
+  // False when what may leave does not free enough.
+  bool MakeHostRoom(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RunDemotions(const std::vector<Demotion>& demotions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Brings SSD-only blocks (a chain, in order) into host memory, releasing the lock for the
+  // reads; stops at the first that cannot come. Blocks must exist and not be moving.
+  void Promote(const std::vector<BlockKey>& keys) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Waits (releasing the lock) until no move of `key` is running.
+  void WaitForMove(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops a block whose SSD copy failed verification, wherever it sits in its chain.
+  void RemoveCorrupt(CommittedBlock& block, const std::string& detail)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes blocks durably to SSD (write-through Commit); one status per block.
+  std::vector<absl::Status> WriteThrough(const std::vector<BlockKey>& keys,
+                                         const std::vector<PoolAllocation>& spaces,
+                                         const std::vector<uint64_t>& checksums,
+                                         const Digest& fingerprint,
+                                         std::vector<SsdLocation>& locations)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddReader(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RemoveReader(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool IsProtected(const CommittedBlock& block) const { return block.pinned || block.readers > 0; }
@@ -295,15 +395,15 @@ class BlockIndex {
   void UpdateProtection(CommittedBlock& block, bool was_protected)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AdjustKept(CommittedBlock* block, int delta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Evicts least recently used unkept leaves until `bytes` are free in the pool.
-  bool EvictFor(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void EvictOne(CommittedBlock& block, const std::string& reason)
+  // Removes a committed block from every tier (a leaf, unless its SSD copy is corrupt).
+  void RemoveBlock(CommittedBlock& block, const std::string& reason, bool checksum_failure)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void RememberEvicted(const BlockKey& key, const std::string& reason)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RememberEvicted(const BlockKey& key, const std::string& reason,
+                       bool checksum_failure = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CollectSubtree(const BlockKey& key, std::vector<BlockKey>& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Publish(EventType type, const CommittedBlock& block, const std::string& reason)
+  void Publish(EventType type, const CommittedBlock& block, const std::string& reason,
+               uint32_t tier = kTierHost)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Constant after construction.
@@ -311,14 +411,21 @@ class BlockIndex {
   HostPool* const pool_;
   Clock* const clock_;
   EventLog* const events_;
+  SsdTier* const ssd_;
 
   absl::Mutex mu_;
+  // Signalled whenever a demotion or promotion finishes.
+  absl::CondVar moved_;
   absl::node_hash_map<BlockKey, CommittedBlock, BlockKeyHash, BlockKeyEq> blocks_ ABSL_GUARDED_BY(mu_);
   // Parent key -> committed children, whether or not the parent itself is committed.
   absl::flat_hash_map<BlockKey, std::vector<BlockKey>, BlockKeyHash, BlockKeyEq> children_
       ABSL_GUARDED_BY(mu_);
   // Committed leaves by touch_seq: the eviction order.
   absl::btree_map<uint64_t, CommittedBlock*> leaves_ ABSL_GUARDED_BY(mu_);
+  // Host-resident blocks without host-resident children: the host tier's eviction order.
+  absl::btree_map<uint64_t, CommittedBlock*> host_leaves_ ABSL_GUARDED_BY(mu_);
+  // SSD-resident blocks that are in host memory too or are leaves: the SSD tier's order.
+  absl::btree_map<uint64_t, CommittedBlock*> ssd_order_ ABSL_GUARDED_BY(mu_);
   absl::btree_map<uint64_t, CommittedBlock*> by_commit_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<BlockKey, PendingBlock, BlockKeyHash, BlockKeyEq> pending_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Allocation> allocations_ ABSL_GUARDED_BY(mu_);
@@ -337,6 +444,10 @@ class BlockIndex {
   uint64_t committed_reserved_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t kept_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t pinned_blocks_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t ssd_blocks_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t ssd_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t host_blocks_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t host_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   IndexStats counters_ ABSL_GUARDED_BY(mu_);
 };

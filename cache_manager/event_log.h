@@ -22,7 +22,12 @@
 namespace tierkv {
 
 // Values match tierkv.v1.Event.Type.
-enum class EventType { kStored = 1, kEvicted = 2 };
+// Values match v1::Event::Type.
+enum class EventType { kStored = 1, kEvicted = 2, kMoved = 4 };
+
+// Tier numbers as in v1::Tier.
+inline constexpr uint32_t kTierHost = 2;
+inline constexpr uint32_t kTierSsd = 3;
 
 struct CacheEvent {
   uint64_t sequence = 0;
@@ -32,6 +37,8 @@ struct CacheEvent {
   uint64_t size = 0;
   absl::Time time;
   std::string reason;
+  // The tier the event is about: where it was stored, evicted from, or moved to.
+  uint32_t tier = kTierHost;
 };
 
 class EventLog {

@@ -45,6 +45,21 @@ void CacheManagerFlags::Register(CLI::App& app) {
                "serve block bytes over gRPC only (no UCX engine)");
   app.add_option("--transports", transports,
                  "UCX transports of the data plane, e.g. tcp or shm (default: UCX_TLS)");
+  app.add_option("--data-dir", data_dir,
+                 "directory of the SSD tier (slab files and catalog); empty: no SSD tier")
+      ->capture_default_str();
+  app.add_option("--ssd-capacity", ssd_capacity, "SSD tier size, e.g. 100GiB")
+      ->capture_default_str();
+  app.add_option("--ssd-slab-size", ssd_slab_size,
+                 "size of each slab file (fixed for a data directory once created)")
+      ->capture_default_str();
+  app.add_flag("--ssd-write-through", ssd_write_through,
+               "Commit returns once blocks are durable on SSD (default: write back on demotion)");
+  app.add_option("--ssd-admit-min-hits", ssd_admit_min_hits,
+                 "Lookup hits a block needs to be demoted to SSD rather than dropped (0: all)")
+      ->capture_default_str();
+  app.add_flag("--no-direct-io", no_direct_io,
+               "buffered SSD I/O, for filesystems without O_DIRECT (tmpfs)");
   app.add_option("--port-file", port_file,
                  "write the bound port to this file once ready (after --demo, if given)");
 }
@@ -60,6 +75,12 @@ absl::Status CacheManagerFlags::Resolve(CacheManagerOptions* options) const {
   if (s.ok()) s = ParseDurationFlag("write-lease-ttl", write_lease_ttl, &options->write_lease_ttl);
   if (s.ok()) s = ParseDurationFlag("read-lease-ttl", read_lease_ttl, &options->read_lease_ttl);
   if (s.ok()) s = ParseDurationFlag("max-lease-ttl", max_lease_ttl, &options->max_lease_ttl);
+  options->data_dir = data_dir;
+  options->ssd_write_through = ssd_write_through;
+  options->ssd_admit_min_hits = ssd_admit_min_hits;
+  options->ssd_direct_io = !no_direct_io;
+  if (s.ok()) s = ParseBytesFlag("ssd-capacity", ssd_capacity, &options->ssd_capacity_bytes);
+  if (s.ok()) s = ParseBytesFlag("ssd-slab-size", ssd_slab_size, &options->ssd_slab_bytes);
   return s;
 }
 

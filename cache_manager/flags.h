@@ -24,6 +24,12 @@ struct CacheManagerFlags {
   std::string port_file;
   bool no_data_plane = false;
   std::string transports;
+  std::string data_dir;
+  std::string ssd_capacity = "16GiB";
+  std::string ssd_slab_size = "1GiB";
+  bool ssd_write_through = false;
+  uint32_t ssd_admit_min_hits = 1;
+  bool no_direct_io = false;
 
   // Registers the flags on `app`; `this` must outlive parsing.
   void Register(CLI::App& app);

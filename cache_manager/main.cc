@@ -6,10 +6,11 @@
 #include "CLI/CLI.hpp"
 #include "cache_manager/flags.h"
 #include "cache_manager/server.h"
-#include "core/units.h"
+#include "absl/strings/str_replace.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"tierkv cache manager: prefix-keyed KV blocks in a host-memory tier, over gRPC"};
+  CLI::App app{"tierkv cache manager: prefix-keyed KV blocks in host memory and SSD tiers, "
+               "over gRPC"};
   tierkv::CacheManagerFlags flags;
   flags.Register(app);
   CLI11_PARSE(app, argc, argv);
@@ -25,8 +26,8 @@ int main(int argc, char** argv) {
     std::cerr << "tierkv-cache-manager: " << server.status().message() << "\n";
     return 1;
   }
-  std::cout << "tierkv-cache-manager listening on " << (*server)->address() << " (host tier "
-            << tierkv::FormatBytes(options.host_capacity_bytes) << ", pid " << getpid() << ")"
+  std::cout << "tierkv-cache-manager listening on " << (*server)->address() << " (pid "
+            << getpid() << ")\n  " << absl::StrReplaceAll((*server)->TierSummary(), {{"\n", "\n  "}})
             << std::endl;
   if (absl::Status s = tierkv::WritePortFile(flags.port_file, (*server)->port()); !s.ok()) {
     std::cerr << "tierkv-cache-manager: --port-file: " << s.message() << "\n";

@@ -8,6 +8,7 @@
 #include "absl/synchronization/notification.h"
 #include "cache_manager/service.h"
 #include "core/status.h"
+#include "core/units.h"
 #include "proto/grpc_server.h"
 
 namespace tierkv {
@@ -61,7 +62,41 @@ class ServerImpl : public CacheManagerServer {
     index_options.read_lease_ttl = options.read_lease_ttl;
     index_options.max_lease_ttl = options.max_lease_ttl;
     index_options.eviction_memory = options.eviction_memory;
-    index_ = std::make_unique<BlockIndex>(index_options, pool_.get(), clock_, events_.get());
+    index_options.ssd_write_through = options.ssd_write_through;
+    index_options.ssd_admit_min_hits = options.ssd_admit_min_hits;
+    tier_summary_ = absl::StrCat("host tier ", FormatBytes(pool_->capacity_bytes()), " in ",
+                                 FormatBytes(pool_->page_bytes()), " pages");
+    SsdRecovery recovery;
+    if (!options.data_dir.empty()) {
+      SsdTierOptions ssd_options;
+      ssd_options.dir = options.data_dir;
+      ssd_options.capacity_bytes = options.ssd_capacity_bytes;
+      ssd_options.slab_bytes = options.ssd_slab_bytes;
+      ssd_options.direct_io = options.ssd_direct_io;
+      ssd_options.io = options.ssd_io;
+      auto ssd = SsdTier::Open(ssd_options, &recovery);
+      if (!ssd.ok()) {
+        return absl::Status(ssd.status().code(),
+                            absl::StrCat("SSD tier in ", options.data_dir, ": ",
+                                         ssd.status().message()));
+      }
+      ssd_ = std::move(ssd).value();
+    }
+    index_ = std::make_unique<BlockIndex>(index_options, pool_.get(), clock_, events_.get(),
+                                          ssd_.get());
+    if (ssd_ != nullptr) {
+      const absl::Time start = absl::Now();
+      index_->Recover(recovery);
+      absl::StrAppend(&tier_summary_, "\nSSD tier ", FormatBytes(ssd_->capacity_bytes()),
+                      " under ", options.data_dir,
+                      options.ssd_write_through ? " (write-through)" : " (write-back)",
+                      ": recovered ", recovery.records.size(), " blocks in ",
+                      absl::FormatDuration(recovery.elapsed + (absl::Now() - start)));
+      if (recovery.dropped_records > 0) {
+        absl::StrAppend(&tier_summary_, ", dropped ", recovery.dropped_records,
+                        " records whose payload was missing or half-written");
+      }
+    }
 
     // The node name depends on the bound port, known only after the server starts; the
     // services read it through an atomic pointer set below.
@@ -98,6 +133,7 @@ class ServerImpl : public CacheManagerServer {
 
   void Wait() override { done_.WaitForNotification(); }
   absl::Status CheckInvariants() override { return index_->CheckInvariants(); }
+  std::string TierSummary() const override { return tier_summary_; }
 
  private:
   // Starts the UCX engine and takes the host tier's memory from it, so that peers on this
@@ -147,7 +183,9 @@ class ServerImpl : public CacheManagerServer {
   void* pool_external_ = nullptr;  // The engine's memory the pool manages, if any.
   std::unique_ptr<HostPool> pool_;
   std::unique_ptr<EventLog> events_;
+  std::unique_ptr<SsdTier> ssd_;  // Outlives the index that uses it.
   std::unique_ptr<BlockIndex> index_;
+  std::string tier_summary_;
   std::atomic<const std::string*> node_ptr_{nullptr};
   std::unique_ptr<CacheServiceImpl> cache_service_;
   std::unique_ptr<AdminServiceImpl> admin_service_;

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "core/clock.h"
+#include "storage/ssd_tier.h"
 
 namespace tierkv {
 
@@ -28,6 +29,19 @@ struct CacheManagerOptions {
   absl::Duration write_lease_ttl = absl::Seconds(30);
   absl::Duration read_lease_ttl = absl::Seconds(30);
   absl::Duration max_lease_ttl = absl::Minutes(10);
+  // SSD tier: slab files and the RocksDB catalog under data_dir (docs/ssd-catalog.md).
+  // Empty: no SSD tier. A restart on the same directory serves what it holds.
+  std::string data_dir;
+  uint64_t ssd_capacity_bytes = 16ull << 30;
+  uint64_t ssd_slab_bytes = 1ull << 30;
+  // Write through: Commit returns once blocks are durable on SSD too. Otherwise blocks
+  // reach SSD when the host tier demotes them, if admitted.
+  bool ssd_write_through = false;
+  // Lookup hits a block needs since its commit to be demoted rather than dropped.
+  uint32_t ssd_admit_min_hits = 1;
+  bool ssd_direct_io = true;
+  // The SSD tier's file operations (tests inject faults); null: plain syscalls.
+  std::shared_ptr<SsdFileIo> ssd_io;
   // Events kept for WatchEvents; a watcher further behind is told what it missed.
   uint32_t event_buffer = 65536;
   // Evicted keys remembered so that InspectPrefix can say "evicted" rather than "never stored".
@@ -60,6 +74,8 @@ class CacheManagerServer {
   // Checks the block index's invariants (pool accounting, eviction order, leases): OK or
   // INTERNAL naming the first violation. For tests and operators' health checks.
   virtual absl::Status CheckInvariants() = 0;
+  // One line per tier for start-up logs: sizes, and what the SSD tier recovered.
+  virtual std::string TierSummary() const = 0;
   // Blocks until Shutdown() is called (from another thread or a signal handler's helper).
   virtual void Wait() = 0;
 };

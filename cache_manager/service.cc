@@ -52,7 +52,13 @@ void FillBlockInfo(const ServiceContext& ctx, const CommittedBlock& block, v1::B
   info->set_fingerprint(std::string(KeyBytes(block.fingerprint)));
   auto* location = info->mutable_location();
   location->set_node(ctx.node_name());
-  FillLocation(ctx, block.space, location);
+  if (block.in_host) {
+    FillLocation(ctx, block.space, location);
+    info->add_tiers(v1::TIER_HOST);
+  } else {
+    location->set_tier(v1::TIER_SSD);
+  }
+  if (block.ssd) info->add_tiers(v1::TIER_SSD);
   info->set_pinned(block.pinned);
   info->set_readers(block.readers);
   info->set_children(block.children);
@@ -75,6 +81,8 @@ v1::InspectPrefixResponse::State ToProto(InspectState state) {
       return v1::InspectPrefixResponse::STATE_FINGERPRINT_MISMATCH;
     case InspectState::kUnreachable:
       return v1::InspectPrefixResponse::STATE_UNREACHABLE;
+    case InspectState::kChecksumFailure:
+      return v1::InspectPrefixResponse::STATE_CHECKSUM_FAILURE;
   }
   return v1::InspectPrefixResponse::STATE_UNSPECIFIED;
 }
@@ -241,7 +249,7 @@ class WatchReactor : public grpc::ServerWriteReactor<v1::Event> {
       message_.set_type(static_cast<v1::Event::Type>(e.type));
       message_.set_key(std::string(KeyBytes(e.key)));
       if (e.parent) message_.set_parent_key(std::string(KeyBytes(*e.parent)));
-      message_.set_tier(v1::TIER_HOST);
+      message_.set_tier(static_cast<v1::Tier>(e.tier));
       message_.set_size(e.size);
       message_.set_unix_ms(absl::ToUnixMillis(e.time));
       message_.set_reason(e.reason);
@@ -481,13 +489,32 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Stats(grpc::CallbackServerContext* c
   response->set_node(ctx_.node_name());
   v1::TierStats* host = response->add_tiers();
   host->set_tier(v1::TIER_HOST);
-  host->set_blocks(s.blocks);
-  host->set_bytes(s.bytes);
+  host->set_blocks(s.host_blocks);
+  host->set_bytes(s.host_bytes);
   host->set_used_bytes(s.used_bytes);
   host->set_capacity_bytes(s.capacity_bytes);
-  host->set_hits(s.hits);
+  host->set_hits(s.hits - s.ssd_hits);
   host->set_misses(s.misses);
   host->set_evictions(s.evictions);
+  if (s.has_ssd) {
+    v1::TierStats* ssd = response->add_tiers();
+    ssd->set_tier(v1::TIER_SSD);
+    ssd->set_blocks(s.ssd_blocks);
+    ssd->set_bytes(s.ssd_bytes);
+    ssd->set_used_bytes(s.ssd_used_bytes);
+    ssd->set_capacity_bytes(s.ssd_capacity_bytes);
+    ssd->set_hits(s.ssd_hits);
+    ssd->set_misses(s.misses);
+    ssd->set_evictions(s.ssd_evictions);
+    response->set_ssd_mode(s.ssd_write_through ? "write-through" : "write-back");
+  }
+  response->set_demotions(s.demotions);
+  response->set_promotions(s.promotions);
+  response->set_host_drops(s.host_drops);
+  response->set_admissions_refused(s.admissions_refused);
+  response->set_ssd_write_failures(s.ssd_write_failures);
+  response->set_ssd_read_failures(s.ssd_read_failures);
+  response->set_ssd_recovered_blocks(s.ssd_recovered_blocks);
   response->set_pending_allocations(s.pending_allocations);
   response->set_pending_blocks(s.pending_blocks);
   response->set_read_leases(s.read_leases);

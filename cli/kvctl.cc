@@ -159,6 +159,14 @@ std::string TierLabel(int tier) {
   return EnumLabel(v1::Tier_Name(static_cast<v1::Tier>(tier)), "TIER_");
 }
 
+// Every tier holding a copy of the block, e.g. "host+ssd".
+std::string TiersLabel(const v1::BlockInfo& b) {
+  if (b.tiers().empty()) return TierLabel(b.location().tier());
+  std::string out;
+  for (int t : b.tiers()) absl::StrAppend(&out, out.empty() ? "" : "+", TierLabel(t));
+  return out;
+}
+
 std::string CodecLabel(int codec) {
   if (codec == v1::CODEC_UNSPECIFIED) return "raw";  // The proto says: treated as raw.
   return EnumLabel(v1::Codec_Name(static_cast<v1::Codec>(codec)), "CODEC_");
@@ -229,6 +237,19 @@ int RunStats(Client& client) {
       {"uptime", HumanDuration(absl::Milliseconds(resp.uptime_ms()))},
       {"page size", HumanBytes(resp.page_bytes())},
   });
+  if (!resp.ssd_mode().empty()) {
+    out += "\n";
+    out += RenderKeyValues({
+        {"ssd mode", resp.ssd_mode()},
+        {"demotions", absl::StrCat(resp.demotions())},
+        {"promotions", absl::StrCat(resp.promotions())},
+        {"host copies dropped", absl::StrCat(resp.host_drops())},
+        {"admissions refused", absl::StrCat(resp.admissions_refused())},
+        {"ssd write failures", absl::StrCat(resp.ssd_write_failures())},
+        {"ssd read failures", absl::StrCat(resp.ssd_read_failures())},
+        {"recovered at start", absl::StrCat(resp.ssd_recovered_blocks())},
+    });
+  }
   Print(out);
   return kOk;
 }
@@ -283,7 +304,7 @@ int RunLs(Client& client, const LsOptions& opts) {
   for (const v1::BlockInfo& b : listed.blocks()) {
     bytes += b.size();
     table.AddRow({KeyHex(b.key(), opts.full_keys), HumanBytes(b.size()),
-                  TierLabel(b.location().tier()), CodecLabel(b.codec()), YesNo(b.pinned()),
+                  TiersLabel(b), CodecLabel(b.codec()), YesNo(b.pinned()),
                   absl::StrCat(b.readers()), absl::StrCat(b.children()),
                   absl::StrCat(b.hits()),
                   HumanDuration(now - absl::FromUnixMillis(b.committed_unix_ms()))});
@@ -337,6 +358,7 @@ std::string StateLabel(v1::InspectPrefixResponse::State state) {
     case R::STATE_UNCOMMITTED: return "uncommitted";
     case R::STATE_FINGERPRINT_MISMATCH: return "fingerprint mismatch";
     case R::STATE_UNREACHABLE: return "unreachable";
+    case R::STATE_CHECKSUM_FAILURE: return "checksum failure";
     default: return EnumLabel(R::State_Name(state), "STATE_");
   }
 }

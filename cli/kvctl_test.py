@@ -405,6 +405,17 @@ class KvctlWithBlocksTest(unittest.TestCase):
         self.assertEqual(host["tier"], "TIER_HOST")
         self.assertEqual(host["blocks"], 320)
         self.assertEqual(host["bytes"], 320 * 128 * 1024)
+        # `tierkv up` runs with an SSD tier (--data-dir); nothing was demoted yet.
+        ssd = stats["tiers"][1]
+        self.assertEqual(ssd["tier"], "TIER_SSD")
+        self.assertEqual(ssd["capacity_bytes"], 256 << 20)
+        self.assertEqual(ssd["blocks"], 0)
+        self.assertEqual(stats["ssd_mode"], "write-back")
+        text = self.kvctl("stats")
+        self.assertExit(text, 0)
+        self.assertRegex(text.stdout, r"\nssd\s+0\s+0 B\s+0 B\s+256 MiB\s")
+        self.assertRegex(text.stdout, r"\nssd mode\s+write-back\n")
+        self.assertRegex(text.stdout, r"\ndemotions\s+0\n")
         listed = self.json_of("ls", "--all")
         self.assertEqual(len(listed["blocks"]), 320)
         result = self.kvctl("ls", "--limit", "2")
@@ -465,7 +476,8 @@ def main():
     with tempfile.TemporaryDirectory(prefix="kvctl_test.") as workdir:
         with CacheManager(args.cache_manager, workdir) as server, \
                 CacheManager(args.tierkv, Path(workdir) / "up", prefix=["up"],
-                             extra=["--demo"]) as filled:
+                             extra=["--demo", "--data-dir", str(Path(workdir) / "up" / "data"),
+                                    "--ssd-capacity", "256MiB"]) as filled:
             KvctlTest.server = server
             KvctlTest.workdir = workdir
             KvctlWithBlocksTest.server = filled

@@ -1,11 +1,12 @@
 // tierkv: the all-in-one binary. `tierkv up` runs every role in one process on 127.0.0.1
-// with the embedded default: the cache manager with its host tier, and a prefill and a
-// decode worker serving the built-in model.
+// with the embedded default: the cache manager with its host tier and an SSD tier under
+// ./tierkv-data, and a prefill and a decode worker serving the built-in model.
 #include <unistd.h>
 
 #include <iostream>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/str_replace.h"
 #include "cache_manager/flags.h"
 #include "cli/all_in_one.h"
 #include "cli/demo.h"
@@ -17,6 +18,10 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   CLI::App* up = app.add_subcommand("up", "run every role in one process on 127.0.0.1");
   tierkv::CacheManagerFlags flags;
+  // The embedded default keeps an SSD tier under the working directory; --data-dir ''
+  // runs with host memory only.
+  flags.data_dir = "tierkv-data";
+  flags.ssd_capacity = "4GiB";
   flags.Register(*up);
   tierkv::AllInOneOptions options;
   up->add_option("--model", options.model, "builtin:tiny, or a Hugging Face model directory")
@@ -43,9 +48,9 @@ int main(int argc, char** argv) {
   }
   const tierkv::ModelSpec& model = (*all)->model().spec();
   std::cout << "tierkv up: serving on " << (*all)->address() << " (pid " << getpid() << ")\n"
-            << "  cache manager: host tier "
-            << tierkv::FormatBytes(options.cache.host_capacity_bytes) << " in "
-            << tierkv::FormatBytes(options.cache.page_bytes) << " pages\n"
+            << "  cache manager: "
+            << absl::StrReplaceAll((*all)->cache_manager().TierSummary(), {{"\n", "\n                 "}})
+            << "\n"
             << "  prefill and decode workers: " << model.model_id << " (" << model.num_layers
             << " layers, " << model.num_kv_heads << " kv heads, head_dim " << model.head_dim
             << ", KV in " << model.kv_dtype << ", " << model.block_tokens

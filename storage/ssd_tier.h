@@ -8,9 +8,11 @@
 //
 // Durability: Write() makes payloads durable (fdatasync of each slab file written) before it
 // adds their catalog records in one synced RocksDB batch, so a record never points at bytes
-// that were not on disk. Space of a removed record is reused only after its deletion is
-// durable, so a crash never resurrects a record over someone else's bytes. Bytes written
-// without a record (a crash between the two steps) are free space on the next Open.
+// that were not on disk. Remove frees space at once, but no Write puts payload on disk
+// before every pending deletion is durable, so a crash never resurrects a record over
+// someone else's bytes (a removed record whose space was not reused may come back intact).
+// Bytes written without a record (a crash between the two steps) are free space on the
+// next Open.
 //
 // Integrity: Read() verifies the payload's XXH3-64 against the record's checksum; a
 // mismatch, a short read (truncated slab) or an I/O error is DATA_LOSS and counted. The

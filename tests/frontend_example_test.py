@@ -70,7 +70,8 @@ def main():
     with tempfile.TemporaryDirectory(prefix="frontend_example.") as tmp:
         try:
             if args.tierkv:
-                up = Process(tmp, "tierkv-up", [args.tierkv, "up", "--host-capacity", "256MiB"])
+                up = Process(tmp, "tierkv-up", [args.tierkv, "up", "--host-capacity", "256MiB",
+                                                   "--data-dir", str(Path(tmp) / "data")])
                 processes.append(up)
                 address = up.wait_port()
                 addresses = ["--server", address]
