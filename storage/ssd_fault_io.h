@@ -1,6 +1,6 @@
-// A storage seam for fault tests (leveldb's fault injection Env, for the SSD tier): wraps
-// another SsdFileIo and, on demand, fails calls with a chosen errno or inverts a byte of what
-// PRead returns, and counts every call. Truncating or deleting a slab file is left to the
+// A storage seam for the SSD tier's fault tests: wraps another SsdFileIo and, on demand,
+// fails calls with a chosen errno or inverts a byte of what PRead returns, and counts every
+// call. Truncating or deleting a slab file is left to the
 // test (truncate(2), unlink(2)), since those happen behind the tier's back anyway.
 //
 // Thread-safe.
