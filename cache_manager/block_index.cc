@@ -127,7 +127,15 @@ void BlockIndex::RemoveReader(const BlockKey& key) {
 
 void BlockIndex::UpdateProtection(CommittedBlock& block, bool was_protected) {
   const bool now = IsProtected(block);
-  if (now != was_protected) AdjustKept(&block, now ? 1 : -1);
+  if (now == was_protected) return;
+  if (block.in_host) {
+    if (now) {
+      protected_host_bytes_ += block.space.reserved_bytes;
+    } else {
+      protected_host_bytes_ -= block.space.reserved_bytes;
+    }
+  }
+  AdjustKept(&block, now ? 1 : -1);
 }
 
 void BlockIndex::AdjustKept(CommittedBlock* block, int delta) {
@@ -154,6 +162,7 @@ void BlockIndex::DropHostCopy(CommittedBlock& block) {
   Unlist(block);
   if (parent != nullptr) Unlist(*parent);
   if (block.kept > 0) kept_bytes_ -= block.space.reserved_bytes;
+  if (IsProtected(block)) protected_host_bytes_ -= block.space.reserved_bytes;
   committed_reserved_ -= block.space.reserved_bytes;
   pool_->Free(block.space);
   block.space = PoolAllocation();
@@ -177,6 +186,7 @@ void BlockIndex::SetHostCopy(CommittedBlock& block, PoolAllocation space) {
   host_bytes_ += block.size;
   committed_reserved_ += block.space.reserved_bytes;
   if (block.kept > 0) kept_bytes_ += block.space.reserved_bytes;
+  if (IsProtected(block)) protected_host_bytes_ += block.space.reserved_bytes;
   if (parent != nullptr) {
     ++parent->host_children;
     Relist(*parent);
@@ -258,7 +268,7 @@ bool BlockIndex::MakeHostRoom(uint64_t bytes) {
     std::vector<Demotion> demotions;
     uint64_t planned = 0;
     auto plan = [&](CommittedBlock& b) -> bool {
-      if (ssd_ == nullptr || b.no_demote || b.kept > 0 || b.moving || !Admit(b)) return false;
+      if (ssd_ == nullptr || b.no_demote || IsProtected(b) || b.moving || !Admit(b)) return false;
       auto location = ReserveSsd(b.size);
       if (!location.ok()) return false;
       b.moving = true;
@@ -274,7 +284,7 @@ bool BlockIndex::MakeHostRoom(uint64_t bytes) {
       progress = false;
       for (auto it = host_leaves_.begin(); it != host_leaves_.end(); ++it) {
         CommittedBlock* b = it->second;
-        if (b->kept > 0 || b->moving) continue;
+        if (IsProtected(*b) || b->moving) continue;
         if (b->ssd) {
           ++counters_.host_drops;
           DropHostCopy(*b);
@@ -294,11 +304,35 @@ bool BlockIndex::MakeHostRoom(uint64_t bytes) {
           // skipped quickly).
           break;
         }
-        if (b->children > 0) continue;  // Its children are on SSD only: it cannot go.
+        // Kept (by a protected descendant) or with children on SSD only: it cannot leave.
+        if (b->children > 0 || b->kept > 0) continue;
         if (ssd_ != nullptr) ++counters_.admissions_refused;
         RemoveBlock(*b, "capacity", false);
         progress = true;
         break;
+      }
+    }
+    if (ssd_ != nullptr && pool_->free_bytes() + planned < bytes) {
+      // The host leaves are all protected (a chain being extended holds its tail, a lease
+      // holds a prefix): their unprotected ancestors may still go to SSD, coldest first,
+      // and the chains stay whole there.
+      std::vector<CommittedBlock*> cold;
+      for (auto& [key, b] : blocks_) {
+        if (b.in_host && !b.moving && !IsProtected(b)) cold.push_back(&b);
+      }
+      std::sort(cold.begin(), cold.end(), [](const CommittedBlock* x, const CommittedBlock* y) {
+        return x->touch_seq < y->touch_seq;
+      });
+      // Pointers stay valid: dropping host copies and reserving SSD space remove no block
+      // that is in host memory.
+      for (CommittedBlock* b : cold) {
+        if (pool_->free_bytes() + planned >= bytes) break;
+        if (b->ssd) {
+          ++counters_.host_drops;
+          DropHostCopy(*b);
+        } else {
+          plan(*b);
+        }
       }
     }
     if (demotions.empty()) return pool_->free_bytes() >= bytes;
@@ -355,7 +389,7 @@ void BlockIndex::RunDemotions(const std::vector<Demotion>& demotions) {
     ++counters_.demotions;
     Publish(EventType::kMoved, block, "demoted", kTierSsd);
     // Leased or pinned while it was written: it keeps its host copy as well.
-    if (block.kept == 0) DropHostCopy(block);
+    if (!IsProtected(block)) DropHostCopy(block);
   }
   moved_.SignalAll();
 }
@@ -458,6 +492,7 @@ void BlockIndex::RemoveBlock(CommittedBlock& block, const std::string& reason,
   CommittedBlock* parent = FindParent(block);
   Unlist(block);
   if (parent != nullptr) Unlist(*parent);
+  if (block.in_host && IsProtected(block)) protected_host_bytes_ -= block.space.reserved_bytes;
   if (block.kept > 0) {
     kept_bytes_ -= block.space.reserved_bytes;
     if (parent != nullptr) AdjustKept(parent, -1);
@@ -567,6 +602,10 @@ absl::StatusOr<LookupResult> BlockIndex::Lookup(
   for (int round = 0;; ++round) {
     found.clear();
     std::vector<BlockKey> to_promote;
+    std::vector<BlockKey> keep;
+    // Promote no more than host memory can hold besides what must stay there.
+    const uint64_t staying = ssd_ != nullptr ? protected_host_bytes_ : kept_bytes_;
+    uint64_t promote_budget = pool_->capacity_bytes() - std::min(staying, pool_->capacity_bytes());
     bool waited = false;
     for (std::string_view raw : keys) {
       BlockKey key;
@@ -584,15 +623,26 @@ absl::StatusOr<LookupResult> BlockIndex::Lookup(
           waited = true;
           break;
         }
+        const uint64_t bytes = pool_->PagesFor(block.size) * pool_->page_bytes();
+        if (bytes > promote_budget) break;
+        promote_budget -= bytes;
         to_promote.push_back(key);
         continue;
       }
-      if (!to_promote.empty()) continue;  // Walk on to collect the chain's SSD-only blocks.
+      if (!to_promote.empty()) {
+        // Walk on to collect the chain's SSD-only blocks.
+        keep.push_back(key);
+        continue;
+      }
       found.push_back(&block);
     }
     if (waited) continue;
     if (to_promote.empty()) break;
+    // The chain's blocks already in host memory stay there while the rest comes up.
+    for (CommittedBlock* b : found) keep.push_back(b->key);
+    for (const BlockKey& key : keep) AddReader(blocks_.at(key));
     Promote(to_promote);
+    for (const BlockKey& key : keep) RemoveReader(key);
   }
   const absl::Time now = clock_->Now();
   LookupResult result;
@@ -732,14 +782,17 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
           pool_->capacity_bytes(), "; split the request or raise --host-capacity"));
     }
     if (pool_->free_bytes() >= bytes_needed) break;
-    const uint64_t evictable = committed_reserved_ - kept_bytes_;
+    // Without an SSD tier only unkept leaves (and their chains) can leave host memory; with
+    // one, any unprotected block can go down.
+    const uint64_t staying = ssd_ != nullptr ? protected_host_bytes_ : kept_bytes_;
+    const uint64_t evictable = committed_reserved_ - staying;
     if (round == kMaxRoomRounds || pool_->free_bytes() + evictable < bytes_needed ||
         !MakeHostRoom(bytes_needed)) {
       release_held();
       ++counters_.allocation_failures;
       return absl::ResourceExhaustedError(absl::StrCat(
           "Allocate needs ", bytes_needed, " bytes; ", pool_->free_bytes(), " are free and ",
-          committed_reserved_ - kept_bytes_,
+          evictable,
           " evictable (the rest is pinned, leased, being written or moved); retry later, "
           "release leases or unpin blocks"));
     }
@@ -1515,6 +1568,7 @@ absl::Status BlockIndex::CheckInvariants() {
   // Recompute every kept count bottom-up from its definition and compare.
   uint64_t committed_reserved = reserved;
   uint64_t kept_bytes = 0;
+  uint64_t protected_host_bytes = 0;
   for (auto& [key, block] : blocks_) {
     uint32_t kept = IsProtected(block) ? 1 : 0;
     auto kids = children_.find(key);
@@ -1526,6 +1580,11 @@ absl::Status BlockIndex::CheckInvariants() {
                                               block.kept, ", should be ", kept));
     }
     if (kept > 0) kept_bytes += block.space.reserved_bytes;
+    if (IsProtected(block) && block.in_host) protected_host_bytes += block.space.reserved_bytes;
+  }
+  if (protected_host_bytes != protected_host_bytes_) {
+    return absl::InternalError(absl::StrCat("protected host bytes ", protected_host_bytes_,
+                                            ", recomputed ", protected_host_bytes));
   }
   if (committed_reserved != committed_reserved_ || kept_bytes != kept_bytes_) {
     return absl::InternalError(absl::StrCat(

@@ -24,7 +24,8 @@
 // - a block with readers (leases, in-flight Get, an allocation extending it) or a pin is
 //   never evicted, and neither is any ancestor of one, since a chain cut above it would make
 //   it unreachable: `kept` counts exactly these reasons, and kept_bytes_ their host space;
-//   kept blocks are neither demoted nor dropped from host memory;
+//   a pinned block or one with readers keeps its host copy (protected_host_bytes_), while
+//   its ancestors may be demoted (the chain stays whole on SSD);
 // - the eviction orders hold exactly: all committed blocks without committed children
 //   (leaves_), host-resident blocks without host-resident children (host_leaves_), and
 //   SSD-resident blocks that are in host memory too or are leaves (ssd_order_).
@@ -443,6 +444,9 @@ class BlockIndex {
   // Pool bytes reserved by committed blocks, and by those of them that are kept.
   uint64_t committed_reserved_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t kept_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Host space of blocks that must stay in host memory themselves (pinned, or with readers):
+  // with an SSD tier, everything else can be demoted.
+  uint64_t protected_host_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t pinned_blocks_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t ssd_blocks_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t ssd_bytes_ ABSL_GUARDED_BY(mu_) = 0;

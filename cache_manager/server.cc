@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
 #include "cache_manager/service.h"
 #include "core/status.h"
@@ -91,7 +92,8 @@ class ServerImpl : public CacheManagerServer {
                       " under ", options.data_dir,
                       options.ssd_write_through ? " (write-through)" : " (write-back)",
                       ": recovered ", recovery.records.size(), " blocks in ",
-                      absl::FormatDuration(recovery.elapsed + (absl::Now() - start)));
+                      absl::StrFormat("%.1f ms", absl::ToDoubleMilliseconds(
+                                                     recovery.elapsed + (absl::Now() - start))));
       if (recovery.dropped_records > 0) {
         absl::StrAppend(&tier_summary_, ", dropped ", recovery.dropped_records,
                         " records whose payload was missing or half-written");

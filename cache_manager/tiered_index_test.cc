@@ -184,6 +184,23 @@ TEST_F(TieredIndexTest, HostEvictionTakesChildrenBeforeParents) {
   ExpectInvariants();
 }
 
+TEST_F(TieredIndexTest, ChainLongerThanHostMemoryIsServedAsFarAsItFits) {
+  Open(/*host_blocks=*/5, /*ssd_blocks=*/32);
+  auto a = Chain(8, 1);
+  ASSERT_TRUE(Store(a, 0, 4).ok());
+  // The allocation holds a[3] (the chain it extends) in host memory; a[0..2] go to SSD.
+  ASSERT_TRUE(Store(a, 4, 8).ok());
+  ASSERT_TRUE(Store(Chain(4, 2), 0, 4).ok());  // Now a[4..7] go too, in one batch.
+  EXPECT_EQ(index_->Stats().ssd_blocks, 7u);
+  ExpectInvariants();
+  // Only five blocks fit in host memory: the prefix served is those five, intact.
+  EXPECT_EQ(Found(a), 5u);
+  IndexStats s = index_->Stats();
+  EXPECT_EQ(s.host_blocks, 5u);
+  EXPECT_EQ(s.blocks, 12u);
+  ExpectInvariants();
+}
+
 TEST_F(TieredIndexTest, AdmissionDropsBlocksNeverUsedAgain) {
   Open(4, 32, /*admit_min_hits=*/1);
   auto used = Chain(2, 1);
@@ -213,14 +230,26 @@ TEST_F(TieredIndexTest, PinnedAndLeasedBlocksStayInHostMemory) {
   auto lease = index_->Lookup(keys, std::nullopt, {}, true, absl::ZeroDuration(),
                               [](const CommittedBlock&) {});
   ASSERT_TRUE(lease.ok());
+  // Room for one more: only a[0] may go (down to SSD; the pinned a[1] keeps it cached).
   auto c = Chain(1, 3);
-  auto stored = Store(c, 0, 1);
-  EXPECT_EQ(stored.code(), absl::StatusCode::kResourceExhausted) << stored;
-  EXPECT_EQ(index_->Stats().demotions, 0u);
-  ASSERT_TRUE(index_->ReleaseLease(lease->lease_id).ok());
   ASSERT_TRUE(Store(c, 0, 1).ok());
   auto entries = Inspect(a);
+  EXPECT_THAT(entries[0].detail, HasSubstr("on SSD"));
   EXPECT_THAT(entries[1].detail, HasSubstr("in host memory"));
+  EXPECT_THAT(Inspect(b)[0].detail, HasSubstr("in host memory"));
+  EXPECT_THAT(Inspect(b)[1].detail, HasSubstr("in host memory"));
+  // With c leased too, nothing else may leave host memory.
+  auto c_lease = index_->Lookup(std::vector<std::string>{Bytes(c[0])}, std::nullopt, {}, true, absl::ZeroDuration(),
+                                [](const CommittedBlock&) {});
+  ASSERT_TRUE(c_lease.ok());
+  auto d = Chain(1, 4);
+  auto stored = Store(d, 0, 1);
+  EXPECT_EQ(stored.code(), absl::StatusCode::kResourceExhausted) << stored;
+  ExpectInvariants();
+  ASSERT_TRUE(index_->ReleaseLease(lease->lease_id).ok());
+  ASSERT_TRUE(index_->ReleaseLease(c_lease->lease_id).ok());
+  ASSERT_TRUE(Store(d, 0, 1).ok());
+  EXPECT_THAT(Inspect(a)[1].detail, HasSubstr("in host memory"));
   ExpectInvariants();
 }
 
