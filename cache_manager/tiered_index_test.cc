@@ -282,8 +282,9 @@ TEST_F(TieredIndexTest, CorruptSsdCopyIsAMissWithItsReason) {
   ASSERT_TRUE(Store(a, 0, 2).ok());
   ASSERT_TRUE(Store(b, 0, 2).ok());  // a is on SSD now.
   ASSERT_EQ(index_->Stats().ssd_blocks, 2u);
-  io_->CorruptNextReads(1, 100);
+  io_->CorruptNextReads(2, 100);  // Both blocks: reads run in parallel, in any order.
   EXPECT_EQ(Found(a), 0u);  // a[0] failed verification: nothing of a is handed out.
+  io_->Clear();  // a[1] may not have been read.
   IndexStats s = index_->Stats();
   EXPECT_EQ(s.ssd_read_failures, 1u);
   auto entries = Inspect(a);
@@ -343,9 +344,28 @@ TEST_F(TieredIndexTest, SsdReadErrorIsAMiss) {
   auto a = Chain(2, 1);
   ASSERT_TRUE(Store(a, 0, 2).ok());
   ASSERT_TRUE(Store(Chain(2, 2), 0, 2).ok());
-  io_->FailNext(FaultInjectingIo::Op::kPRead, 1, EIO);
+  io_->FailNext(FaultInjectingIo::Op::kPRead, 100, EIO);
   EXPECT_EQ(Found(a), 0u);
   EXPECT_EQ(index_->Stats().ssd_read_failures, 1u);
+  io_->Clear();
+  ExpectInvariants();
+}
+
+TEST_F(TieredIndexTest, GetOfACorruptSsdBlockIsDataLoss) {
+  Open(2, 32);
+  auto a = Chain(1, 1);
+  ASSERT_TRUE(Store(a, 0, 1).ok());
+  ASSERT_TRUE(Store(Chain(2, 2), 0, 2).ok());
+  io_->CorruptNextReads(1, 7);
+  std::string got;
+  absl::Status s = index_->Read(Bytes(a[0]), 1 << 20, [](const CommittedBlock&) {},
+                                [&](uint64_t, std::string_view d) {
+                                  got.append(d);
+                                  return true;
+                                });
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_TRUE(got.empty()) << "corrupt bytes were handed out";
+  EXPECT_EQ(Inspect(a)[0].state, InspectState::kChecksumFailure);
   ExpectInvariants();
 }
 
