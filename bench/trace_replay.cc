@@ -138,8 +138,8 @@ struct Flags {
   bool describe_trace = false;
   uint64_t seed = 1;
   uint32_t gen_sessions = 700;
-  uint32_t gen_documents = 2000;
-  double gen_duration_s = 3600;
+  uint32_t gen_documents = 3000;
+  double gen_duration_s = 1800;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -1140,6 +1140,9 @@ struct CapacityResult {
   std::string server_command;
   std::optional<ReplayResult> replay;
   Rates replay_rates, lru, leaf_lru, belady, infinite;
+  // Requests whose replayed hit differs from the leaf LRU model's: 0 while the server's
+  // policy is the one the model describes.
+  uint64_t differs_from_leaf_lru = 0;
 };
 
 std::string Percent(double x) { return absl::StrFormat("%.2f", 100 * x); }
@@ -1204,6 +1207,8 @@ void PrintDetails(const CapacityResult& c) {
       "(%d requests)\n",
       k.blocks_to_store, k.allocated, k.already_committed, k.in_progress, k.declined,
       k.exhausted_blocks, k.exhausted_requests);
+  absl::PrintF("  requests whose hit differs from the leaf LRU model: %d\n",
+               c.differs_from_leaf_lru);
   absl::PrintF("  written %d blocks (%s), committed %d\n", k.blocks_written,
                FormatBytes(k.bytes_written).c_str(), k.blocks_committed);
   for (const auto& [what, count] : rep.errors) {
@@ -1269,6 +1274,7 @@ json ResultsJson(const Flags& flags, size_t n, const std::vector<CapacityResult>
                                   {"blocks_written", k.blocks_written},
                                   {"blocks_committed", k.blocks_committed}};
       cj["replay"]["errors"] = rep.errors;
+      cj["replay"]["requests_differing_from_leaf_lru"] = c.differs_from_leaf_lru;
       cj["ratio_to_belady"] = c.belady.HitRate() > 0
                                   ? json(c.replay_rates.HitRate() / c.belady.HitRate())
                                   : json(nullptr);
@@ -1404,6 +1410,9 @@ absl::Status Run(const Flags& flags, absl::Time deadline) {
       c.leaf_lru = RatesOf(trace, sims.leaf_lru, c.replay->ran);
       c.belady = RatesOf(trace, sims.belady, c.replay->ran);
       c.infinite = RatesOf(trace, sims.infinite, c.replay->ran);
+      for (size_t i = 0; i < n; ++i) {
+        c.differs_from_leaf_lru += c.replay->ran[i] && c.replay->hits[i] != sims.leaf_lru[i];
+      }
     } else {
       c.lru = RatesOf(trace, sims.lru);
       c.leaf_lru = RatesOf(trace, sims.leaf_lru);
