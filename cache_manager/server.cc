@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/notification.h"
 #include "cache_manager/service.h"
@@ -77,9 +78,11 @@ class ServerImpl : public CacheManagerServer {
       ssd_options.io = options.ssd_io;
       auto ssd = SsdTier::Open(ssd_options, &recovery);
       if (!ssd.ok()) {
+        const bool direct = absl::StrContains(ssd.status().message(), "O_DIRECT");
         return absl::Status(ssd.status().code(),
                             absl::StrCat("SSD tier in ", options.data_dir, ": ",
-                                         ssd.status().message()));
+                                         ssd.status().message(),
+                                         direct ? " (flag --no-direct-io)" : ""));
       }
       ssd_ = std::move(ssd).value();
     }
