@@ -125,6 +125,9 @@ class GrpcCacheClient : public CacheClient {
         case v1::AllocateResponse::STATE_IN_PROGRESS:
           ++result.in_progress;
           continue;
+        case v1::AllocateResponse::STATE_NOT_ADMITTED:
+          ++result.not_admitted;
+          continue;
         default:
           break;
       }

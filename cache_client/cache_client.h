@@ -64,6 +64,7 @@ struct StoreResult {
   uint32_t stored = 0;          // Written and committed by this call.
   uint32_t already_cached = 0;  // Committed before; nothing written.
   uint32_t in_progress = 0;     // Another writer holds them; skipped.
+  uint32_t not_admitted = 0;    // The node's admission policy kept them out; skipped.
 };
 
 class CacheClient {

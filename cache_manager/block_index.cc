@@ -66,7 +66,14 @@ std::string_view InspectStateName(InspectState state) {
 
 BlockIndex::BlockIndex(const BlockIndexOptions& options, HostPool* pool, Clock* clock,
                        EventLog* events, SsdTier* ssd)
-    : options_(options), pool_(pool), clock_(clock), events_(events), ssd_(ssd) {}
+    : options_(options), pool_(pool), clock_(clock), events_(events), ssd_(ssd) {
+  if (options_.admission == BlockIndexOptions::Admission::kSecondUse) {
+    const uint64_t width = options_.admission_sketch_width != 0
+                               ? options_.admission_sketch_width
+                               : 16 * (pool_->capacity_bytes() / pool_->page_bytes());
+    sketch_ = std::make_unique<FrequencySketch>(width);
+  }
+}
 
 BlockIndex::~BlockIndex() {
   absl::MutexLock lock(&mu_);
@@ -534,6 +541,15 @@ void BlockIndex::RemoveBlock(CommittedBlock& block, const std::string& reason,
   if (block.pinned) --pinned_blocks_;
   committed_bytes_ -= block.size;
   ++counters_.evictions;
+  if (checksum_failure) {
+    ++counters_.dropped_corrupt;
+  } else if (reason == "capacity") {
+    ++counters_.evicted_capacity;
+  } else if (reason == "requested") {
+    ++counters_.evicted_requested;
+  } else {
+    ++counters_.evicted_ssd_capacity;
+  }
   Publish(EventType::kEvicted, block, reason, block.in_host ? kTierHost : kTierSsd);
   if (block.in_host) {
     committed_reserved_ -= block.space.reserved_bytes;
@@ -613,6 +629,14 @@ absl::StatusOr<LookupResult> BlockIndex::Lookup(
   };
   absl::MutexLock lock(&mu_);
   ++counters_.lookups;
+  if (sketch_ != nullptr) {
+    // Every key of the request counts as asked for, found or not.
+    for (std::string_view raw : keys) {
+      BlockKey key;
+      std::memcpy(key.data(), raw.data(), kDigestBytes);
+      sketch_->Add(key);
+    }
+  }
   // Find the prefix; SSD-only blocks in it are promoted to host memory first (the lock is
   // released for the reads), then the walk starts over. The last walk emits only blocks in
   // host memory, with no release of the lock between it and the emission.
@@ -789,8 +813,25 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
         pages_needed += pool_->PagesFor(blocks[i].size);
       }
     }
+    if (sketch_ != nullptr && pool_->free_bytes() < pages_needed * pool_->page_bytes()) {
+      // The tier is full: only blocks asked for twice lately come in, and a block whose
+      // parent in this request stays out stays out too (its chain would be cut).
+      absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> refused;
+      for (size_t i = 0; i < blocks.size(); ++i) {
+        if (result.blocks[i].state != AllocateState::kAllocated) continue;
+        const bool parent_refused = parsed[i].parent && refused.contains(*parsed[i].parent);
+        if (parent_refused || sketch_->Estimate(parsed[i].key) < 2) {
+          result.blocks[i].state = AllocateState::kNotAdmitted;
+          refused.insert(parsed[i].key);
+          pages_needed -= pool_->PagesFor(blocks[i].size);
+        }
+      }
+    }
     bytes_needed = pages_needed * pool_->page_bytes();
     if (bytes_needed == 0) {
+      for (const auto& b : result.blocks) {
+        counters_.admissions_not_admitted += b.state == AllocateState::kNotAdmitted;
+      }
       release_held();
       return result;
     }
@@ -833,6 +874,9 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
     }
   }
   held = std::move(needed_parents);
+  for (const auto& b : result.blocks) {
+    counters_.admissions_not_admitted += b.state == AllocateState::kNotAdmitted;
+  }
   const uint64_t id = next_allocation_id_++;
   Allocation& allocation = allocations_[id];
   allocation.fingerprint = fingerprint;
@@ -1448,6 +1492,7 @@ IndexStats BlockIndex::Stats() {
   s.host_blocks = host_blocks_;
   s.host_bytes = host_bytes_;
   s.ssd_write_through = options_.ssd_write_through;
+  s.admission_second_use = sketch_ != nullptr;
   if (ssd_ != nullptr) {
     s.has_ssd = true;
     s.ssd_blocks = ssd_blocks_;

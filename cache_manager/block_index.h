@@ -55,6 +55,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "cache_manager/event_log.h"
+#include "cache_manager/frequency_sketch.h"
 #include "core/block_key.h"
 #include "core/clock.h"
 #include "storage/host_pool.h"
@@ -114,6 +115,14 @@ struct BlockIndexOptions {
   // since its commit (0 admits every block). Parents of SSD-resident blocks are always
   // admitted, so that chains stay whole.
   uint32_t ssd_admit_min_hits = 1;
+  // Admission to the host tier when it is full: kAll stores every new block, evicting the
+  // least recently used (plain prefix-aware LRU); kSecondUse stores, under pressure, only
+  // blocks that Lookups asked for at least twice lately (a frequency sketch), so one-off
+  // prompts do not flush blocks that are reused. With free space every block is stored.
+  enum class Admission { kAll, kSecondUse };
+  Admission admission = Admission::kAll;
+  // Counters per row of the frequency sketch; 0: sixteen per page of the host tier.
+  uint64_t admission_sketch_width = 0;
 };
 
 struct AllocateBlockSpec {
@@ -123,7 +132,7 @@ struct AllocateBlockSpec {
   uint32_t codec = 0;
 };
 
-enum class AllocateState { kAllocated, kAlreadyCommitted, kInProgress };
+enum class AllocateState { kAllocated, kAlreadyCommitted, kInProgress, kNotAdmitted };
 
 struct AllocateResult {
   uint64_t allocation_id = 0;  // 0 when nothing was reserved.
@@ -201,6 +210,13 @@ struct IndexStats {
   uint64_t ssd_write_failures = 0;
   uint64_t ssd_read_failures = 0;   // Promotions that failed (checksum, truncation, I/O).
   uint64_t ssd_recovered_blocks = 0;
+  // Host admission (BlockIndexOptions::admission) and evictions by reason.
+  bool admission_second_use = false;
+  uint64_t admissions_not_admitted = 0;  // New blocks refused because the tier was full.
+  uint64_t evicted_capacity = 0;
+  uint64_t evicted_requested = 0;
+  uint64_t evicted_ssd_capacity = 0;
+  uint64_t dropped_corrupt = 0;
 };
 
 class BlockIndex {
@@ -237,7 +253,8 @@ class BlockIndex {
   }
 
   // Reserves space for the blocks not committed or pending yet, evicting cold blocks when
-  // needed. All or nothing: INVALID_ARGUMENT (bad spec, key, size, codec, duplicate keys,
+  // needed; with kSecondUse admission and a full tier, blocks not asked for twice lately
+  // (and the rest of their chain in the request) come back kNotAdmitted. All or nothing: INVALID_ARGUMENT (bad spec, key, size, codec, duplicate keys,
   // lease), RESOURCE_EXHAUSTED (not enough evictable space; nothing is evicted then),
   // UNAVAILABLE (draining).
   absl::StatusOr<AllocateResult> Allocate(const ModelSpec& model,
@@ -417,6 +434,8 @@ class BlockIndex {
   absl::Mutex mu_;
   // Signalled whenever a demotion or promotion finishes.
   absl::CondVar moved_;
+  // Lookup frequencies for kSecondUse admission (null with kAll).
+  std::unique_ptr<FrequencySketch> sketch_ ABSL_GUARDED_BY(mu_);
   absl::node_hash_map<BlockKey, CommittedBlock, BlockKeyHash, BlockKeyEq> blocks_ ABSL_GUARDED_BY(mu_);
   // Parent key -> committed children, whether or not the parent itself is committed.
   absl::flat_hash_map<BlockKey, std::vector<BlockKey>, BlockKeyHash, BlockKeyEq> children_

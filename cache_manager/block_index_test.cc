@@ -20,11 +20,13 @@ class BlockIndexTest : public ::testing::Test {
  protected:
   void SetUp() override { Reset(64 * kPage); }
 
-  void Reset(uint64_t capacity) {
+  void Reset(uint64_t capacity,
+             BlockIndexOptions::Admission admission = BlockIndexOptions::Admission::kAll) {
     index_.reset();
     pool_ = *HostPool::Create({.capacity_bytes = capacity, .page_bytes = kPage});
     events_ = std::make_unique<EventLog>(1024);
     BlockIndexOptions options;
+    options.admission = admission;
     options.write_lease_ttl = absl::Seconds(10);
     options.read_lease_ttl = absl::Seconds(10);
     index_ = std::make_unique<BlockIndex>(options, pool_.get(), &clock_, events_.get());
@@ -535,6 +537,102 @@ TEST_F(BlockIndexTest, ConcurrentChurnKeepsInvariants) {
   index_->ExpireLeases();
   ExpectInvariants();
   EXPECT_LE(pool_->used_bytes(), pool_->capacity_bytes());
+}
+
+// ---------------------------------------------------------------------------------------
+// Second-use admission.
+
+class AdmissionTest : public BlockIndexTest {
+ protected:
+  void SetUp() override { Reset(8 * kPage, BlockIndexOptions::Admission::kSecondUse); }
+
+  // Looks a chain up (counting its keys as asked for), then stores what is missing; returns
+  // how many blocks came back not admitted.
+  size_t Request(const std::vector<BlockKey>& chain) {
+    const size_t found = Found(chain);
+    std::vector<AllocateBlockSpec> specs;
+    for (size_t i = found; i < chain.size(); ++i) {
+      specs.push_back({Bytes(chain[i]), i == 0 ? "" : Bytes(chain[i - 1]), kPage, 0});
+    }
+    if (specs.empty()) return 0;
+    auto a = index_->Allocate(spec_, specs, absl::ZeroDuration());
+    EXPECT_TRUE(a.ok()) << a.status();
+    if (!a.ok()) return 0;
+    size_t refused = 0;
+    std::vector<std::pair<std::string, uint64_t>> commits;
+    for (auto& b : a->blocks) {
+      if (b.state == AllocateState::kNotAdmitted) ++refused;
+      if (b.state != AllocateState::kAllocated) continue;
+      std::string data = Payload(b.key, kPage);
+      EXPECT_TRUE(index_->Write(a->allocation_id, Bytes(b.key), 0, data).ok());
+      commits.emplace_back(Bytes(b.key), BlockChecksum(data.data(), data.size()));
+    }
+    if (!commits.empty()) EXPECT_TRUE(index_->Commit(a->allocation_id, commits).ok());
+    return refused;
+  }
+};
+
+TEST_F(AdmissionTest, FreeSpaceAdmitsEverything) {
+  EXPECT_EQ(Request(Chain(4, 1)), 0u);
+  EXPECT_EQ(Request(Chain(4, 2)), 0u);  // Exactly full now.
+  EXPECT_EQ(index_->Stats().blocks, 8u);
+  ExpectInvariants();
+}
+
+TEST_F(AdmissionTest, OneOffBlocksDoNotDisplaceReusedOnes) {
+  auto reused = Chain(4, 1);
+  EXPECT_EQ(Request(reused), 0u);
+  EXPECT_EQ(Request(Chain(4, 2)), 0u);
+  EXPECT_EQ(Found(reused), 4u);  // Reused: its keys are now asked for twice.
+  // The tier is full: a prompt never seen before is kept out, whole.
+  auto one_off = Chain(4, 3);
+  EXPECT_EQ(Request(one_off), 4u);
+  EXPECT_EQ(Found(one_off), 0u);
+  EXPECT_EQ(Found(reused), 4u);
+  IndexStats s = index_->Stats();
+  EXPECT_EQ(s.admissions_not_admitted, 4u);
+  EXPECT_EQ(s.evictions, 0u);
+  EXPECT_LE(s.used_bytes, s.capacity_bytes);
+  // Seen a second time, it displaces the least recently used blocks.
+  EXPECT_EQ(Request(one_off), 0u);
+  EXPECT_EQ(Found(one_off), 4u);
+  EXPECT_EQ(index_->Stats().evicted_capacity, 4u);
+  ExpectInvariants();
+}
+
+TEST_F(AdmissionTest, AChainIsNeverCutByAdmission) {
+  auto a = Chain(6, 1);
+  EXPECT_EQ(Request(Chain(8, 2)), 0u);  // Fill the tier.
+  // Blocks 0-2 were asked for before, 3-5 not: 3-5 stay out, and so does nothing above.
+  Found(std::vector<BlockKey>(a.begin(), a.begin() + 3));
+  EXPECT_EQ(Request(a), 3u);
+  EXPECT_EQ(Found(a), 3u);
+  ExpectInvariants();
+}
+
+TEST_F(AdmissionTest, PinsAndLeasesAreRespected) {
+  auto pinned = Chain(4, 1);
+  EXPECT_EQ(Request(pinned), 0u);
+  ASSERT_TRUE(index_->SetPinned({Bytes(pinned[3])}, true).ok());
+  auto leased = Chain(4, 2);
+  EXPECT_EQ(Request(leased), 0u);
+  uint64_t lease = 0;
+  EXPECT_EQ(Found(leased, true, &lease), 4u);
+  auto hot = Chain(2, 3);
+  Found(hot);
+  Found(hot);
+  // Admitted (asked for twice), but nothing may go: all or nothing.
+  std::vector<AllocateBlockSpec> specs = {{Bytes(hot[0]), "", kPage, 0},
+                                          {Bytes(hot[1]), Bytes(hot[0]), kPage, 0}};
+  auto r = index_->Allocate(spec_, specs, absl::ZeroDuration());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
+  EXPECT_EQ(Found(pinned), 4u);
+  ExpectInvariants();
+  ASSERT_TRUE(index_->ReleaseLease(lease).ok());
+  EXPECT_EQ(Request(hot), 0u);
+  EXPECT_EQ(Found(pinned), 4u);
+  EXPECT_EQ(Found(hot), 2u);
+  ExpectInvariants();
 }
 
 }  // namespace

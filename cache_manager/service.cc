@@ -391,6 +391,9 @@ grpc::ServerUnaryReactor* CacheServiceImpl::Allocate(grpc::CallbackServerContext
       case AllocateState::kInProgress:
         out->set_state(v1::AllocateResponse::STATE_IN_PROGRESS);
         break;
+      case AllocateState::kNotAdmitted:
+        out->set_state(v1::AllocateResponse::STATE_NOT_ADMITTED);
+        break;
     }
   }
   return Done(context, absl::OkStatus());
@@ -515,6 +518,12 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Stats(grpc::CallbackServerContext* c
   response->set_ssd_write_failures(s.ssd_write_failures);
   response->set_ssd_read_failures(s.ssd_read_failures);
   response->set_ssd_recovered_blocks(s.ssd_recovered_blocks);
+  response->set_admission(s.admission_second_use ? "second-use" : "all");
+  response->set_not_admitted(s.admissions_not_admitted);
+  response->set_evicted_capacity(s.evicted_capacity);
+  response->set_evicted_requested(s.evicted_requested);
+  response->set_evicted_ssd_capacity(s.evicted_ssd_capacity);
+  response->set_dropped_checksum(s.dropped_corrupt);
   response->set_pending_allocations(s.pending_allocations);
   response->set_pending_blocks(s.pending_blocks);
   response->set_read_leases(s.read_leases);

@@ -237,6 +237,15 @@ int RunStats(Client& client) {
       {"uptime", HumanDuration(absl::Milliseconds(resp.uptime_ms()))},
       {"page size", HumanBytes(resp.page_bytes())},
   });
+  out += "\n";
+  out += RenderKeyValues({
+      {"admission", resp.admission()},
+      {"not admitted", absl::StrCat(resp.not_admitted())},
+      {"evicted for room", absl::StrCat(resp.evicted_capacity())},
+      {"evicted by request", absl::StrCat(resp.evicted_requested())},
+      {"evicted for ssd room", absl::StrCat(resp.evicted_ssd_capacity())},
+      {"dropped (checksum)", absl::StrCat(resp.dropped_checksum())},
+  });
   if (!resp.ssd_mode().empty()) {
     out += "\n";
     out += RenderKeyValues({
