@@ -67,11 +67,12 @@ std::string_view InspectStateName(InspectState state) {
 BlockIndex::BlockIndex(const BlockIndexOptions& options, HostPool* pool, Clock* clock,
                        EventLog* events, SsdTier* ssd)
     : options_(options), pool_(pool), clock_(clock), events_(events), ssd_(ssd) {
-  if (options_.admission == BlockIndexOptions::Admission::kSecondUse) {
-    const uint64_t width = options_.admission_sketch_width != 0
-                               ? options_.admission_sketch_width
-                               : 16 * (pool_->capacity_bytes() / pool_->page_bytes());
-    sketch_ = std::make_unique<FrequencySketch>(width);
+  if (options_.admission != BlockIndexOptions::Admission::kAll) {
+    admission_ = std::make_unique<AdmissionController>(
+        options_.admission == BlockIndexOptions::Admission::kSecondUse
+            ? AdmissionController::Mode::kSecondUse
+            : AdmissionController::Mode::kAuto,
+        pool_->capacity_bytes() / pool_->page_bytes(), options_.admission_sketch_width);
   }
 }
 
@@ -629,14 +630,8 @@ absl::StatusOr<LookupResult> BlockIndex::Lookup(
   };
   absl::MutexLock lock(&mu_);
   ++counters_.lookups;
-  if (sketch_ != nullptr) {
-    // Every key of the request counts as asked for, found or not.
-    for (std::string_view raw : keys) {
-      BlockKey key;
-      std::memcpy(key.data(), raw.data(), kDigestBytes);
-      sketch_->Add(key);
-    }
-  }
+  // Every key of the request counts as asked for, found or not.
+  if (admission_ != nullptr) admission_->OnLookup(keys);
   // Find the prefix; SSD-only blocks in it are promoted to host memory first (the lock is
   // released for the reads), then the walk starts over. The last walk emits only blocks in
   // host memory, with no release of the lock between it and the emission.
@@ -813,14 +808,14 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
         pages_needed += pool_->PagesFor(blocks[i].size);
       }
     }
-    if (sketch_ != nullptr && pool_->free_bytes() < pages_needed * pool_->page_bytes()) {
+    if (admission_ != nullptr && pool_->free_bytes() < pages_needed * pool_->page_bytes()) {
       // The tier is full: only blocks asked for twice lately come in, and a block whose
       // parent in this request stays out stays out too (its chain would be cut).
       absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> refused;
       for (size_t i = 0; i < blocks.size(); ++i) {
         if (result.blocks[i].state != AllocateState::kAllocated) continue;
         const bool parent_refused = parsed[i].parent && refused.contains(*parsed[i].parent);
-        if (parent_refused || sketch_->Estimate(parsed[i].key) < 2) {
+        if (parent_refused || !admission_->Admit(parsed[i].key)) {
           result.blocks[i].state = AllocateState::kNotAdmitted;
           refused.insert(parsed[i].key);
           pages_needed -= pool_->PagesFor(blocks[i].size);
@@ -893,6 +888,7 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
       EndAllocation(id);
       return space.status();
     }
+    if (admission_ != nullptr) admission_->NoteBlockPages(pool_->PagesFor(blocks[i].size));
     PendingBlock& p = pending_[parsed[i].key];
     p.key = parsed[i].key;
     p.parent = parsed[i].parent;
@@ -1492,7 +1488,10 @@ IndexStats BlockIndex::Stats() {
   s.host_blocks = host_blocks_;
   s.host_bytes = host_bytes_;
   s.ssd_write_through = options_.ssd_write_through;
-  s.admission_second_use = sketch_ != nullptr;
+  if (admission_ != nullptr) {
+    s.admission = admission_->Describe();
+    s.admission_switches = admission_->switches();
+  }
   if (ssd_ != nullptr) {
     s.has_ssd = true;
     s.ssd_blocks = ssd_blocks_;

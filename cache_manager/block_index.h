@@ -55,7 +55,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "cache_manager/event_log.h"
-#include "cache_manager/frequency_sketch.h"
+#include "cache_manager/admission.h"
 #include "core/block_key.h"
 #include "core/clock.h"
 #include "storage/host_pool.h"
@@ -119,7 +119,8 @@ struct BlockIndexOptions {
   // least recently used (plain prefix-aware LRU); kSecondUse stores, under pressure, only
   // blocks that Lookups asked for at least twice lately (a frequency sketch), so one-off
   // prompts do not flush blocks that are reused. With free space every block is stored.
-  enum class Admission { kAll, kSecondUse };
+  // kAuto chooses between the two by simulating both on a sample (cache_manager/admission.h).
+  enum class Admission { kAll, kSecondUse, kAuto };
   Admission admission = Admission::kAll;
   // Counters per row of the frequency sketch; 0: sixteen per page of the host tier.
   uint64_t admission_sketch_width = 0;
@@ -211,7 +212,8 @@ struct IndexStats {
   uint64_t ssd_read_failures = 0;   // Promotions that failed (checksum, truncation, I/O).
   uint64_t ssd_recovered_blocks = 0;
   // Host admission (BlockIndexOptions::admission) and evictions by reason.
-  bool admission_second_use = false;
+  std::string admission = "all";  // AdmissionController::Describe().
+  uint64_t admission_switches = 0;
   uint64_t admissions_not_admitted = 0;  // New blocks refused because the tier was full.
   uint64_t evicted_capacity = 0;
   uint64_t evicted_requested = 0;
@@ -434,8 +436,8 @@ class BlockIndex {
   absl::Mutex mu_;
   // Signalled whenever a demotion or promotion finishes.
   absl::CondVar moved_;
-  // Lookup frequencies for kSecondUse admission (null with kAll).
-  std::unique_ptr<FrequencySketch> sketch_ ABSL_GUARDED_BY(mu_);
+  // Admission when the host tier is full (null with kAll).
+  std::unique_ptr<AdmissionController> admission_ ABSL_GUARDED_BY(mu_);
   absl::node_hash_map<BlockKey, CommittedBlock, BlockKeyHash, BlockKeyEq> blocks_ ABSL_GUARDED_BY(mu_);
   // Parent key -> committed children, whether or not the parent itself is committed.
   absl::flat_hash_map<BlockKey, std::vector<BlockKey>, BlockKeyHash, BlockKeyEq> children_

@@ -61,8 +61,9 @@ void CacheManagerFlags::Register(CLI::App& app) {
   app.add_flag("--no-direct-io", no_direct_io,
                "buffered SSD I/O, for filesystems without O_DIRECT (tmpfs)");
   app.add_option("--admission", admission,
-                 "host admission when full: all (plain prefix-aware LRU) or second-use "
-                 "(only blocks looked up twice lately displace others)")
+                 "host admission when full: all (plain prefix-aware LRU), second-use (only "
+                 "blocks looked up twice lately displace others), or auto (whichever of the "
+                 "two a sampled simulation says hits more)")
       ->capture_default_str();
   app.add_option("--port-file", port_file,
                  "write the bound port to this file once ready (after --demo, if given)");
@@ -84,12 +85,14 @@ absl::Status CacheManagerFlags::Resolve(CacheManagerOptions* options) const {
   options->ssd_admit_min_hits = ssd_admit_min_hits;
   options->ssd_direct_io = !no_direct_io;
   if (admission == "all") {
-    options->second_use_admission = false;
+    options->admission = BlockIndexOptions::Admission::kAll;
   } else if (admission == "second-use") {
-    options->second_use_admission = true;
+    options->admission = BlockIndexOptions::Admission::kSecondUse;
+  } else if (admission == "auto") {
+    options->admission = BlockIndexOptions::Admission::kAuto;
   } else {
-    s = absl::InvalidArgumentError(absl::StrCat("--admission '", admission,
-                                                "' is not a policy; use all or second-use"));
+    s = absl::InvalidArgumentError(absl::StrCat(
+        "--admission '", admission, "' is not a policy; use auto, all or second-use"));
   }
   if (s.ok()) s = ParseBytesFlag("ssd-capacity", ssd_capacity, &options->ssd_capacity_bytes);
   if (s.ok()) s = ParseBytesFlag("ssd-slab-size", ssd_slab_size, &options->ssd_slab_bytes);

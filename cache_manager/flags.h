@@ -30,7 +30,7 @@ struct CacheManagerFlags {
   bool ssd_write_through = false;
   uint32_t ssd_admit_min_hits = 1;
   bool no_direct_io = false;
-  std::string admission = "all";
+  std::string admission = "auto";
 
   // Registers the flags on `app`; `this` must outlive parsing.
   void Register(CLI::App& app);

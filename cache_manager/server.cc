@@ -66,9 +66,7 @@ class ServerImpl : public CacheManagerServer {
     index_options.eviction_memory = options.eviction_memory;
     index_options.ssd_write_through = options.ssd_write_through;
     index_options.ssd_admit_min_hits = options.ssd_admit_min_hits;
-    if (options.second_use_admission) {
-      index_options.admission = BlockIndexOptions::Admission::kSecondUse;
-    }
+    index_options.admission = options.admission;
     tier_summary_ = absl::StrCat("host tier ", FormatBytes(pool_->capacity_bytes()), " in ",
                                  FormatBytes(pool_->page_bytes()), " pages");
     SsdRecovery recovery;

@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "cache_manager/block_index.h"
 #include "core/clock.h"
 #include "storage/ssd_tier.h"
 
@@ -40,9 +41,8 @@ struct CacheManagerOptions {
   // Lookup hits a block needs since its commit to be demoted rather than dropped.
   uint32_t ssd_admit_min_hits = 1;
   bool ssd_direct_io = true;
-  // Host admission when full: false stores every block (prefix-aware LRU); true only blocks
-  // looked up twice lately (BlockIndexOptions::Admission::kSecondUse).
-  bool second_use_admission = false;
+  // Host admission when the tier is full (docs/cache-policy.md).
+  BlockIndexOptions::Admission admission = BlockIndexOptions::Admission::kAuto;
   // The SSD tier's file operations (tests inject faults); null: plain syscalls.
   std::shared_ptr<SsdFileIo> ssd_io;
   // Events kept for WatchEvents; a watcher further behind is told what it missed.

@@ -518,7 +518,8 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Stats(grpc::CallbackServerContext* c
   response->set_ssd_write_failures(s.ssd_write_failures);
   response->set_ssd_read_failures(s.ssd_read_failures);
   response->set_ssd_recovered_blocks(s.ssd_recovered_blocks);
-  response->set_admission(s.admission_second_use ? "second-use" : "all");
+  response->set_admission(s.admission);
+  response->set_admission_switches(s.admission_switches);
   response->set_not_admitted(s.admissions_not_admitted);
   response->set_evicted_capacity(s.evicted_capacity);
   response->set_evicted_requested(s.evicted_requested);

@@ -241,6 +241,7 @@ int RunStats(Client& client) {
   out += RenderKeyValues({
       {"admission", resp.admission()},
       {"not admitted", absl::StrCat(resp.not_admitted())},
+      {"admission switches", absl::StrCat(resp.admission_switches())},
       {"evicted for room", absl::StrCat(resp.evicted_capacity())},
       {"evicted by request", absl::StrCat(resp.evicted_requested())},
       {"evicted for ssd room", absl::StrCat(resp.evicted_ssd_capacity())},

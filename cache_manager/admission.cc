@@ -1,0 +1,103 @@
+#include "cache_manager/admission.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+namespace tierkv {
+namespace {
+
+// One key in this many feeds the miniatures; they hold this fraction of the tier.
+constexpr uint64_t kSampleRate = 16;
+// Decide (and halve the miniatures' hit counts) every this many sampled references per
+// miniature block.
+constexpr uint64_t kDecisionPeriod = 4;
+constexpr uint64_t kMinMiniature = 8;
+
+uint64_t Word(const BlockKey& key, int i) {
+  uint64_t w;
+  std::memcpy(&w, key.data() + 8 * i, sizeof(w));
+  return w;
+}
+
+}  // namespace
+
+AdmissionController::AdmissionController(Mode mode, uint64_t capacity_pages,
+                                         uint64_t sketch_width)
+    : mode_(mode),
+      capacity_pages_(std::max<uint64_t>(1, capacity_pages)),
+      sketch_(sketch_width != 0 ? sketch_width : 16 * capacity_pages_),
+      second_use_now_(mode == Mode::kSecondUse) {}
+
+void AdmissionController::Miniature::Reference(uint64_t key, uint32_t seen, uint64_t capacity) {
+  auto it = where_.find(key);
+  if (it != where_.end()) {
+    hits += 1;
+    lru_.splice(lru_.begin(), lru_, it->second);
+    return;
+  }
+  if (second_use_ && seen < 2) return;
+  lru_.push_front(key);
+  where_[key] = lru_.begin();
+  while (lru_.size() > capacity) {
+    where_.erase(lru_.back());
+    lru_.pop_back();
+  }
+}
+
+uint64_t AdmissionController::MiniatureCapacity() const {
+  const double blocks = static_cast<double>(capacity_pages_) / pages_per_block_;
+  return std::max<uint64_t>(kMinMiniature, static_cast<uint64_t>(blocks) / kSampleRate);
+}
+
+void AdmissionController::OnLookup(const std::vector<std::string_view>& keys) {
+  if (mode_ == Mode::kAll) return;
+  for (std::string_view raw : keys) {
+    BlockKey key;
+    std::memcpy(key.data(), raw.data(), kDigestBytes);
+    sketch_.Add(key);
+  }
+  if (mode_ != Mode::kAuto) return;
+  const uint64_t capacity = MiniatureCapacity();
+  for (std::string_view raw : keys) {
+    BlockKey key;
+    std::memcpy(key.data(), raw.data(), kDigestBytes);
+    // Keys are SHA-256 outputs: the top bits of the first word are a fair sample.
+    if (Word(key, 0) >> 60 != 0) continue;
+    const uint32_t seen = sketch_.Estimate(key);
+    all_.Reference(Word(key, 0), seen, capacity);
+    second_use_.Reference(Word(key, 0), seen, capacity);
+    if (++sampled_ % (kDecisionPeriod * capacity) == 0) {
+      const bool second = second_use_.hits > all_.hits;
+      if (second != second_use_now_) ++switches_;
+      second_use_now_ = second;
+      all_.hits /= 2;
+      second_use_.hits /= 2;
+    }
+  }
+}
+
+void AdmissionController::NoteBlockPages(uint64_t pages) {
+  const double p = static_cast<double>(std::max<uint64_t>(1, pages));
+  pages_per_block_ = noted_ ? 0.99 * pages_per_block_ + 0.01 * p : p;
+  noted_ = true;
+}
+
+bool AdmissionController::Admit(const BlockKey& key) const {
+  if (!second_use_now_) return true;
+  return sketch_.Estimate(key) >= 2;
+}
+
+std::string AdmissionController::Describe() const {
+  switch (mode_) {
+    case Mode::kAll:
+      return "all";
+    case Mode::kSecondUse:
+      return "second-use";
+    case Mode::kAuto:
+      return second_use_now_ ? "auto (now second-use)" : "auto (now all)";
+  }
+  return "unknown";
+}
+
+}  // namespace tierkv
