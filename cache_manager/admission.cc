@@ -26,7 +26,7 @@ AdmissionController::AdmissionController(Mode mode, uint64_t capacity_pages,
                                          uint64_t sketch_width)
     : mode_(mode),
       capacity_pages_(std::max<uint64_t>(1, capacity_pages)),
-      sketch_(sketch_width != 0 ? sketch_width : 16 * capacity_pages_),
+      sketch_(sketch_width != 0 ? sketch_width : std::min<uint64_t>(16 * capacity_pages_, 1 << 22)),
       second_use_now_(mode == Mode::kSecondUse) {}
 
 void AdmissionController::Miniature::Reference(uint64_t key, uint32_t seen, uint64_t capacity) {

@@ -122,7 +122,8 @@ struct BlockIndexOptions {
   // kAuto chooses between the two by simulating both on a sample (cache_manager/admission.h).
   enum class Admission { kAll, kSecondUse, kAuto };
   Admission admission = Admission::kAll;
-  // Counters per row of the frequency sketch; 0: sixteen per page of the host tier.
+  // Counters per hash of the frequency sketch; 0: sixteen per page of the host tier, at
+  // most 4M.
   uint64_t admission_sketch_width = 0;
 };
 
