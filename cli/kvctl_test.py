@@ -175,6 +175,10 @@ class KvctlTest(unittest.TestCase):
         self.assertRegex(out, r"\ndraining\s+no\n")
         self.assertRegex(out, r"\nuptime\s+\d+(ms|s|m\d\ds)\n")
         self.assertRegex(out, r"\npage size\s+64 KiB\n")
+        self.assertRegex(out, r"\nadmission\s+auto \(now all\)\n")
+        for counter in ("not admitted", "admission switches", "evicted for room",
+                        "evicted by request", "evicted for ssd room", "dropped \\(checksum\\)"):
+            self.assertRegex(out, rf"\n{counter}\s+0\n")
 
     def test_json_stats_parses(self):
         stats = self.json_of("stats")
