@@ -17,8 +17,8 @@ PACKAGES=(
   libabsl-dev libssl-dev libxxhash-dev libcli11-dev
   # data plane (UCX; ucx-utils brings ucx_perftest for the transfer benchmark baseline)
   libucx-dev ucx-utils
-  # SSD tier (RocksDB catalog, io_uring) and its benchmark baseline (fio)
-  librocksdb-dev liburing-dev fio
+  # SSD tier (RocksDB catalog) and its benchmark baseline (fio)
+  librocksdb-dev fio
   # tests and benchmarks
   libgtest-dev libgmock-dev googletest libbenchmark-dev nlohmann-json3-dev
   python3-grpcio python3-protobuf
