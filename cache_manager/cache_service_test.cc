@@ -5,6 +5,7 @@
 #include <atomic>
 #include <random>
 #include <map>
+#include <filesystem>
 #include <set>
 #include <thread>
 
@@ -39,15 +40,21 @@ void SpecToProto(const ModelSpec& spec, v1::ModelSpec* proto) {
 
 class CacheServiceTest : public ::testing::Test {
  protected:
-  void StartServer(uint64_t capacity = 4 << 20, uint32_t event_buffer = 4096) {
+  // With `data_dir`, an SSD tier of `ssd_capacity` bytes there.
+  void StartServer(uint64_t capacity = 4 << 20, uint32_t event_buffer = 4096,
+                   const std::string& data_dir = "", uint64_t ssd_capacity = 0) {
     CacheManagerOptions options;
     options.listen_address = "127.0.0.1:0";
     options.host_capacity_bytes = capacity;
     options.page_bytes = 4096;
     options.event_buffer = event_buffer;
+    options.data_dir = data_dir;
+    options.ssd_capacity_bytes = ssd_capacity;
+    options.ssd_slab_bytes = 1 << 20;
     auto server = CacheManagerServer::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(server).value();
+    torn_down_ = false;
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(64 << 20);
     channel_ = grpc::CreateCustomChannel(server_->address(), grpc::InsecureChannelCredentials(),
@@ -56,8 +63,12 @@ class CacheServiceTest : public ::testing::Test {
     admin_ = v1::AdminService::NewStub(channel_);
   }
   void SetUp() override { StartServer(); }
+  // Six clients looking up (with leases), reading, storing, evicting and pinning at random
+  // for three seconds, then checks of what they saw.
+  void ConcurrentClients();
   void TearDown() override {
-    if (server_) {
+    if (server_ && !torn_down_) {
+      torn_down_ = true;
       EXPECT_TRUE(server_->CheckInvariants().ok()) << server_->CheckInvariants();
       server_->Shutdown();
     }
@@ -170,6 +181,7 @@ class CacheServiceTest : public ::testing::Test {
   }
 
   std::unique_ptr<CacheManagerServer> server_;
+  bool torn_down_ = false;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::CacheService::Stub> cache_;
   std::unique_ptr<v1::AdminService::Stub> admin_;
@@ -411,6 +423,30 @@ TEST_F(CacheServiceTest, HealthAndReflectionAreServed) {
 TEST_F(CacheServiceTest, ConcurrentClientsKeepInvariants) {
   TearDown();
   StartServer(/*capacity=*/256 * 4096, /*event_buffer=*/1 << 20);
+  ConcurrentClients();
+}
+
+// The same with an SSD tier: demotions and promotions release the index lock for their
+// I/O while the clients go on.
+TEST_F(CacheServiceTest, ConcurrentClientsKeepInvariantsWithAnSsdTier) {
+  TearDown();
+  std::string dir = (std::filesystem::current_path() / "cache-service-ssd-XXXXXX").string();
+  ASSERT_NE(mkdtemp(dir.data()), nullptr);
+  StartServer(/*capacity=*/128 * 4096, /*event_buffer=*/1 << 20, dir, /*ssd_capacity=*/2 << 20);
+  ConcurrentClients();
+  v1::StatsResponse stats;
+  ASSERT_TRUE(admin_->Stats(Ctx().get(), v1::StatsRequest(), &stats).ok());
+  ASSERT_EQ(stats.tiers_size(), 2);
+  EXPECT_GT(stats.demotions(), 0u);
+  EXPECT_GT(stats.promotions(), 0u);
+  EXPECT_LE(stats.tiers(1).used_bytes(), stats.tiers(1).capacity_bytes());
+  EXPECT_EQ(stats.ssd_read_failures(), 0u);
+  TearDown();
+  server_.reset();
+  std::filesystem::remove_all(dir);
+}
+
+void CacheServiceTest::ConcurrentClients() {
   grpc::ClientContext watch_ctx;
   v1::WatchEventsRequest watch_req;
   watch_req.set_from_sequence(1);
@@ -419,6 +455,7 @@ TEST_F(CacheServiceTest, ConcurrentClientsKeepInvariants) {
   std::set<BlockKey> committed;
   std::map<BlockKey, std::vector<uint64_t>> evicted;  // Key -> eviction event sequences.
   std::map<BlockKey, uint64_t> pinned;                 // Key -> last event before the pin.
+  std::vector<uint64_t> kept_leases;                   // Left to expire.
   std::atomic<int> corrupt{0}, leased_missing{0}, unexpected{0}, stores{0};
   std::thread watcher([&] {
     v1::Event e;
@@ -458,6 +495,9 @@ TEST_F(CacheServiceTest, ConcurrentClientsKeepInvariants) {
           rel.set_lease_id(found.lease_id());
           v1::ReleaseLeaseResponse rr;
           if (!cache_->ReleaseLease(Ctx().get(), rel, &rr).ok()) ++unexpected;
+        } else if (found.lease_id() != 0) {
+          absl::MutexLock lock(&mu);
+          kept_leases.push_back(found.lease_id());
         }
         const size_t have = found.found();
         if (have < chain.size()) {
@@ -544,11 +584,20 @@ TEST_F(CacheServiceTest, ConcurrentClientsKeepInvariants) {
       EXPECT_LE(seq, pinned_at) << "pinned block " << ToHex(key) << " evicted at event " << seq;
     }
   }
-  // Nothing committed is lost except by eviction.
+  // Nothing committed is lost except by eviction. (Release the leases left running first: an
+  // SSD-only block can only be read once host memory has room for it.)
+  for (uint64_t id : kept_leases) {
+    v1::ReleaseLeaseRequest rel;
+    rel.set_lease_id(id);
+    v1::ReleaseLeaseResponse rr;
+    cache_->ReleaseLease(Ctx().get(), rel, &rr);  // Some expired already.
+  }
   for (const BlockKey& key : committed) {
     if (evicted.count(key)) continue;
     std::string data;
-    EXPECT_TRUE(Get(key, &data).ok()) << "block " << ToHex(key) << " vanished without eviction";
+    grpc::Status got = Get(key, &data);
+    EXPECT_TRUE(got.ok()) << "block " << ToHex(key) << " vanished without eviction: "
+                          << got.error_message();
   }
 }
 
