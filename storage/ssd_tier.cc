@@ -59,9 +59,10 @@ constexpr size_t kBounceBytes = 1 << 20;
 constexpr size_t kSpareBounceBuffers = 8;
 
 // Payload writes of one Write call spread over up to this many threads (one pwrite in
-// flight per thread); small batches stay on the caller's thread.
+// flight per thread); small batches (few items and few bytes) stay on the caller's thread.
 constexpr size_t kWriteThreads = 4;
 constexpr uint64_t kParallelWriteMinBytes = 4 << 20;
+constexpr size_t kParallelWriteMinItems = 8;
 
 // Queued catalog updates (Remove, Touch, RememberModel) reach RocksDB with the next Write's
 // batch, or from a background thread at least this often or once this many are queued.
@@ -1147,7 +1148,10 @@ std::vector<absl::Status> SsdTier::Impl::Write(std::span<const WriteItem> items)
     todo.push_back(i);
     todo_bytes += items[i].record.location.reserved;
   }
-  ParallelFor(todo.size(), todo_bytes >= kParallelWriteMinBytes ? kWriteThreads : 1, [&](size_t t) {
+  // Many small payloads need several writes in flight as much as a few large ones do.
+  const bool parallel =
+      todo_bytes >= kParallelWriteMinBytes || todo.size() >= kParallelWriteMinItems;
+  ParallelFor(todo.size(), parallel ? kWriteThreads : 1, [&](size_t t) {
     const WriteItem& item = items[todo[t]];
     const uint32_t slab = item.record.location.slab;
     status[todo[t]] = WritePayload(used.at(slab).fd, slab, item);
