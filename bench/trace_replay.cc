@@ -54,7 +54,6 @@
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -96,6 +95,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "core/block_key.h"
+#include "core/process.h"
 #include "core/sha256.h"
 #include "core/status.h"
 #include "core/units.h"
@@ -103,7 +103,6 @@
 #include "tierkv/v1/admin_service.grpc.pb.h"
 #include "tierkv/v1/cache_service.grpc.pb.h"
 
-extern char** environ;
 
 namespace tierkv::bench {
 namespace {
@@ -573,45 +572,22 @@ class CacheManagerProcess {
     std::vector<std::string> argv_s = {binary, "--listen", "127.0.0.1:0", "--port-file",
                                        port_file.string()};
     argv_s.insert(argv_s.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (std::string& a : argv_s) argv.push_back(a.data());
-    argv.push_back(nullptr);
     p->command_ = absl::StrJoin(argv_s, " ");
-
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    const std::string log = p->log_.string();
-    posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    pid_t pid = 0;
-    const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    if (rc != 0) {
-      return absl::UnavailableError(absl::StrCat("cannot start ", binary, ": ", strerror(rc)));
-    }
-    p->pid_ = pid;
-    g_child.store(pid);
-
-    while (true) {
-      std::ifstream in(port_file);
-      int port = 0;
-      if (in >> port && port > 0) {
-        p->address_ = absl::StrCat("127.0.0.1:", port);
-        return p;
-      }
-      int status = 0;
-      if (waitpid(pid, &status, WNOHANG) == pid) {
-        p->pid_ = 0;
+    TIERKV_ASSIGN_OR_RETURN(p->pid_, SpawnLogged(argv_s, p->log_.string(), /*truncate_log=*/true));
+    g_child.store(p->pid_);
+    auto port = WaitForPortFile(p->pid_, port_file.string(),
+                                std::max(absl::ZeroDuration(), deadline - absl::Now()));
+    if (!port.ok()) {
+      if (port.status().code() == absl::StatusCode::kUnavailable) {
+        p->pid_ = 0;  // Exited and reaped.
         g_child.store(0);
-        return absl::UnavailableError(absl::StrCat("cache manager exited (status ", status,
-                                                   ") before serving:\n", p->LogTail()));
       }
-      if (absl::Now() > deadline) {
-        return absl::DeadlineExceededError(
-            absl::StrCat("cache manager did not publish its port in time:\n", p->LogTail()));
-      }
-      absl::SleepFor(absl::Milliseconds(20));
+      return absl::Status(port.status().code(),
+                          absl::StrCat("cache manager: ", port.status().message(), ":\n",
+                                       p->LogTail()));
     }
+    p->address_ = absl::StrCat("127.0.0.1:", *port);
+    return p;
   }
 
   ~CacheManagerProcess() { Stop(); }
@@ -621,17 +597,7 @@ class CacheManagerProcess {
   // SIGTERM, then SIGKILL if it has not exited within 10 s. Idempotent.
   void Stop() {
     if (pid_ <= 0) return;
-    kill(pid_, SIGTERM);
-    const absl::Time deadline = absl::Now() + absl::Seconds(10);
-    int status = 0;
-    while (waitpid(pid_, &status, WNOHANG) == 0) {
-      if (absl::Now() > deadline) {
-        kill(pid_, SIGKILL);
-        waitpid(pid_, &status, 0);
-        break;
-      }
-      absl::SleepFor(absl::Milliseconds(10));
-    }
+    StopProcess(pid_, SIGTERM, absl::Seconds(10));
     pid_ = 0;
     g_child.store(0);
   }

@@ -5,11 +5,8 @@
 //
 // The server binds 127.0.0.1 on a port of its choosing, every wait is bounded, and the
 // process is stopped by its PID.
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdlib.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <grpcpp/grpcpp.h>
@@ -25,11 +22,10 @@
 #include "absl/time/clock.h"
 #include "cache_client/cache_client.h"
 #include "core/block_key.h"
+#include "core/process.h"
 #include "gtest/gtest.h"
 #include "tierkv/v1/admin_service.grpc.pb.h"
 #include "tierkv/v1/cache_service.grpc.pb.h"
-
-extern char** environ;
 
 namespace tierkv {
 namespace {
@@ -61,49 +57,25 @@ class Server {
         port_file.string(), "--no-data-plane", "--host-capacity", "32MiB", "--page-size", "4KiB",
         "--data-dir", data_dir.string(), "--ssd-capacity", "1GiB", "--ssd-slab-size", "64MiB",
         "--ssd-write-through"};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    const std::string log = (workdir / "cache_manager.log").string();
-    posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    EXPECT_EQ(posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ), 0);
-    posix_spawn_file_actions_destroy(&actions);
-    const absl::Time deadline = absl::Now() + kStartTimeout;
-    while (absl::Now() < deadline) {
-      std::ifstream in(port_file);
-      int port = 0;
-      if (in >> port && port > 0) {
-        address_ = absl::StrCat("127.0.0.1:", port);
-        break;
-      }
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = 0;
-        break;
-      }
-      absl::SleepFor(absl::Milliseconds(20));
+    auto pid = SpawnLogged(args, (workdir / "cache_manager.log").string(), /*truncate_log=*/false);
+    if (!pid.ok()) {
+      ADD_FAILURE() << pid.status();
+      return;
     }
-    if (address_.empty()) ADD_FAILURE() << "cache manager did not start:\n" << Log();
+    pid_ = *pid;
+    auto port = WaitForPortFile(pid_, port_file.string(), kStartTimeout);
+    if (!port.ok()) {
+      if (port.status().code() == absl::StatusCode::kUnavailable) pid_ = 0;  // Reaped.
+      ADD_FAILURE() << "cache manager did not start: " << port.status() << "\n" << Log();
+      return;
+    }
+    address_ = absl::StrCat("127.0.0.1:", *port);
     channel_ = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
   }
   ~Server() { Stop(SIGTERM); }
 
   void Stop(int sig) {
-    if (pid_ <= 0) return;
-    kill(pid_, sig);
-    const absl::Time deadline = absl::Now() + absl::Seconds(10);
-    int status = 0;
-    while (waitpid(pid_, &status, WNOHANG) == 0) {
-      if (absl::Now() > deadline) {
-        kill(pid_, SIGKILL);
-        waitpid(pid_, &status, 0);
-        break;
-      }
-      absl::SleepFor(absl::Milliseconds(10));
-    }
+    StopProcess(pid_, sig, absl::Seconds(10));
     pid_ = 0;
   }
 
