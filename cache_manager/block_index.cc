@@ -4,6 +4,7 @@
 #include <atomic>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "core/status.h"
@@ -189,6 +190,10 @@ void BlockIndex::DropHostCopy(CommittedBlock& block) {
 }
 
 void BlockIndex::SetHostCopy(CommittedBlock& block, PoolAllocation space) {
+  if (block.in_host) {  // Never two host copies of one block.
+    pool_->Free(space);
+    return;
+  }
   CommittedBlock* parent = FindParent(block);
   Unlist(block);
   if (parent != nullptr) Unlist(*parent);
@@ -294,16 +299,24 @@ bool BlockIndex::MakeHostRoom(uint64_t bytes) {
     bool progress = true;
     while (progress && pool_->free_bytes() + planned < bytes) {
       progress = false;
-      for (auto it = host_leaves_.begin(); it != host_leaves_.end(); ++it) {
+      // Reserving SSD space may evict SSD copies, which re-lists blocks and invalidates
+      // iterators: after every plan() the scan finds its place again by sequence number.
+      for (auto it = host_leaves_.begin(); it != host_leaves_.end();) {
         CommittedBlock* b = it->second;
-        if (IsProtected(*b) || b->moving) continue;
+        const uint64_t seq = it->first;
+        if (IsProtected(*b) || b->moving) {
+          ++it;
+          continue;
+        }
         if (b->ssd) {
           ++counters_.host_drops;
           DropHostCopy(*b);
           progress = true;
           break;
         }
-        if (plan(*b)) {
+        // `b` stays valid through plan(): reserving SSD space removes only SSD-only blocks.
+        const bool planned_b = plan(*b);
+        if (planned_b) {
           progress = true;
           // Parents whose host children all go down in this batch go with them, so that a
           // long chain moves in one write rather than one level per round.
@@ -312,9 +325,11 @@ bool BlockIndex::MakeHostRoom(uint64_t bytes) {
                !p->ssd && AllHostChildrenMoving(*p) && plan(*p);
                p = FindParent(*p)) {
           }
-          // Reserving SSD space may have changed the orders: rescan (moving blocks are
-          // skipped quickly).
-          break;
+        }
+        it = host_leaves_.upper_bound(seq);
+        if (planned_b) {
+          if (pool_->free_bytes() + planned >= bytes) break;
+          continue;
         }
         // Kept (by a protected descendant) or with children on SSD only: it cannot leave.
         if (b->children > 0 || b->kept > 0) continue;
@@ -436,6 +451,7 @@ void BlockIndex::Promote(const std::vector<BlockKey>& keys) {
     blocks[i]->moving = false;
     RemoveReader(blocks[i]->key);
   }
+  if (spaces.size() < blocks.size()) moved_.SignalAll();
   if (spaces.empty()) {
     moved_.SignalAll();
     return;
@@ -516,6 +532,9 @@ void BlockIndex::RemoveBlock(CommittedBlock& block, const std::string& reason,
       auto& leased = lease.keys;
       leased.erase(std::remove(leased.begin(), leased.end(), key), leased.end());
     }
+    for (std::vector<BlockKey>* held : in_flight_holds_) {
+      held->erase(std::remove(held->begin(), held->end(), key), held->end());
+    }
   }
   CommittedBlock* parent = FindParent(block);
   Unlist(block);
@@ -571,23 +590,29 @@ void BlockIndex::RemoveBlock(CommittedBlock& block, const std::string& reason,
 void BlockIndex::RememberEvicted(const BlockKey& key, const std::string& reason,
                                  bool checksum_failure) {
   if (options_.eviction_memory == 0) return;
-  if (evicted_.insert_or_assign(key, EvictedRecord{clock_->Now(), reason, checksum_failure})
-          .second) {
-    evicted_order_.push_back(key);
-  }
+  // Each remembered eviction has its own sequence number, so that dropping the oldest
+  // entry of the order never forgets a newer eviction of the same key.
+  const uint64_t seq = next_seq_++;
+  evicted_.insert_or_assign(key, EvictedRecord{clock_->Now(), reason, checksum_failure, seq});
+  evicted_order_.emplace_back(key, seq);
   while (evicted_order_.size() > options_.eviction_memory) {
-    evicted_.erase(evicted_order_.front());
+    auto [old_key, old_seq] = evicted_order_.front();
     evicted_order_.pop_front();
+    auto it = evicted_.find(old_key);
+    if (it != evicted_.end() && it->second.seq == old_seq) evicted_.erase(it);
   }
 }
 
 void BlockIndex::CollectSubtree(const BlockKey& key, std::vector<BlockKey>& out) {
   size_t first = out.size();
+  absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> seen = {key};
   out.push_back(key);
   for (size_t i = first; i < out.size(); ++i) {
     auto kids = children_.find(out[i]);
     if (kids == children_.end()) continue;
-    for (const BlockKey& child : kids->second) out.push_back(child);
+    for (const BlockKey& child : kids->second) {
+      if (seen.insert(child).second) out.push_back(child);  // Commit refuses cycles; be safe.
+    }
   }
 }
 
@@ -656,6 +681,9 @@ absl::StatusOr<LookupResult> BlockIndex::Lookup(
       if (!codec_ok(block.codec)) break;
       if (!block.in_host) {
         if (round >= kMaxPromotionRounds) break;
+        if (std::find(to_promote.begin(), to_promote.end(), key) != to_promote.end()) {
+          break;  // The same key twice: no chain repeats a key; the prefix ends here.
+        }
         if (block.moving) {
           if (!to_promote.empty()) break;  // Promote what comes before it first.
           WaitForMove(key);
@@ -689,6 +717,7 @@ absl::StatusOr<LookupResult> BlockIndex::Lookup(
   for (CommittedBlock* b : found) {
     CommittedBlock& block = *b;
     ++block.hits;
+    block.no_demote = false;  // A failed demotion is retried after the block's next use.
     block.last_access = now;
     Touch(block);
     if (lease) {
@@ -786,6 +815,12 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
     AddReader(parent->second);
     held.push_back(parent->first);
   }
+  // Making room may release the lock; a block removed meanwhile (a corrupt SSD copy) takes
+  // its key out of `held` so that no later block under that key loses a reader to us.
+  in_flight_holds_.push_back(&held);
+  absl::Cleanup unregister_held = [&] {
+    in_flight_holds_.erase(std::find(in_flight_holds_.begin(), in_flight_holds_.end(), &held));
+  };
   auto release_held = [&] {
     for (const BlockKey& key : held) RemoveReader(key);
   };
@@ -1134,6 +1169,10 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
         absl::Hex(blocks[bad].second, absl::kZeroPad16),
         "; nothing was committed: rewrite the block and commit again, or abort"));
   }
+  if (absl::Status cycle = CheckNoCycle(keys); !cycle.ok()) {
+    undo_ssd();
+    return cycle;
+  }
   const absl::Time now = clock_->Now();
   const Digest fingerprint = (*allocation)->fingerprint;
   for (size_t i = 0; i < keys.size(); ++i) {
@@ -1192,6 +1231,45 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
   counters_.commits += keys.size();
   FinishAllocationIfEmpty(allocation_id);
   return static_cast<uint32_t>(keys.size());
+}
+
+absl::Status BlockIndex::CheckNoCycle(const std::vector<BlockKey>& keys) {
+  // Each block has at most one parent, so a cycle shows as a walk up the parents that
+  // returns to a block of its own walk. Committed blocks can close one only through a
+  // committed child of a block being committed (children committed before their parent).
+  absl::flat_hash_map<BlockKey, std::optional<BlockKey>, BlockKeyHash, BlockKeyEq> parent_of;
+  bool orphans = false;
+  for (const BlockKey& key : keys) {
+    parent_of[key] = pending_.at(key).parent;
+    orphans = orphans || children_.contains(key);
+  }
+  enum : uint8_t { kOnWalk = 1, kDone = 2 };
+  absl::flat_hash_map<BlockKey, uint8_t, BlockKeyHash, BlockKeyEq> state;
+  for (const BlockKey& start : keys) {
+    std::vector<BlockKey> walk;
+    std::optional<BlockKey> cur = start;
+    while (cur) {
+      auto [it, fresh] = state.try_emplace(*cur, kOnWalk);
+      if (!fresh) {
+        if (it->second == kOnWalk) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "block ", ShortKey(*cur), "... would become its own ancestor: the parent keys "
+              "of this commit and of committed blocks form a cycle; nothing was committed"));
+        }
+        break;
+      }
+      walk.push_back(*cur);
+      if (auto p = parent_of.find(*cur); p != parent_of.end()) {
+        cur = p->second;
+      } else if (auto b = orphans ? blocks_.find(*cur) : blocks_.end(); b != blocks_.end()) {
+        cur = b->second.parent;
+      } else {
+        cur.reset();
+      }
+    }
+    for (const BlockKey& k : walk) state[k] = kDone;
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<uint32_t> BlockIndex::Abort(uint64_t allocation_id,
@@ -1257,16 +1335,16 @@ absl::StatusOr<EvictResult> BlockIndex::Evict(const std::vector<std::string>& ra
   for (const BlockKey& key : doomed) {
     if (!unique.insert(key).second) continue;
     const CommittedBlock& block = blocks_.at(key);
+    if (block.moving) {
+      return absl::UnavailableError(absl::StrCat(
+          "block ", ToHex(key), " is being moved between the host and SSD tiers; nothing was "
+          "evicted: retry in a moment"));
+    }
     if (IsProtected(block)) {
       return absl::FailedPreconditionError(absl::StrCat(
           "block ", ToHex(key), block.pinned ? " is pinned" : " is leased by a reader",
           key == keys[0] ? "" : " (a descendant of a block asked for)",
           "; nothing was evicted: unpin it or wait for the lease to end"));
-    }
-    if (block.moving) {
-      return absl::UnavailableError(absl::StrCat(
-          "block ", ToHex(key), " is being moved between the host and SSD tiers; nothing was "
-          "evicted: retry in a moment"));
     }
   }
   EvictResult result;

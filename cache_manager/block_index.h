@@ -257,7 +257,9 @@ class BlockIndex {
 
   // Reserves space for the blocks not committed or pending yet, evicting cold blocks when
   // needed; with kSecondUse admission and a full tier, blocks not asked for twice lately
-  // (and the rest of their chain in the request) come back kNotAdmitted. All or nothing: INVALID_ARGUMENT (bad spec, key, size, codec, duplicate keys,
+  // (and the rest of their chain in the request) come back kNotAdmitted. With an SSD tier
+  // that cannot take demotions (full of protected blocks, or failing), a RESOURCE_EXHAUSTED
+  // Allocate may already have evicted cold blocks; otherwise all or nothing: INVALID_ARGUMENT (bad spec, key, size, codec, duplicate keys,
   // lease), RESOURCE_EXHAUSTED (not enough evictable space; nothing is evicted then),
   // UNAVAILABLE (draining).
   absl::StatusOr<AllocateResult> Allocate(const ModelSpec& model,
@@ -356,6 +358,7 @@ class BlockIndex {
     absl::Time when;
     std::string reason;
     bool checksum_failure = false;
+    uint64_t seq = 0;
   };
   // A block being demoted: where its SSD copy goes.
   struct Demotion {
@@ -401,13 +404,8 @@ class BlockIndex {
   // Drops a block whose SSD copy failed verification, wherever it sits in its chain.
   void RemoveCorrupt(CommittedBlock& block, const std::string& detail)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Writes blocks durably to SSD (write-through Commit); one status per block.
-  std::vector<absl::Status> WriteThrough(const std::vector<BlockKey>& keys,
-                                         const std::vector<PoolAllocation>& spaces,
-                                         const std::vector<uint64_t>& checksums,
-                                         const Digest& fingerprint,
-                                         std::vector<SsdLocation>& locations)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // INVALID_ARGUMENT when committing `keys` (pending) would close a cycle of parents.
+  absl::Status CheckNoCycle(const std::vector<BlockKey>& keys) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddReader(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RemoveReader(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool IsProtected(const CommittedBlock& block) const { return block.pinned || block.readers > 0; }
@@ -455,8 +453,11 @@ class BlockIndex {
   absl::flat_hash_map<uint64_t, absl::Time> expired_allocations_ ABSL_GUARDED_BY(mu_);
   std::deque<uint64_t> expired_order_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
+  // Parent holds of Allocate calls that are making room (and may release the lock).
+  std::vector<std::vector<BlockKey>*> in_flight_holds_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<BlockKey, EvictedRecord, BlockKeyHash, BlockKeyEq> evicted_ ABSL_GUARDED_BY(mu_);
-  std::deque<BlockKey> evicted_order_ ABSL_GUARDED_BY(mu_);
+  // Remembered evictions, oldest first, with the sequence number of their record.
+  std::deque<std::pair<BlockKey, uint64_t>> evicted_order_ ABSL_GUARDED_BY(mu_);
   // Specs seen in Allocate, by fingerprint, to explain fingerprint mismatches (bounded).
   absl::flat_hash_map<Digest, ModelSpec, BlockKeyHash, BlockKeyEq> known_models_ ABSL_GUARDED_BY(mu_);
   uint64_t next_allocation_id_ ABSL_GUARDED_BY(mu_) = 1;

@@ -539,6 +539,29 @@ TEST_F(BlockIndexTest, ConcurrentChurnKeepsInvariants) {
   EXPECT_LE(pool_->used_bytes(), pool_->capacity_bytes());
 }
 
+TEST_F(BlockIndexTest, CommitRefusesACycleOfParents) {
+  auto keys = Chain(2);
+  // k0's parent is k1, and then k1's parent would be k0.
+  auto a = index_->Allocate(spec_, {{Bytes(keys[0]), Bytes(keys[1]), 100, 0}},
+                            absl::ZeroDuration());
+  ASSERT_TRUE(a.ok());
+  std::string data = Payload(keys[0], 100);
+  ASSERT_TRUE(index_->Write(a->allocation_id, Bytes(keys[0]), 0, data).ok());
+  ASSERT_TRUE(index_->Commit(a->allocation_id, {{Bytes(keys[0]), BlockChecksum(data.data(), 100)}}).ok());
+  auto b = index_->Allocate(spec_, {{Bytes(keys[1]), Bytes(keys[0]), 100, 0}},
+                            absl::ZeroDuration());
+  ASSERT_TRUE(b.ok());
+  data = Payload(keys[1], 100);
+  ASSERT_TRUE(index_->Write(b->allocation_id, Bytes(keys[1]), 0, data).ok());
+  auto c = index_->Commit(b->allocation_id, {{Bytes(keys[1]), BlockChecksum(data.data(), 100)}});
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << c.status();
+  EXPECT_THAT(c.status().message(), HasSubstr("cycle"));
+  EXPECT_EQ(index_->Stats().blocks, 1u);
+  ASSERT_TRUE(index_->Abort(b->allocation_id, {}).ok());  // It held k0 as the parent.
+  ASSERT_TRUE(index_->Evict({Bytes(keys[0])}).ok());
+  ExpectInvariants();
+}
+
 // ---------------------------------------------------------------------------------------
 // Second-use admission.
 

@@ -201,6 +201,26 @@ TEST_F(TieredIndexTest, ChainLongerThanHostMemoryIsServedAsFarAsItFits) {
   ExpectInvariants();
 }
 
+TEST_F(TieredIndexTest, AKeyRepeatedInOneLookupIsPromotedOnce) {
+  Open(4, 32);
+  auto a = Chain(1, 1);
+  ASSERT_TRUE(Store(a, 0, 1).ok());
+  ASSERT_TRUE(Store(Chain(4, 2), 0, 4).ok());  // a goes to SSD.
+  ASSERT_EQ(index_->Stats().ssd_blocks, 1u);
+  // No chain repeats a key: the prefix ends at the repetition, and nothing leaks.
+  auto r = index_->Lookup(std::vector<std::string>{Bytes(a[0]), Bytes(a[0]), Bytes(a[0])},
+                          std::nullopt, {}, false, absl::ZeroDuration(),
+                          [](const CommittedBlock&) {});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_GE(r->found, 1u);
+  ExpectInvariants();
+  std::vector<std::string> all;
+  index_->List(0, 100, [&](const CommittedBlock& b) { all.push_back(Bytes(b.key)); });
+  for (const std::string& k : all) (void)index_->Evict({k});
+  EXPECT_EQ(index_->Stats().used_bytes, 0u) << "host pages leaked";
+  ExpectInvariants();
+}
+
 TEST_F(TieredIndexTest, AdmissionDropsBlocksNeverUsedAgain) {
   Open(4, 32, /*admit_min_hits=*/1);
   auto used = Chain(2, 1);
