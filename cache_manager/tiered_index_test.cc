@@ -359,16 +359,23 @@ TEST_F(TieredIndexTest, SsdWriteErrorsFallBackToEviction) {
   }
 }
 
-TEST_F(TieredIndexTest, SsdReadErrorIsAMiss) {
-  Open(2, 32);
-  auto a = Chain(2, 1);
-  ASSERT_TRUE(Store(a, 0, 2).ok());
-  ASSERT_TRUE(Store(Chain(2, 2), 0, 2).ok());
-  io_->FailNext(FaultInjectingIo::Op::kPRead, 100, EIO);
-  EXPECT_EQ(Found(a), 0u);
-  EXPECT_EQ(index_->Stats().ssd_read_failures, 1u);
-  io_->Clear();
-  ExpectInvariants();
+TEST_F(TieredIndexTest, SsdReadErrorsAreMisses) {
+  for (int err : {EIO, ENOSPC}) {
+    SCOPED_TRACE(err);
+    Open(2, 32);
+    auto a = Chain(2, 10 + err);
+    ASSERT_TRUE(Store(a, 0, 2).ok());
+    ASSERT_TRUE(Store(Chain(2, 100 + err), 0, 2).ok());
+    io_->FailNext(FaultInjectingIo::Op::kPRead, 100, err);
+    EXPECT_EQ(Found(a), 0u);
+    EXPECT_EQ(index_->Stats().ssd_read_failures, 1u);
+    io_->Clear();
+    ExpectInvariants();
+    index_.reset();
+    ssd_.reset();
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+  }
 }
 
 TEST_F(TieredIndexTest, GetOfACorruptSsdBlockIsDataLoss) {
