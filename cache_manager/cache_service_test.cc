@@ -457,6 +457,10 @@ void CacheServiceTest::ConcurrentClients() {
   std::map<BlockKey, uint64_t> pinned;                 // Key -> last event before the pin.
   std::vector<uint64_t> kept_leases;                   // Left to expire.
   std::atomic<int> corrupt{0}, leased_missing{0}, unexpected{0}, stores{0};
+  auto report = [&](const char* what, const grpc::Status& status) {
+    ++unexpected;
+    ADD_FAILURE() << what << ": " << status.error_code() << " " << status.error_message();
+  };
   std::thread watcher([&] {
     v1::Event e;
     while (watch->Read(&e)) {
@@ -494,7 +498,9 @@ void CacheServiceTest::ConcurrentClients() {
           v1::ReleaseLeaseRequest rel;
           rel.set_lease_id(found.lease_id());
           v1::ReleaseLeaseResponse rr;
-          if (!cache_->ReleaseLease(Ctx().get(), rel, &rr).ok()) ++unexpected;
+          if (grpc::Status r = cache_->ReleaseLease(Ctx().get(), rel, &rr); !r.ok()) {
+            report("ReleaseLease", r);
+          }
         } else if (found.lease_id() != 0) {
           absl::MutexLock lock(&mu);
           kept_leases.push_back(found.lease_id());
@@ -507,7 +513,7 @@ void CacheServiceTest::ConcurrentClients() {
           grpc::Status s = Allocate(chain, have, chain.size(), chain_size, &a);
           if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) continue;
           if (!s.ok()) {
-            ++unexpected;
+            report("Allocate", s);
             continue;
           }
           std::vector<std::pair<BlockKey, uint64_t>> sums;
@@ -515,16 +521,19 @@ void CacheServiceTest::ConcurrentClients() {
             if (b.state() != v1::AllocateResponse::STATE_ALLOCATED) continue;
             BlockKey key = *BlockKeyFromBytes(b.key());
             std::string data = Payload(key, chain_size);
-            if (!Put(a.allocation_id(), key, data, 4096).ok()) ++unexpected;
+            if (grpc::Status put = Put(a.allocation_id(), key, data, 4096); !put.ok()) {
+              report("Put", put);
+            }
             sums.emplace_back(key, BlockChecksum(data.data(), data.size()));
           }
           if (!sums.empty()) {
-            if (Commit(a.allocation_id(), sums).ok()) {
+            grpc::Status commit = Commit(a.allocation_id(), sums);
+            if (commit.ok()) {
               absl::MutexLock lock(&mu);
               for (auto& [k, sum] : sums) committed.insert(k);
               ++stores;
             } else {
-              ++unexpected;
+              report("Commit", commit);
             }
           }
         }
@@ -534,9 +543,11 @@ void CacheServiceTest::ConcurrentClients() {
           ev.add_keys(std::string(KeyBytes(chain[rng() % have])));
           v1::EvictResponse er;
           auto s = cache_->Evict(Ctx().get(), ev, &er);
+          // UNAVAILABLE: the block is moving between tiers at that moment (retry).
           if (!s.ok() && s.error_code() != grpc::StatusCode::FAILED_PRECONDITION &&
-              s.error_code() != grpc::StatusCode::NOT_FOUND) {
-            ++unexpected;
+              s.error_code() != grpc::StatusCode::NOT_FOUND &&
+              s.error_code() != grpc::StatusCode::UNAVAILABLE) {
+            report("Evict", s);
           }
         }
         if (t == 0 && rng() % 20 == 0 && have > 0) {
