@@ -461,6 +461,7 @@ void CacheServiceTest::ConcurrentClients() {
     ++unexpected;
     ADD_FAILURE() << what << ": " << status.error_code() << " " << status.error_message();
   };
+  std::atomic<uint64_t> watched{0};  // Latest event sequence the watcher has handled.
   std::thread watcher([&] {
     v1::Event e;
     while (watch->Read(&e)) {
@@ -469,6 +470,7 @@ void CacheServiceTest::ConcurrentClients() {
         evicted[*BlockKeyFromBytes(e.key())].push_back(e.sequence());
       }
       if (e.type() == v1::Event::TYPE_MISSED) ++unexpected;
+      watched.store(e.sequence());
     }
   });
   std::atomic<bool> stop{false};
@@ -571,8 +573,36 @@ void CacheServiceTest::ConcurrentClients() {
   std::this_thread::sleep_for(std::chrono::seconds(3));
   stop = true;
   for (auto& c : clients) c.join();
-  // Let the watcher drain what was published, then stop it.
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Nothing committed is lost except by eviction. (Release the leases left running first: an
+  // SSD-only block can only be read once host memory has room for it. Reading it back can
+  // itself demote or evict others, so the watcher runs until the end.)
+  for (uint64_t id : kept_leases) {
+    v1::ReleaseLeaseRequest rel;
+    rel.set_lease_id(id);
+    v1::ReleaseLeaseResponse rr;
+    cache_->ReleaseLease(Ctx().get(), rel, &rr);  // Some expired already.
+  }
+  std::vector<std::pair<BlockKey, std::string>> unreadable;
+  {
+    std::set<BlockKey> keys;
+    {
+      absl::MutexLock lock(&mu);
+      keys = committed;
+    }
+    for (const BlockKey& key : keys) {
+      std::string data;
+      grpc::Status got = Get(key, &data);
+      if (!got.ok()) unreadable.emplace_back(key, got.error_message());
+    }
+  }
+  // Let the watcher drain everything published (a busy machine may delay it), then stop it.
+  v1::StatsResponse published;
+  ASSERT_TRUE(admin_->Stats(Ctx().get(), v1::StatsRequest(), &published).ok());
+  const absl::Time drain_deadline = absl::Now() + absl::Seconds(20);
+  while (watched.load() < published.last_event_sequence() && absl::Now() < drain_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_GE(watched.load(), published.last_event_sequence()) << "the watcher fell behind";
   watch_ctx.TryCancel();
   watcher.join();
   watch->Finish();
@@ -595,20 +625,9 @@ void CacheServiceTest::ConcurrentClients() {
       EXPECT_LE(seq, pinned_at) << "pinned block " << ToHex(key) << " evicted at event " << seq;
     }
   }
-  // Nothing committed is lost except by eviction. (Release the leases left running first: an
-  // SSD-only block can only be read once host memory has room for it.)
-  for (uint64_t id : kept_leases) {
-    v1::ReleaseLeaseRequest rel;
-    rel.set_lease_id(id);
-    v1::ReleaseLeaseResponse rr;
-    cache_->ReleaseLease(Ctx().get(), rel, &rr);  // Some expired already.
-  }
-  for (const BlockKey& key : committed) {
-    if (evicted.count(key)) continue;
-    std::string data;
-    grpc::Status got = Get(key, &data);
-    EXPECT_TRUE(got.ok()) << "block " << ToHex(key) << " vanished without eviction: "
-                          << got.error_message();
+  for (const auto& [key, why] : unreadable) {
+    EXPECT_TRUE(evicted.count(key)) << "block " << ToHex(key) << " vanished without eviction: "
+                                    << why;
   }
 }
 
