@@ -238,7 +238,7 @@ void BlockIndex::DropSsdCopy(CommittedBlock& block) {
   Relist(block);
 }
 
-absl::StatusOr<SsdLocation> BlockIndex::ReserveSsd(uint64_t size) {
+absl::StatusOr<SsdLocation> BlockIndex::ReserveSsd(uint64_t size, bool drop_host_copies_ssd) {
   for (;;) {
     auto location = ssd_->Reserve(size);
     if (location.ok() || location.status().code() != absl::StatusCode::kResourceExhausted) {
@@ -248,7 +248,7 @@ absl::StatusOr<SsdLocation> BlockIndex::ReserveSsd(uint64_t size) {
     // an unprotected leaf (the block leaves the cache).
     CommittedBlock* victim = nullptr;
     for (auto& [seq, b] : ssd_order_) {
-      if (!b->moving && (b->in_host || b->kept == 0)) {
+      if (!b->moving && ((b->in_host && drop_host_copies_ssd) || (!b->in_host && b->kept == 0))) {
         victim = b;
         break;
       }
@@ -419,6 +419,47 @@ void BlockIndex::RunDemotions(const std::vector<Demotion>& demotions) {
     if (!IsProtected(block)) DropHostCopy(block);
   }
   moved_.SignalAll();
+}
+
+BlockIndex::FlushResult BlockIndex::FlushToSsd(size_t batch) {
+  FlushResult result;
+  if (ssd_ == nullptr) return result;
+  absl::MutexLock lock(&mu_);
+  absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> tried;
+  for (;;) {
+    // The hottest host-only blocks first: if the SSD fills up, the coldest stay behind.
+    std::vector<CommittedBlock*> todo;
+    for (auto& [key, b] : blocks_) {
+      if (b.in_host && !b.ssd && !b.moving && !tried.contains(key)) todo.push_back(&b);
+    }
+    if (todo.empty()) break;
+    std::sort(todo.begin(), todo.end(), [](const CommittedBlock* x, const CommittedBlock* y) {
+      return x->touch_seq > y->touch_seq;
+    });
+    std::vector<Demotion> demotions;
+    for (CommittedBlock* b : todo) {
+      if (demotions.size() == batch) break;
+      tried.insert(b->key);
+      // Room comes only from blocks that are on SSD alone (colder than anything in host
+      // memory); the SSD copies of host blocks stay, so the flush never trades a hotter
+      // block's copy for a colder one's.
+      auto location = ReserveSsd(b->size, /*drop_host_copies_ssd=*/false);
+      if (!location.ok()) continue;
+      b->moving = true;
+      demotions.push_back(Demotion{b->key, *location});
+    }
+    if (demotions.empty()) break;
+    RunDemotions(demotions);
+    for (const Demotion& d : demotions) {
+      auto it = blocks_.find(d.key);
+      if (it != blocks_.end() && it->second.ssd) {
+        ++result.written;
+        result.bytes += it->second.size;
+      }
+    }
+  }
+  for (auto& [key, b] : blocks_) result.left += b.in_host && !b.ssd;
+  return result;
 }
 
 void BlockIndex::WaitForMove(const BlockKey& key) {

@@ -228,6 +228,17 @@ class BlockIndex {
   BlockIndex(const BlockIndexOptions& options, HostPool* pool, Clock* clock, EventLog* events,
              SsdTier* ssd = nullptr);
 
+  // Writes every host block without an SSD copy to SSD (write-back mode's graceful
+  // shutdown), most recently used first, in batches of `batch` blocks, until all are there
+  // or the SSD has no more room for them. Returns how many were written. No-op without an
+  // SSD tier.
+  struct FlushResult {
+    uint64_t written = 0;
+    uint64_t bytes = 0;
+    uint64_t left = 0;  // Host-only blocks that did not fit or failed.
+  };
+  FlushResult FlushToSsd(size_t batch = 256);
+
   // Adds the blocks an SSD tier recovered at start (SSD-only, coldest by last use first)
   // and the model specs it remembered. Call once, before serving.
   void Recover(const SsdRecovery& recovery);
@@ -387,8 +398,10 @@ class BlockIndex {
   // Removes a block's SSD copy from the catalog and the tier (the block stays if in host).
   void DropSsdCopy(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   SsdRecord RecordOf(const CommittedBlock& block, const SsdLocation& location) const;
-  // SSD space for `size` bytes, evicting cold SSD copies when needed.
-  absl::StatusOr<SsdLocation> ReserveSsd(uint64_t size) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // SSD space for `size` bytes, evicting cold SSD copies when needed (with
+  // `drop_host_copies_ssd` false, only of blocks that are on SSD alone).
+  absl::StatusOr<SsdLocation> ReserveSsd(uint64_t size, bool drop_host_copies_ssd = true)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Admit(const CommittedBlock& block) const;
   bool AllHostChildrenMoving(const CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Frees `bytes` of host pool: drops host copies that have SSD copies, demotes admitted

@@ -55,6 +55,9 @@ void CacheManagerFlags::Register(CLI::App& app) {
       ->capture_default_str();
   app.add_flag("--ssd-write-through", ssd_write_through,
                "Commit returns once blocks are durable on SSD (default: write back on demotion)");
+  app.add_flag("--ssd-flush-on-shutdown", ssd_flush_on_shutdown,
+               "on SIGTERM/SIGINT, write host blocks to SSD before exiting (write-back mode), "
+               "so that a restart finds them");
   app.add_option("--ssd-admit-min-hits", ssd_admit_min_hits,
                  "Lookup hits a block needs to be demoted to SSD rather than dropped (0: all)")
       ->capture_default_str();
@@ -82,6 +85,7 @@ absl::Status CacheManagerFlags::Resolve(CacheManagerOptions* options) const {
   if (s.ok()) s = ParseDurationFlag("max-lease-ttl", max_lease_ttl, &options->max_lease_ttl);
   options->data_dir = data_dir;
   options->ssd_write_through = ssd_write_through;
+  options->ssd_flush_on_shutdown = ssd_flush_on_shutdown;
   options->ssd_admit_min_hits = ssd_admit_min_hits;
   options->ssd_direct_io = !no_direct_io;
   if (admission == "all") {

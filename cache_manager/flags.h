@@ -28,6 +28,7 @@ struct CacheManagerFlags {
   std::string ssd_capacity = "16GiB";
   std::string ssd_slab_size = "1GiB";
   bool ssd_write_through = false;
+  bool ssd_flush_on_shutdown = false;
   uint32_t ssd_admit_min_hits = 1;
   bool no_direct_io = false;
   std::string admission = "auto";

@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <iostream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -65,6 +66,7 @@ class ServerImpl : public CacheManagerServer {
     index_options.max_lease_ttl = options.max_lease_ttl;
     index_options.eviction_memory = options.eviction_memory;
     index_options.ssd_write_through = options.ssd_write_through;
+    flush_on_shutdown_ = options.ssd_flush_on_shutdown && !options.data_dir.empty();
     index_options.ssd_admit_min_hits = options.ssd_admit_min_hits;
     index_options.admission = options.admission;
     tier_summary_ = absl::StrCat("host tier ", FormatBytes(pool_->capacity_bytes()), " in ",
@@ -134,6 +136,17 @@ class ServerImpl : public CacheManagerServer {
     if (!stop_.HasBeenNotified()) stop_.Notify();
     if (reaper_.joinable()) reaper_.join();
     if (server_ != nullptr) server_->Wait();
+    if (flush_on_shutdown_ && index_ != nullptr) {
+      const absl::Time start = absl::Now();
+      const BlockIndex::FlushResult flushed = index_->FlushToSsd();
+      std::cerr << "cache manager: flushed " << flushed.written << " blocks ("
+                << FormatBytes(flushed.bytes) << ") to the SSD tier in "
+                << absl::StrFormat("%.1f s", absl::ToDoubleSeconds(absl::Now() - start))
+                << (flushed.left > 0 ? absl::StrCat("; ", flushed.left,
+                                                    " blocks did not fit and are dropped")
+                                     : std::string())
+                << std::endl;
+    }
     done_.Notify();
   }
 
@@ -192,6 +205,7 @@ class ServerImpl : public CacheManagerServer {
   std::unique_ptr<SsdTier> ssd_;  // Outlives the index that uses it.
   std::unique_ptr<BlockIndex> index_;
   std::string tier_summary_;
+  bool flush_on_shutdown_ = false;
   std::atomic<const std::string*> node_ptr_{nullptr};
   std::unique_ptr<CacheServiceImpl> cache_service_;
   std::unique_ptr<AdminServiceImpl> admin_service_;

@@ -38,6 +38,10 @@ struct CacheManagerOptions {
   // Write through: Commit returns once blocks are durable on SSD too. Otherwise blocks
   // reach SSD when the host tier demotes them, if admitted.
   bool ssd_write_through = false;
+  // On Shutdown, write host blocks that have no SSD copy to SSD first (hottest first, as
+  // far as the SSD has room without dropping copies of hotter blocks), so that a restart
+  // finds them. Adds the time of writing the host tier out to the shutdown.
+  bool ssd_flush_on_shutdown = false;
   // Lookup hits a block needs since its commit to be demoted rather than dropped.
   uint32_t ssd_admit_min_hits = 1;
   bool ssd_direct_io = true;

@@ -420,6 +420,40 @@ TEST_F(TieredIndexTest, WriteThroughSurvivesRestartWithoutRescanning) {
   ExpectInvariants();
 }
 
+TEST_F(TieredIndexTest, FlushOnShutdownKeepsWriteBackBlocksAcrossARestart) {
+  Open(/*host_blocks=*/8, /*ssd_blocks=*/32);
+  auto a = Chain(3, 1);
+  auto b = Chain(3, 2);
+  ASSERT_TRUE(Store(a, 0, 3).ok());
+  ASSERT_TRUE(Store(b, 0, 3).ok());
+  EXPECT_EQ(index_->Stats().ssd_blocks, 0u);  // Write-back: nothing went down yet.
+  BlockIndex::FlushResult flushed = index_->FlushToSsd(/*batch=*/2);
+  EXPECT_EQ(flushed.written, 6u);
+  EXPECT_EQ(flushed.bytes, 6 * kBlock);
+  EXPECT_EQ(flushed.left, 0u);
+  ExpectInvariants();
+  Open(8, 32);  // Restart on the same directory.
+  EXPECT_EQ(recovery_.records.size(), 6u);
+  EXPECT_EQ(Found(a), 3u);
+  EXPECT_EQ(Found(b), 3u);
+  ExpectInvariants();
+}
+
+TEST_F(TieredIndexTest, FlushKeepsTheHottestWhenTheSsdIsTooSmall) {
+  Open(/*host_blocks=*/8, /*ssd_blocks=*/4);
+  auto cold = Chain(3, 1);
+  auto hot = Chain(3, 2);
+  ASSERT_TRUE(Store(cold, 0, 3).ok());
+  ASSERT_TRUE(Store(hot, 0, 3).ok());
+  EXPECT_EQ(Found(hot), 3u);
+  BlockIndex::FlushResult flushed = index_->FlushToSsd();
+  EXPECT_EQ(flushed.written, 4u);
+  EXPECT_EQ(flushed.left, 2u);
+  auto entries = Inspect(hot);
+  for (const auto& e : entries) EXPECT_THAT(e.detail, HasSubstr("on SSD"));
+  ExpectInvariants();
+}
+
 TEST_F(TieredIndexTest, WriteThroughCommitFailsCleanlyWhenSsdFails) {
   Open(8, 32, 0, true);
   auto a = Chain(1, 1);
