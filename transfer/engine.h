@@ -73,7 +73,12 @@ struct EngineOptions {
   // For logs and error messages.
   std::string name = "tierkv";
   // UCX transports, as UCX_TLS takes them ("tcp", "shm", "rc,sm", ...). Empty: the UCX_TLS
-  // environment variable, or UCX's default when that is unset too.
+  // environment variable, or UCX's default when that is unset too. A limit of UCX 1.13
+  // (Debian 12): its cross-memory-attach transport (cma, included in "shm") aborts the
+  // process when a peer it is reading from dies mid-transfer. The one-sided path over shm
+  // maps the peer's segments and does not use it; the two-sided path's rendezvous reads
+  // can. Where peers may die during two-sided transfers over shared memory, name the
+  // transports without cma ("posix,sysv,self").
   std::string transports;
   // UCX_NET_DEVICES ("lo", "mlx5_0:1", ...). Empty: the environment or UCX's default.
   std::string net_devices;

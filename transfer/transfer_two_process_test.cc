@@ -215,9 +215,17 @@ TEST_P(TwoProcessTest, CorruptedPutIsCaughtByTheOwnersChecksum) {
 // Kills the peer while a batch is in flight: every op must complete within a bounded time,
 // and the endpoint must then fail fast.
 TEST_P(TwoProcessTest, KilledPeerFailsEveryOpInFlightWithinBoundedTime) {
+  // UCX 1.13's cross-memory-attach transport (cma, part of "shm") aborts the process when
+  // the peer it reads from has died (process_vm_readv: ESRCH is fatal there). The engine's
+  // two-sided path over shm reaches it through rendezvous reads; leave it out here so that
+  // the test checks what the engine does, not that UCX limit (see transfer/engine.h).
+  const bool avoid_cma = transport() == "shm" && two_sided();
   for (bool is_get : {true, false}) {
     SCOPED_TRACE(is_get ? "GET" : "PUT");
-    Start(Peer(256 << 20), Options());
+    PeerOptions peer_options = Peer(256 << 20);
+    EngineOptions options = Options();
+    if (avoid_cma) peer_options.transports = options.transports = "posix,sysv,self";
+    Start(peer_options, options);
     constexpr int kBlocks = 64;
     constexpr size_t kBlock = 4 << 20;
     std::vector<char> local(kBlocks * kBlock, '\x5a');
