@@ -370,16 +370,10 @@ bool BlockIndex::MakeHostRoom(uint64_t bytes) {
 
 namespace {
 
-std::vector<std::span<const uint8_t>> ConstPieces(const HostPool& pool,
-                                                  const PoolAllocation& space) {
-  std::vector<std::span<const uint8_t>> pieces;
-  pieces.reserve(space.extents.size());
-  for (const PoolExtent& e : space.extents) pieces.emplace_back(pool.base() + e.offset, e.length);
-  return pieces;
-}
-
-std::vector<std::span<uint8_t>> MutablePieces(const HostPool& pool, const PoolAllocation& space) {
-  std::vector<std::span<uint8_t>> pieces;
+// A pool allocation's extents as spans of the pool's memory (T: const or mutable bytes).
+template <typename T>
+std::vector<std::span<T>> Pieces(const HostPool& pool, const PoolAllocation& space) {
+  std::vector<std::span<T>> pieces;
   pieces.reserve(space.extents.size());
   for (const PoolExtent& e : space.extents) pieces.emplace_back(pool.base() + e.offset, e.length);
   return pieces;
@@ -392,7 +386,7 @@ void BlockIndex::RunDemotions(const std::vector<Demotion>& demotions) {
   items.reserve(demotions.size());
   for (const Demotion& d : demotions) {
     const CommittedBlock& block = blocks_.at(d.key);
-    items.push_back(SsdTier::WriteItem{RecordOf(block, d.location), ConstPieces(*pool_, block.space)});
+    items.push_back(SsdTier::WriteItem{RecordOf(block, d.location), Pieces<const uint8_t>(*pool_, block.space)});
   }
   // The blocks stay readable in host memory meanwhile; `moving` keeps them from being
   // dropped, evicted or moved by anyone else.
@@ -425,30 +419,29 @@ BlockIndex::FlushResult BlockIndex::FlushToSsd(size_t batch) {
   FlushResult result;
   if (ssd_ == nullptr) return result;
   absl::MutexLock lock(&mu_);
-  absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> tried;
-  for (;;) {
-    // The hottest host-only blocks first: if the SSD fills up, the coldest stay behind.
-    std::vector<CommittedBlock*> todo;
-    for (auto& [key, b] : blocks_) {
-      if (b.in_host && !b.ssd && !b.moving && !tried.contains(key)) todo.push_back(&b);
-    }
-    if (todo.empty()) break;
-    std::sort(todo.begin(), todo.end(), [](const CommittedBlock* x, const CommittedBlock* y) {
-      return x->touch_seq > y->touch_seq;
-    });
+  // The hottest host-only blocks first: if the SSD fills up, the coldest stay behind. One
+  // scan and sort; blocks are found again by key since each batch releases the lock.
+  std::vector<std::pair<uint64_t, BlockKey>> todo;
+  for (auto& [key, b] : blocks_) {
+    if (b.in_host && !b.ssd) todo.emplace_back(b.touch_seq, key);
+  }
+  std::sort(todo.begin(), todo.end(), [](const auto& x, const auto& y) { return x.first > y.first; });
+  for (size_t next = 0; next < todo.size();) {
     std::vector<Demotion> demotions;
-    for (CommittedBlock* b : todo) {
-      if (demotions.size() == batch) break;
-      tried.insert(b->key);
+    for (; next < todo.size() && demotions.size() < batch; ++next) {
+      auto it = blocks_.find(todo[next].second);
+      if (it == blocks_.end()) continue;
+      CommittedBlock& b = it->second;
+      if (!b.in_host || b.ssd || b.moving) continue;
       // Room comes only from blocks that are on SSD alone (colder than anything in host
       // memory); the SSD copies of host blocks stay, so the flush never trades a hotter
       // block's copy for a colder one's.
-      auto location = ReserveSsd(b->size, /*drop_host_copies_ssd=*/false);
+      auto location = ReserveSsd(b.size, /*drop_host_copies_ssd=*/false);
       if (!location.ok()) continue;
-      b->moving = true;
-      demotions.push_back(Demotion{b->key, *location});
+      b.moving = true;
+      demotions.push_back(Demotion{b.key, *location});
     }
-    if (demotions.empty()) break;
+    if (demotions.empty()) continue;
     RunDemotions(demotions);
     for (const Demotion& d : demotions) {
       auto it = blocks_.find(d.key);
@@ -508,7 +501,7 @@ void BlockIndex::Promote(const std::vector<BlockKey>& keys) {
   auto reader = [&] {
     for (size_t i; (i = next.fetch_add(1)) < spaces.size();) {
       if (i > first_failure.load()) continue;
-      auto pieces = MutablePieces(*pool_, spaces[i]);
+      auto pieces = Pieces<uint8_t>(*pool_, spaces[i]);
       read[i] = ssd_->Read(records[i], pieces);
       if (!read[i].ok()) {
         size_t f = first_failure.load();
@@ -707,6 +700,7 @@ absl::StatusOr<LookupResult> BlockIndex::Lookup(
   for (int round = 0;; ++round) {
     found.clear();
     std::vector<BlockKey> to_promote;
+    absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> promoting;  // The same keys.
     std::vector<BlockKey> keep;
     // Promote no more than host memory can hold besides what must stay there.
     const uint64_t staying = ssd_ != nullptr ? protected_host_bytes_ : kept_bytes_;
@@ -722,7 +716,7 @@ absl::StatusOr<LookupResult> BlockIndex::Lookup(
       if (!codec_ok(block.codec)) break;
       if (!block.in_host) {
         if (round >= kMaxPromotionRounds) break;
-        if (std::find(to_promote.begin(), to_promote.end(), key) != to_promote.end()) {
+        if (!promoting.insert(key).second) {
           break;  // The same key twice: no chain repeats a key; the prefix ends here.
         }
         if (block.moving) {
@@ -1132,7 +1126,7 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
         r.fingerprint = allocation->fingerprint;
         r.last_use_unix_ms = absl::ToUnixMillis(now);
         r.location = *location;
-        ssd_items.push_back(SsdTier::WriteItem{r, ConstPieces(*pool_, p.space)});
+        ssd_items.push_back(SsdTier::WriteItem{r, Pieces<const uint8_t>(*pool_, p.space)});
       }
     }
     for (const BlockKey& key : keys) {
