@@ -36,7 +36,7 @@ absl::StatusOr<int> FreeLoopbackPort() {
 class AllInOneImpl : public AllInOne {
  public:
   absl::Status Init(const AllInOneOptions& options) {
-    TIERKV_ASSIGN_OR_RETURN(model_, Model::Load(options.model, options.model_options));
+    TIERKV_ASSIGN_OR_RETURN(model_, Runtime::Load(options.model, options.runtime));
     CacheManagerOptions cache_options = options.cache;
     std::string& listen = cache_options.listen_address;
     const size_t colon = listen.rfind(':');
@@ -64,14 +64,14 @@ class AllInOneImpl : public AllInOne {
   ~AllInOneImpl() override { Shutdown(); }
   std::string address() const override { return server_->address(); }
   int port() const override { return server_->port(); }
-  const Model& model() const override { return *model_; }
+  const Runtime& model() const override { return *model_; }
   CacheManagerServer& cache_manager() override { return *server_; }
   void Shutdown() override {
     if (server_) server_->Shutdown();
   }
 
  private:
-  std::unique_ptr<Model> model_;
+  std::unique_ptr<Runtime> model_;
   std::unique_ptr<CacheClient> cache_client_;
   std::unique_ptr<PrefillServiceImpl> prefill_;
   std::unique_ptr<DecodeServiceImpl> decode_;

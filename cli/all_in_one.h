@@ -11,7 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "cache_manager/server.h"
-#include "model/model.h"
+#include "model/runtime.h"
 
 namespace tierkv {
 
@@ -19,19 +19,20 @@ struct AllInOneOptions {
   CacheManagerOptions cache;
   // "builtin:tiny" or a Hugging Face model directory.
   std::string model = "builtin:tiny";
-  ModelOptions model_options;
+  // Device ("auto": the GPU when one is usable), CPU threads, model_id.
+  RuntimeOptions runtime;
 };
 
 class AllInOne {
  public:
   // Loads the model, then serves every role on options.cache.listen_address (port 0: a
-  // free port). Errors of Model::Load and CacheManagerServer::Start.
+  // free port). Errors of Runtime::Load and CacheManagerServer::Start.
   static absl::StatusOr<std::unique_ptr<AllInOne>> Start(const AllInOneOptions& options);
   virtual ~AllInOne() = default;
 
   virtual std::string address() const = 0;
   virtual int port() const = 0;
-  virtual const Model& model() const = 0;
+  virtual const Runtime& model() const = 0;
   virtual CacheManagerServer& cache_manager() = 0;
   // Stops serving; idempotent.
   virtual void Shutdown() = 0;

@@ -26,9 +26,13 @@ int main(int argc, char** argv) {
   tierkv::AllInOneOptions options;
   up->add_option("--model", options.model, "builtin:tiny, or a Hugging Face model directory")
       ->capture_default_str();
-  up->add_option("--model-id", options.model_options.model_id, "model_id of the model's spec");
-  up->add_option("--threads", options.model_options.num_threads,
-                 "compute threads (0: one per core)")
+  up->add_option("--model-id", options.runtime.model_id, "model_id of the model's spec");
+  up->add_option("--threads", options.runtime.num_threads,
+                 "CPU compute threads (0: one per core)")
+      ->capture_default_str();
+  up->add_option("--device", options.runtime.device,
+                 "where the model runs: auto (the GPU when one is usable), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
   bool demo = false, exit_after_demo = false;
   up->add_flag("--demo", demo, "send a demo request once serving, then keep serving");
@@ -51,7 +55,8 @@ int main(int argc, char** argv) {
             << "  cache manager: "
             << absl::StrReplaceAll((*all)->cache_manager().TierSummary(), {{"\n", "\n                 "}})
             << "\n"
-            << "  prefill and decode workers: " << model.model_id << " (" << model.num_layers
+            << "  prefill and decode workers: " << model.model_id << " on "
+            << tierkv::kernels::DeviceName((*all)->model().device()) << " (" << model.num_layers
             << " layers, " << model.num_kv_heads << " kv heads, head_dim " << model.head_dim
             << ", KV in " << model.kv_dtype << ", " << model.block_tokens
             << "-token blocks of " << tierkv::FormatBytes(model.RawBlockBytes()) << ")\n"

@@ -107,7 +107,7 @@ class TokenStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
   bool job_holds_ ABSL_GUARDED_BY(mu_) = true;
 };
 
-void RunGenerate(const Model& model, CacheClient* cache, const v1::GenerateRequest& request,
+void RunGenerate(const Runtime& model, CacheClient* cache, const v1::GenerateRequest& request,
                  TokenStream* stream) {
   const absl::Time start = absl::Now();
   std::span<const uint32_t> tokens(request.tokens().data(), request.tokens().size());
@@ -121,7 +121,8 @@ void RunGenerate(const Model& model, CacheClient* cache, const v1::GenerateReque
     stream->Fail(valid);
     return;
   }
-  auto seq = PrepareSequence(model, cache, request.salt(), tokens, /*cache_required=*/false);
+  auto seq = PrepareSequence(model, cache, request.salt(), tokens, /*cache_required=*/false,
+                             request.max_new_tokens());
   if (!seq.ok()) {
     stream->Fail(seq.status());
     return;
@@ -137,7 +138,7 @@ void RunGenerate(const Model& model, CacheClient* cache, const v1::GenerateReque
       reason = "stop";
     } else if (produced >= request.max_new_tokens()) {
       reason = "length";
-    } else if (seq->kv.tokens() + 1 >= model.max_positions()) {
+    } else if (seq->seq->tokens() + 1 >= model.max_positions()) {
       reason = "context";
     }
     v1::GenerateResponse message;
@@ -166,7 +167,7 @@ void RunGenerate(const Model& model, CacheClient* cache, const v1::GenerateReque
     stream->Send(std::move(message), /*last=*/false);
     if (stream->cancelled()) return;
     const absl::Time t0 = absl::Now();
-    auto logits = model.Decode(token, &seq->kv);
+    auto logits = model.Decode(token, seq->seq.get());
     decode_time += absl::Now() - t0;
     if (!logits.ok()) {
       stream->Fail(logits.status());
@@ -178,7 +179,7 @@ void RunGenerate(const Model& model, CacheClient* cache, const v1::GenerateReque
 
 }  // namespace
 
-DecodeServiceImpl::DecodeServiceImpl(const Model* model, CacheClient* cache, size_t max_queued)
+DecodeServiceImpl::DecodeServiceImpl(const Runtime* model, CacheClient* cache, size_t max_queued)
     : model_(model), cache_(cache), executor_(max_queued) {}
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeServiceImpl::Generate(

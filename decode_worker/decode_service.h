@@ -8,7 +8,7 @@
 
 #include "cache_client/cache_client.h"
 #include "core/executor.h"
-#include "model/model.h"
+#include "model/runtime.h"
 #include "tierkv/v1/decode_service.grpc.pb.h"
 
 namespace tierkv {
@@ -16,13 +16,13 @@ namespace tierkv {
 class DecodeServiceImpl final : public v1::DecodeService::CallbackService {
  public:
   // `model` must outlive the service; `cache` too, or be null (nothing is ever cached).
-  DecodeServiceImpl(const Model* model, CacheClient* cache, size_t max_queued = 64);
+  DecodeServiceImpl(const Runtime* model, CacheClient* cache, size_t max_queued = 64);
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override;
 
  private:
-  const Model* const model_;
+  const Runtime* const model_;
   CacheClient* const cache_;
   SerialExecutor executor_;
 };

@@ -9,7 +9,7 @@ int main(int argc, char** argv) {
   flags.Register(app, "127.0.0.1:7473");
   CLI11_PARSE(app, argc, argv);
   return tierkv::RunWorker("tierkv-decode-worker", flags,
-                           [](const tierkv::Model* model, tierkv::CacheClient* cache) {
+                           [](const tierkv::Runtime* model, tierkv::CacheClient* cache) {
                              return std::make_unique<tierkv::DecodeServiceImpl>(model, cache);
                            });
 }

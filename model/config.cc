@@ -303,6 +303,18 @@ std::string ToHfConfigJson(const ModelConfig& c) {
   return j.dump(2);
 }
 
+ModelConfig Llama3_8BShapeConfig() {
+  ModelConfig c = BuiltinTinyConfig();  // Same RoPE scaling, context and norm epsilon.
+  c.vocab_size = 128256;
+  c.hidden_size = 4096;
+  c.intermediate_size = 14336;
+  c.num_layers = 32;
+  c.num_heads = 32;
+  c.num_kv_heads = 8;
+  c.head_dim = 128;
+  return c;
+}
+
 ModelConfig BuiltinTinyConfig() {
   ModelConfig c;
   c.model_type = "llama";

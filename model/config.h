@@ -81,6 +81,10 @@ std::string ToHfConfigJson(const ModelConfig& config);
 // KV shape matches BuiltinTinyModelSpec() in core/block_key.h.
 ModelConfig BuiltinTinyConfig();
 
+// The shape of Llama 3.1 8B (32 layers, 32 query and 8 KV heads of 128, 14336 intermediate,
+// 128256 tokens, 128K context with Llama 3 RoPE scaling), for benchmarks with random weights.
+ModelConfig Llama3_8BShapeConfig();
+
 }  // namespace tierkv
 
 #endif  // TIERKV_MODEL_CONFIG_H_

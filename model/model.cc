@@ -60,22 +60,44 @@ absl::Status CheckOptions(const ModelOptions& options) {
   return absl::OkStatus();
 }
 
-ModelSpec MakeSpec(const ModelConfig& config, std::string model_id, std::string weights_digest,
-                   const ModelOptions& options) {
+}  // namespace
+
+absl::Status CheckPrefillInput(const ModelConfig& config, const ModelSpec& spec,
+                               std::span<const uint32_t> tokens, int kv_layers,
+                               int kv_heads, int kv_head_dim) {
+  if (tokens.empty()) {
+    return absl::InvalidArgumentError("Prefill: no tokens (a prompt needs at least one)");
+  }
+  if (kv_layers != config.num_layers || kv_heads != config.num_kv_heads ||
+      kv_head_dim != config.head_dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Prefill: KV cache of ", kv_layers, " layers, ", kv_heads, " heads, ", kv_head_dim,
+        " dims does not belong to model ", spec.model_id));
+  }
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] >= config.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("Prefill: token ", i, " has id ", tokens[i],
+                                                     ", beyond the vocabulary of ",
+                                                     config.vocab_size));
+    }
+  }
+  return absl::OkStatus();
+}
+
+ModelSpec ModelSpecFor(const ModelConfig& config, std::string model_id,
+                       std::string weights_digest, std::string kv_dtype, uint32_t block_tokens) {
   ModelSpec spec;
   spec.model_id = std::move(model_id);
   spec.weights_digest = std::move(weights_digest);
   spec.num_layers = static_cast<uint32_t>(config.num_layers);
   spec.num_kv_heads = static_cast<uint32_t>(config.num_kv_heads);
   spec.head_dim = static_cast<uint32_t>(config.head_dim);
-  spec.kv_dtype = options.kv_dtype;
-  spec.block_tokens = options.block_tokens;
+  spec.kv_dtype = std::move(kv_dtype);
+  spec.block_tokens = block_tokens;
   spec.tp_rank = 0;
   spec.tp_size = 1;
   return spec;
 }
-
-}  // namespace
 
 Model::Model(const ModelConfig& config, ModelSpec spec, const ModelOptions& options)
     : config_(config),
@@ -119,7 +141,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config,
                                                      const ModelOptions& options) {
   TIERKV_RETURN_IF_ERROR(CheckOptions(options));
   TIERKV_RETURN_IF_ERROR(ValidateWeights(config, weights));
-  ModelSpec spec = MakeSpec(config, std::move(model_id), std::move(weights_digest), options);
+  ModelSpec spec = ModelSpecFor(config, std::move(model_id), std::move(weights_digest),
+                                options.kv_dtype, options.block_tokens);
   TIERKV_RETURN_IF_ERROR(spec.Validate());
   std::unique_ptr<Model> model(new Model(config, std::move(spec), options));
   TIERKV_RETURN_IF_ERROR(model->Pack(std::move(weights)));
@@ -159,9 +182,15 @@ absl::StatusOr<std::unique_ptr<Model>> Model::LoadHf(const std::string& dir,
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& name_or_dir,
                                                    const ModelOptions& options) {
   if (name_or_dir == kBuiltinTinyModelId) return BuiltinTiny(options);
+  if (name_or_dir == kBuiltinLlama3_8BRandomId) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        name_or_dir, " runs on the GPU only (its weights are generated there); use --device "
+                     "cuda on a machine with an sm_90 GPU, or builtin:tiny on the CPU"));
+  }
   if (name_or_dir.rfind("builtin:", 0) == 0) {
     return absl::NotFoundError(absl::StrCat("unknown built-in model \"", name_or_dir,
-                                            "\"; the only one is builtin:tiny"));
+                                            "\"; the built-in models are builtin:tiny and ",
+                                            std::string(kBuiltinLlama3_8BRandomId), " (GPU only)"));
   }
   return LoadHf(name_or_dir, options);
 }
@@ -173,22 +202,8 @@ KvCache Model::NewKvCache() const {
 
 absl::StatusOr<std::vector<float>> Model::Prefill(std::span<const uint32_t> tokens,
                                                   KvCache* kv) const {
-  if (tokens.empty()) {
-    return absl::InvalidArgumentError("Prefill: no tokens (a prompt needs at least one)");
-  }
-  if (kv->num_layers() != config_.num_layers || kv->num_kv_heads() != config_.num_kv_heads ||
-      kv->head_dim() != config_.head_dim) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "Prefill: KV cache of ", kv->num_layers(), " layers, ", kv->num_kv_heads(), " heads, ",
-        kv->head_dim(), " dims does not belong to model ", spec_.model_id));
-  }
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    if (tokens[i] >= config_.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("Prefill: token ", i, " has id ", tokens[i],
-                                                     ", beyond the vocabulary of ",
-                                                     config_.vocab_size));
-    }
-  }
+  TIERKV_RETURN_IF_ERROR(CheckPrefillInput(config_, spec_, tokens, kv->num_layers(),
+                                           kv->num_kv_heads(), kv->head_dim()));
   const int64_t start = kv->tokens();
   if (start + static_cast<int64_t>(tokens.size()) > config_.max_position_embeddings) {
     return absl::InvalidArgumentError(absl::StrCat(

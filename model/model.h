@@ -33,6 +33,9 @@ namespace tierkv {
 
 inline constexpr std::string_view kBuiltinTinyModelId = "builtin:tiny";
 inline constexpr uint64_t kBuiltinTinySeed = 1234;
+// Llama3_8BShapeConfig() with SeededWeights(seed 1234) rounded to bf16, generated on the GPU:
+// the model of the GPU benchmarks (the CPU runtime refuses it: 32 GB of fp32 weights).
+inline constexpr std::string_view kBuiltinLlama3_8BRandomId = "builtin:llama-3-8b-random";
 
 struct ModelOptions {
   // Kernel threads; 0 shares kernels::ThreadPool::Default() (one per hardware thread).
@@ -120,6 +123,16 @@ class Model {
   std::unique_ptr<kernels::ThreadPool> own_pool_;
   kernels::ThreadPool* pool_;  // own_pool_ or the process-wide default pool.
 };
+
+// What every runtime's Prefill checks first: INVALID_ARGUMENT for no tokens, a KV cache of
+// another shape than the config's, or a token id >= vocab_size (naming its index).
+absl::Status CheckPrefillInput(const ModelConfig& config, const ModelSpec& spec,
+                               std::span<const uint32_t> tokens, int kv_layers,
+                               int kv_heads, int kv_head_dim);
+
+// The spec of a model with this config (tp 0 of 1).
+ModelSpec ModelSpecFor(const ModelConfig& config, std::string model_id,
+                       std::string weights_digest, std::string kv_dtype, uint32_t block_tokens);
 
 struct GenerateOptions {
   int64_t max_new_tokens = 16;

@@ -39,6 +39,24 @@ Kind KindOf(const std::string& name) {
   return Kind::kProjection;
 }
 
+}  // namespace
+
+SeededAffine SeededAffineOf(const std::string& name, const std::vector<int64_t>& shape) {
+  switch (KindOf(name)) {
+    case Kind::kProjection:
+      return {1.0f / std::sqrt(static_cast<float>(shape[1])), 0.0f};
+    case Kind::kEmbedding:
+      return {1.0f, 0.0f};
+    case Kind::kBias:
+      return {0.0625f, 0.0f};
+    case Kind::kNorm:
+      return {0.125f, 1.0f};
+  }
+  return {1.0f, 0.0f};
+}
+
+namespace {
+
 // The safetensors files of a model directory, opened, and which file holds which tensor.
 struct Shards {
   std::vector<std::unique_ptr<SafetensorsFile>> files;  // Sorted by file name.
@@ -247,28 +265,11 @@ ModelWeights SeededWeights(const ModelConfig& config, uint64_t seed, kernels::Th
     const Task& task = tasks[t];
     const std::string& name = task.slot->name;
     const uint64_t key = kernels::StreamKey(seed, kernels::Fnv1a64(name));
-    const Kind kind = KindOf(name);
-    const float fan_scale =
-        kind == Kind::kProjection
-            ? 1.0f / std::sqrt(static_cast<float>(task.slot->shape[1]))
-            : 1.0f;
+    const SeededAffine affine = SeededAffineOf(name, task.slot->shape);
     float* out = task.slot->tensor->data.data();
     for (int64_t i = task.begin; i < task.end; ++i) {
       const float u = kernels::UniformPm1(kernels::RandomBits(key, static_cast<uint64_t>(i)));
-      switch (kind) {
-        case Kind::kProjection:
-          out[i] = u * fan_scale;
-          break;
-        case Kind::kEmbedding:
-          out[i] = u;
-          break;
-        case Kind::kBias:
-          out[i] = u * 0.0625f;
-          break;
-        case Kind::kNorm:
-          out[i] = 1.0f + u * 0.125f;
-          break;
-      }
+      out[i] = u * affine.scale + affine.shift;
     }
   });
   return w;

@@ -77,6 +77,15 @@ absl::Status ValidateWeights(const ModelConfig& config, const ModelWeights& weig
 // reproduce. The pool only speeds the generation up.
 ModelWeights SeededWeights(const ModelConfig& config, uint64_t seed, kernels::ThreadPool* pool);
 
+// The fp32 affine map SeededWeights applies to u for the tensor `name` of `shape`:
+// value = u * scale + shift (shift is 0 except for norms; each step exact as above, and
+// u * scale + 0 == u * scale), so other devices can generate the same values.
+struct SeededAffine {
+  float scale = 1.0f;
+  float shift = 0.0f;
+};
+SeededAffine SeededAffineOf(const std::string& name, const std::vector<int64_t>& shape);
+
 // Loads the tensors `config` needs from the safetensors files of a Hugging Face model
 // directory: those named by model.safetensors.index.json when it exists, else every
 // *.safetensors file of the directory. Tensors may be F32, F16 or BF16; they are converted

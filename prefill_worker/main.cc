@@ -9,7 +9,7 @@ int main(int argc, char** argv) {
   flags.Register(app, "127.0.0.1:7472");
   CLI11_PARSE(app, argc, argv);
   return tierkv::RunWorker("tierkv-prefill-worker", flags,
-                           [](const tierkv::Model* model, tierkv::CacheClient* cache) {
+                           [](const tierkv::Runtime* model, tierkv::CacheClient* cache) {
                              return std::make_unique<tierkv::PrefillServiceImpl>(model, cache);
                            });
 }

@@ -6,7 +6,7 @@
 
 namespace tierkv {
 
-absl::Status ValidateRequest(const Model& model, const std::string& model_id,
+absl::Status ValidateRequest(const Runtime& model, const std::string& model_id,
                              std::span<const uint32_t> tokens,
                              const v1::SamplingParams& sampling, int64_t extra_tokens) {
   const ModelSpec& spec = model.spec();
@@ -40,12 +40,15 @@ kernels::SamplingParams ToSamplingParams(const v1::SamplingParams& sampling) {
   return params;
 }
 
-absl::StatusOr<PreparedSequence> PrepareSequence(const Model& model, CacheClient* cache,
+absl::StatusOr<PreparedSequence> PrepareSequence(const Runtime& model, CacheClient* cache,
                                                  const std::string& salt,
                                                  std::span<const uint32_t> tokens,
-                                                 bool cache_required) {
+                                                 bool cache_required, int64_t extra_tokens) {
   const ModelSpec& spec = model.spec();
-  PreparedSequence out{.kv = model.NewKvCache()};
+  PreparedSequence out;
+  TIERKV_ASSIGN_OR_RETURN(
+      out.seq, model.NewSequence(std::min<int64_t>(
+                   model.max_positions(), static_cast<int64_t>(tokens.size()) + extra_tokens)));
   absl::Time t0 = absl::Now();
   TIERKV_ASSIGN_OR_RETURN(out.keys, ComputeBlockKeys(spec, salt, tokens));
   // Reuse at most the blocks before the last prompt token.
@@ -62,14 +65,18 @@ absl::StatusOr<PreparedSequence> PrepareSequence(const Model& model, CacheClient
       out.lookup_time = fetched->lookup_time;
       out.fetch_time = fetched->fetch_time;
       out.checksum_failures = fetched->checksum_failures;
-      for (const std::string& block : fetched->blocks) {
-        absl::Status s = AppendBlock(&out.kv, block, spec);
-        if (!s.ok()) {
-          // A block of the wrong shape cannot be used: recompute from here.
-          ++out.checksum_failures;
-          break;
-        }
-        ++out.cached_blocks;
+      // A block of the wrong size cannot be used: the prefix ends before it.
+      size_t usable = 0;
+      while (usable < fetched->blocks.size() &&
+             fetched->blocks[usable].size() == spec.RawBlockBytes()) {
+        ++usable;
+      }
+      out.checksum_failures += usable < fetched->blocks.size() ? 1 : 0;
+      absl::Status s = out.seq->AppendBlocks(std::span(fetched->blocks).first(usable));
+      if (s.ok()) {
+        out.cached_blocks = static_cast<uint32_t>(usable);
+      } else {
+        ++out.checksum_failures;  // Recompute the whole prompt instead.
       }
     }
   }
@@ -77,12 +84,13 @@ absl::StatusOr<PreparedSequence> PrepareSequence(const Model& model, CacheClient
   out.cached_tokens = out.cached_blocks * spec.block_tokens;
   out.computed_tokens = tokens.size() - out.cached_tokens;
   t0 = absl::Now();
-  TIERKV_ASSIGN_OR_RETURN(out.logits, model.Prefill(tokens.subspan(out.cached_tokens), &out.kv));
+  TIERKV_ASSIGN_OR_RETURN(out.logits,
+                          model.Prefill(tokens.subspan(out.cached_tokens), out.seq.get()));
   out.compute_time = absl::Now() - t0;
   return out;
 }
 
-absl::StatusOr<v1::PrefillResponse> RunPrefill(const Model& model, CacheClient& cache,
+absl::StatusOr<v1::PrefillResponse> RunPrefill(const Runtime& model, CacheClient& cache,
                                                const v1::PrefillRequest& request) {
   const absl::Time start = absl::Now();
   std::span<const uint32_t> tokens(request.tokens().data(), request.tokens().size());
@@ -101,7 +109,7 @@ absl::StatusOr<v1::PrefillResponse> RunPrefill(const Model& model, CacheClient& 
   absl::Time t0 = absl::Now();
   std::vector<std::string> payloads;
   for (size_t i = seq.cached_blocks; i < seq.keys.size(); ++i) {
-    auto block = ExtractBlock(seq.kv, i, spec);
+    auto block = seq.seq->ExtractBlock(i);
     if (!block.ok()) break;
     payloads.push_back(*std::move(block));
   }

@@ -22,8 +22,8 @@
 #include "absl/time/time.h"
 #include "cache_client/cache_client.h"
 #include "core/block_key.h"
-#include "model/kv_cache.h"
 #include "model/model.h"  // Also the sampling types of kernels/.
+#include "model/runtime.h"
 #include "tierkv/v1/common.pb.h"
 #include "tierkv/v1/prefill_service.pb.h"
 
@@ -33,7 +33,7 @@ namespace tierkv {
 // another model than `model` serves (empty accepts any); INVALID_ARGUMENT for an empty
 // prompt, a token id outside the vocabulary, or bad sampling parameters; OUT_OF_RANGE when
 // the prompt (plus `extra_tokens` to generate) does not fit the model's context.
-absl::Status ValidateRequest(const Model& model, const std::string& model_id,
+absl::Status ValidateRequest(const Runtime& model, const std::string& model_id,
                              std::span<const uint32_t> tokens,
                              const v1::SamplingParams& sampling, int64_t extra_tokens);
 
@@ -43,7 +43,7 @@ kernels::SamplingParams ToSamplingParams(const v1::SamplingParams& sampling);
 // A prompt ready to generate from: its KV (cached prefix plus computed rest) and the
 // logits of its last token.
 struct PreparedSequence {
-  KvCache kv;
+  std::unique_ptr<Sequence> seq;  // On the runtime's device.
   std::vector<float> logits;
   std::vector<BlockKey> keys;  // Full blocks of the prompt.
   uint32_t cached_blocks = 0;
@@ -58,18 +58,18 @@ struct PreparedSequence {
 };
 
 // Looks up and fetches the cached prefix of `tokens` (under the model's spec and `salt`)
-// and computes the rest. With `cache_required`, an unreachable cache manager is an error
+// and computes the rest, in a sequence with room for `extra_tokens` more (generation). With `cache_required`, an unreachable cache manager is an error
 // (UNAVAILABLE); otherwise the whole prompt is computed and cache_unavailable is set.
 // `cache` may be null (nothing cached). Errors of the model's Prefill.
-absl::StatusOr<PreparedSequence> PrepareSequence(const Model& model, CacheClient* cache,
+absl::StatusOr<PreparedSequence> PrepareSequence(const Runtime& model, CacheClient* cache,
                                                  const std::string& salt,
                                                  std::span<const uint32_t> tokens,
-                                                 bool cache_required);
+                                                 bool cache_required, int64_t extra_tokens = 0);
 
 // The whole Prefill call: validate, prepare, sample the first token, store the new full
 // blocks. A failure to store (a full cache of pinned blocks, say) does not fail the call:
 // the first token is still right, and stored_blocks says what was stored.
-absl::StatusOr<v1::PrefillResponse> RunPrefill(const Model& model, CacheClient& cache,
+absl::StatusOr<v1::PrefillResponse> RunPrefill(const Runtime& model, CacheClient& cache,
                                                const v1::PrefillRequest& request);
 
 }  // namespace tierkv

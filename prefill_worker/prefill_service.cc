@@ -5,7 +5,7 @@
 
 namespace tierkv {
 
-PrefillServiceImpl::PrefillServiceImpl(const Model* model, CacheClient* cache, size_t max_queued)
+PrefillServiceImpl::PrefillServiceImpl(const Runtime* model, CacheClient* cache, size_t max_queued)
     : model_(model), cache_(cache), executor_(max_queued) {}
 
 grpc::ServerUnaryReactor* PrefillServiceImpl::Prefill(grpc::CallbackServerContext* context,

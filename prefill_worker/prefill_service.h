@@ -9,7 +9,7 @@
 
 #include "cache_client/cache_client.h"
 #include "core/executor.h"
-#include "model/model.h"
+#include "model/runtime.h"
 #include "tierkv/v1/prefill_service.grpc.pb.h"
 
 namespace tierkv {
@@ -18,14 +18,14 @@ class PrefillServiceImpl final : public v1::PrefillService::CallbackService {
  public:
   // `model` and `cache` must outlive the service. A request arriving while `max_queued`
   // wait gets RESOURCE_EXHAUSTED.
-  PrefillServiceImpl(const Model* model, CacheClient* cache, size_t max_queued = 64);
+  PrefillServiceImpl(const Runtime* model, CacheClient* cache, size_t max_queued = 64);
 
   grpc::ServerUnaryReactor* Prefill(grpc::CallbackServerContext* context,
                                     const v1::PrefillRequest* request,
                                     v1::PrefillResponse* response) override;
 
  private:
-  const Model* const model_;
+  const Runtime* const model_;
   CacheClient* const cache_;
   SerialExecutor executor_;
 };

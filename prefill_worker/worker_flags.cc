@@ -18,15 +18,21 @@ void WorkerFlags::Register(CLI::App& app, const std::string& default_listen) {
       ->capture_default_str();
   app.add_option("--model-id", model_id, "model_id of the spec (default: builtin:tiny or the "
                                          "directory's name)");
-  app.add_option("--threads", threads, "compute threads (0: one per core)")->capture_default_str();
+  app.add_option("--threads", threads, "CPU compute threads (0: one per core)")
+      ->capture_default_str();
+  app.add_option("--device", device,
+                 "where the model runs: auto (the GPU when one is usable), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
   app.add_option("--port-file", port_file, "write the bound port to this file once serving");
 }
 
-absl::StatusOr<std::unique_ptr<Model>> WorkerFlags::LoadModel() const {
-  ModelOptions options;
+absl::StatusOr<std::unique_ptr<Runtime>> WorkerFlags::LoadModel() const {
+  RuntimeOptions options;
+  options.device = device;
   options.num_threads = threads;
   options.model_id = model_id;
-  return Model::Load(model, options);
+  return Runtime::Load(model, options);
 }
 
 absl::StatusOr<std::unique_ptr<CacheClient>> WorkerFlags::CacheClientFor() const {
@@ -36,7 +42,7 @@ absl::StatusOr<std::unique_ptr<CacheClient>> WorkerFlags::CacheClientFor() const
 }
 
 int RunWorker(const char* name, const WorkerFlags& flags,
-              absl::FunctionRef<std::unique_ptr<grpc::Service>(const Model*, CacheClient*)> make) {
+              absl::FunctionRef<std::unique_ptr<grpc::Service>(const Runtime*, CacheClient*)> make) {
   BlockShutdownSignals();
   auto model = flags.LoadModel();
   if (!model.ok()) {
@@ -55,7 +61,8 @@ int RunWorker(const char* name, const WorkerFlags& flags,
     std::cerr << name << ": " << server.status().message() << "\n";
     return 1;
   }
-  std::cout << name << " serving " << (*model)->spec().model_id << " on " << server->address
+  std::cout << name << " serving " << (*model)->spec().model_id << " on "
+            << kernels::DeviceName((*model)->device()) << " at " << server->address
             << ", cache manager " << flags.cache << " (pid " << getpid() << ")" << std::endl;
   if (absl::Status s = WritePortFile(flags.port_file, server->port); !s.ok()) {
     std::cerr << name << ": --port-file: " << s.message() << "\n";

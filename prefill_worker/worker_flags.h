@@ -12,7 +12,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "cache_client/cache_client.h"
-#include "model/model.h"
+#include "model/runtime.h"
 
 namespace tierkv {
 
@@ -22,12 +22,13 @@ struct WorkerFlags {
   std::string model = "builtin:tiny";
   std::string model_id;
   int threads = 0;
+  std::string device = "auto";
   std::string port_file;
 
   // Registers the flags on `app` with `default_listen` as --listen's default.
   void Register(CLI::App& app, const std::string& default_listen);
   // Loads the model the flags name.
-  absl::StatusOr<std::unique_ptr<Model>> LoadModel() const;
+  absl::StatusOr<std::unique_ptr<Runtime>> LoadModel() const;
   // A client of the cache manager the flags name.
   absl::StatusOr<std::unique_ptr<CacheClient>> CacheClientFor() const;
 };
@@ -37,7 +38,7 @@ struct WorkerFlags {
 // SIGINT or SIGTERM, and returns the process's exit status (1 for a failed start, 2 for a
 // bad flag).
 int RunWorker(const char* name, const WorkerFlags& flags,
-              absl::FunctionRef<std::unique_ptr<grpc::Service>(const Model*, CacheClient*)> make);
+              absl::FunctionRef<std::unique_ptr<grpc::Service>(const Runtime*, CacheClient*)> make);
 
 }  // namespace tierkv
 

@@ -24,6 +24,7 @@ class EndToEndTest : public ::testing::Test {
     AllInOneOptions options;
     options.cache.listen_address = "127.0.0.1:0";
     options.cache.host_capacity_bytes = 256 << 20;
+    options.runtime.device = "cpu";  // Bitwise checks below assume the CPU runtime.
     auto all = AllInOne::Start(options);
     ASSERT_TRUE(all.ok()) << all.status();
     all_ = std::move(all).value().release();
@@ -120,9 +121,9 @@ TEST_F(EndToEndTest, FetchedKvIsBitwiseTheLocallyComputedKv) {
   ASSERT_TRUE(Prefill(prompt, &stored, "bitwise").ok());
   ASSERT_EQ(stored.stored_blocks(), 6u);
 
-  const Model& model = all_->model();
-  KvCache local = model.NewKvCache();
-  ASSERT_TRUE(model.Prefill(prompt, &local).ok());
+  const Runtime& model = all_->model();
+  auto local = *model.NewSequence(static_cast<int64_t>(prompt.size()));
+  ASSERT_TRUE(model.Prefill(prompt, local.get()).ok());
   CacheClientOptions options;
   options.address = all_->address();
   auto client = *CacheClient::Create(options);
@@ -131,7 +132,7 @@ TEST_F(EndToEndTest, FetchedKvIsBitwiseTheLocallyComputedKv) {
   ASSERT_TRUE(fetched.ok()) << fetched.status();
   ASSERT_EQ(fetched->blocks.size(), 6u);
   for (size_t i = 0; i < 6; ++i) {
-    auto expected = ExtractBlock(local, i, model.spec());
+    auto expected = local->ExtractBlock(i);
     ASSERT_TRUE(expected.ok());
     EXPECT_TRUE(fetched->blocks[i] == *expected) << "block " << i << " differs";
   }
@@ -195,7 +196,7 @@ TEST_F(EndToEndTest, SeededSamplingIsRepeatable) {
 
 // Workers whose cache manager is unreachable: Prefill says so; Generate computes anyway.
 TEST(WorkersWithoutCache, PrefillIsUnavailableGenerateStillServes) {
-  auto model = Model::BuiltinTiny();
+  auto model = Runtime::Load("builtin:tiny", {.device = "cpu"});
   ASSERT_TRUE(model.ok());
   CacheClientOptions options;
   options.address = "127.0.0.1:1";

@@ -1,0 +1,204 @@
+// CUDA versions of the transformer primitives of kernels/ops.h, for the GPU model runtime.
+//
+// Conventions (they differ from the CPU kernels on purpose):
+// - Activations, weights and KV are bf16 in device memory (`Bf16` holds the raw bits, the
+//   same encoding as kernels::FloatToBf16); arithmetic is fp32. The residual stream and
+//   logits are fp32. Strides are in elements.
+// - Every function validates its params on the host and returns INVALID_ARGUMENT naming the
+//   first bad field without launching anything; otherwise it enqueues the work on `stream`
+//   (null: the legacy default stream) and returns OK, or INTERNAL / RESOURCE_EXHAUSTED with
+//   the CUDA error when the launch fails. Work is asynchronous: results are ready once the
+//   stream is synchronized. Pointers name device memory unless a field says otherwise.
+// - Thread-safe: no shared mutable state except cuBLAS handles (one per thread and device,
+//   created on first use).
+// - Unlike the CPU kernels there is no bitwise determinism across splits: results agree with
+//   the fp32 CPU reference within bf16 tolerance (tests/kernels check 1e-2 relative error).
+//
+// This header needs no CUDA headers; CUstream_st* is what cudaStream_t names.
+#ifndef TIERKV_KERNELS_CUDA_OPS_H_
+#define TIERKV_KERNELS_CUDA_OPS_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+struct CUstream_st;
+
+namespace tierkv::kernels::cuda {
+
+using Stream = CUstream_st*;
+using Bf16 = uint16_t;
+
+// ---------------------------------------------------------------------------------------
+// Devices
+
+struct DeviceInfo {
+  int ordinal = 0;
+  char name[256] = {};
+  int sm_major = 0, sm_minor = 0;
+  int multiprocessors = 0;
+  size_t total_memory = 0;
+  size_t l2_bytes = 0;
+  size_t max_shared_per_block_optin = 0;
+};
+
+// OK with the properties of the current device; UNAVAILABLE (with the driver's words) when
+// no usable CUDA device is present, so callers can fall back to the CPU.
+absl::StatusOr<DeviceInfo> CurrentDevice();
+// True when CurrentDevice() is OK and the device is compute capability 9.0 (the kernels are
+// built for sm_90a only).
+bool Available();
+
+// ---------------------------------------------------------------------------------------
+// Elementwise and row kernels
+
+// out[r][:] = table[ids[r]][:]. ids are int32 in device memory; an id outside [0, vocab)
+// writes a row of NaN (never a neighbour's row), so a bad id cannot pass unnoticed.
+struct EmbeddingParams {
+  const int32_t* ids = nullptr;  // [rows]
+  const Bf16* table = nullptr;   // [vocab][dim]
+  int64_t vocab = 0;
+  float* out = nullptr;  // [rows][dim] fp32 (the residual stream), row stride ldo.
+  int64_t ldo = 0;
+  int64_t rows = 0;
+  int64_t dim = 0;
+};
+absl::Status Embedding(const EmbeddingParams& p, Stream stream);
+
+// y[i][j] = bf16((x[i][j] * r_i) * weight[j]), r_i = rsqrt(mean_j x[i][j]^2 + eps), with
+// fp32 x (the residual stream) and bf16 weight and output.
+struct RmsNormParams {
+  const float* x = nullptr;  // [rows][dim], row stride ldx.
+  int64_t ldx = 0;
+  const Bf16* weight = nullptr;  // [dim]
+  Bf16* y = nullptr;             // [rows][dim], row stride ldy.
+  int64_t ldy = 0;
+  int64_t rows = 0;
+  int64_t dim = 0;
+  float eps = 1e-5f;
+};
+absl::Status RmsNorm(const RmsNormParams& p, Stream stream);
+
+// Splits a fused QKV projection row [q heads | k heads | v heads] (bf16), applies rotary
+// embedding (Hugging Face rotate_half convention, kernels/ops.h) to q and k at positions
+// position0 + r, writes q to `q_out` and k, v into the KV cache at rows cache_row0 + r.
+// cos/sin are fp32 tables [max_positions][head_dim / 2] (kernels::RopeCosSin rows), so the
+// angles are exactly the CPU runtime's.
+struct RopeQkvParams {
+  const Bf16* qkv = nullptr;  // [rows][(num_q_heads + 2 * num_kv_heads) * head_dim], ld_qkv.
+  int64_t ld_qkv = 0;
+  Bf16* q_out = nullptr;  // [rows][num_q_heads][head_dim], contiguous rows.
+  Bf16* k_cache = nullptr;  // [capacity][num_kv_heads][head_dim]
+  Bf16* v_cache = nullptr;  // same
+  int64_t cache_row0 = 0;
+  int64_t rows = 0;
+  int64_t position0 = 0;
+  int num_q_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;  // Even, at most 256.
+  const float* cos = nullptr;  // [positions][head_dim / 2], row `position` read.
+  const float* sin = nullptr;
+  int64_t table_rows = 0;  // Rows in cos/sin; position0 + rows must not exceed it.
+};
+absl::Status RopeQkv(const RopeQkvParams& p, Stream stream);
+
+// out[i][j] = bf16(silu(g) * u) with g = gate_up[i][j], u = gate_up[i][inter + j] (bf16 in).
+struct SwiGluParams {
+  const Bf16* gate_up = nullptr;  // [rows][2 * inter], row stride ld_gate_up.
+  int64_t ld_gate_up = 0;
+  Bf16* out = nullptr;  // [rows][inter], row stride ld_out.
+  int64_t ld_out = 0;
+  int64_t rows = 0;
+  int64_t inter = 0;
+};
+absl::Status SwiGlu(const SwiGluParams& p, Stream stream);
+
+// dst[i] = bf16(src[i]) (round to nearest even, as kernels::FloatToBf16).
+absl::Status F32ToBf16(const float* src, Bf16* dst, int64_t count, Stream stream);
+// dst[i] = float(src[i]).
+absl::Status Bf16ToF32(const Bf16* src, float* dst, int64_t count, Stream stream);
+
+// Fills `count` bf16 elements with bf16(UniformPm1(RandomBits(key, offset + i)) * scale
+// + shift) (kernels/random.h): element for element what model/weights.h's SeededWeights
+// computes in fp32, rounded to bf16 once. Lets a large random model be built on the device.
+absl::Status FillSeeded(Bf16* dst, int64_t count, uint64_t key, uint64_t offset, float scale,
+                        float shift, Stream stream);
+
+// Index of the largest value of each row of fp32 logits (lowest index among equal ones, NaN
+// never chosen; an all-NaN row gives 0), written as int32 to out[r].
+struct ArgMaxParams {
+  const float* logits = nullptr;  // [rows][cols], row stride ld.
+  int64_t ld = 0;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int32_t* out = nullptr;  // [rows]
+};
+absl::Status ArgMax(const ArgMaxParams& p, Stream stream);
+
+// ---------------------------------------------------------------------------------------
+// Matrix products (cuBLAS, bf16 operands, fp32 accumulation)
+
+// y[i][j] = sum_k x[i][k] * w[j][k]  (+ bias[j])  (+ y[i][j] when accumulate), w a PyTorch
+// nn.Linear weight [n][k]. y is bf16 (y_bf16) or fp32 (y_f32): exactly one of them is set.
+// Accumulate needs y_f32 (the residual stream). The bias is added by a second pass over y
+// (after the product is rounded to y's type).
+struct GemmParams {
+  const Bf16* x = nullptr;  // [m][k], row stride ldx.
+  int64_t ldx = 0;
+  const Bf16* w = nullptr;  // [n][k], row stride ldw.
+  int64_t ldw = 0;
+  const Bf16* bias = nullptr;  // [n], or null for none.
+  Bf16* y_bf16 = nullptr;
+  float* y_f32 = nullptr;
+  int64_t ldy = 0;
+  int64_t m = 0, n = 0, k = 0;
+  bool accumulate = false;
+};
+absl::Status Gemm(const GemmParams& p, Stream stream);
+
+// ---------------------------------------------------------------------------------------
+// Attention
+
+// Causal grouped-query attention of num_queries consecutive positions against a KV cache that
+// already holds their keys (the semantics of kernels::AttentionParams):
+//   query row r sits at position pos = query_position + r and attends to keys
+//   j in [first, pos], first = max(0, pos - sliding_window + 1) (0 when sliding_window is 0);
+//   query head hq reads KV head hq / (num_q_heads / num_kv_heads);
+//   out = softmax_j(scale * q.k_j) . v_j, accumulated in fp32, stored as bf16.
+// A long run of queries (prefill) uses a FlashAttention-style tiled kernel; a few queries
+// against a long context (decode) split the keys across blocks and combine the parts, which
+// needs `workspace` of AttentionWorkspaceBytes(p) bytes (may be null when that is 0).
+struct AttentionParams {
+  const Bf16* q = nullptr;  // [num_queries][num_q_heads][head_dim], row stride ldq.
+  int64_t ldq = 0;
+  const Bf16* k = nullptr;  // [num_keys][num_kv_heads][head_dim], row stride ldkv.
+  const Bf16* v = nullptr;  // same layout as k.
+  int64_t ldkv = 0;
+  Bf16* out = nullptr;  // [num_queries][num_q_heads][head_dim], row stride ldo.
+  int64_t ldo = 0;
+  int64_t num_queries = 0;
+  int64_t query_position = 0;  // Position of query row 0.
+  int64_t num_keys = 0;        // At least query_position + num_queries.
+  int num_q_heads = 0;         // A multiple of num_kv_heads.
+  int num_kv_heads = 0;
+  int head_dim = 0;  // 64 or 128.
+  float scale = 0;   // Usually 1 / sqrt(head_dim).
+  int64_t sliding_window = 0;  // 0: no window.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+};
+// Requirements beyond the fields' comments (INVALID_ARGUMENT naming the field otherwise): the
+// kernels move 16-byte chunks, so q, k, v, out and workspace are 16-byte aligned and ldq, ldkv,
+// ldo are multiples of 8; scale is finite and positive; num_keys < 2^30 and
+// num_queries * num_q_heads < 2^31. Pointers are checked even for zero queries.
+//
+// Bytes of workspace Attention needs for these params (0 for the prefill path and for
+// invalid params).
+size_t AttentionWorkspaceBytes(const AttentionParams& p);
+absl::Status Attention(const AttentionParams& p, Stream stream);
+
+}  // namespace tierkv::kernels::cuda
+
+#endif  // TIERKV_KERNELS_CUDA_OPS_H_

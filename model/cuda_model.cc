@@ -1,0 +1,532 @@
+#include "model/cuda_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "kernels/dtype.h"
+#include "kernels/ops.h"
+#include "kernels/random.h"
+#include "kernels/thread_pool.h"
+#include "model/model.h"
+
+namespace tierkv {
+
+namespace cu = kernels::cuda;
+using cu::Bf16;
+using cu::DeviceBuffer;
+
+// Weights of one layer on the device, fused like the CPU model's: q/k/v in one projection
+// (rows q, k, v) and gate/up in another (rows gate, up).
+struct CudaModel::Layer {
+  DeviceBuffer attn_norm, wqkv, bqkv, wo, bo, mlp_norm, w_gate_up, w_down;
+};
+
+// Activations of one forward chunk, sized for chunk_tokens_ rows.
+struct CudaModel::Scratch {
+  DeviceBuffer h;        // fp32 [chunk][hidden]: the residual stream.
+  DeviceBuffer xn;       // bf16 [chunk][hidden]
+  DeviceBuffer qkv;      // bf16 [chunk][qkv_dim]
+  DeviceBuffer q;        // bf16 [chunk][q_dim]
+  DeviceBuffer attn;     // bf16 [chunk][q_dim]
+  DeviceBuffer gate_up;  // bf16 [chunk][2 * inter]
+  DeviceBuffer act;      // bf16 [chunk][inter]
+  DeviceBuffer ids;      // int32 [chunk]
+  DeviceBuffer logits;   // fp32 [vocab]
+  DeviceBuffer workspace;  // Attention's, grown on demand.
+  cu::PinnedBuffer host_ids;     // int32 [chunk]
+  cu::PinnedBuffer host_logits;  // fp32 [vocab]
+};
+
+namespace {
+
+absl::StatusOr<DeviceBuffer> UploadBf16(std::initializer_list<const HostTensor*> parts) {
+  size_t n = 0;
+  for (const HostTensor* t : parts) n += t->data.size();
+  std::vector<uint16_t> bits;
+  bits.reserve(n);
+  for (const HostTensor* t : parts) {
+    for (float f : t->data) bits.push_back(kernels::FloatToBf16(f));
+  }
+  return cu::Upload(std::span<const uint16_t>(bits));
+}
+
+absl::Status CheckOptions(const CudaModelOptions& options) {
+  if (options.prefill_chunk_tokens <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("prefill_chunk_tokens must be positive, got ",
+                                                   options.prefill_chunk_tokens));
+  }
+  TIERKV_ASSIGN_OR_RETURN(cu::DeviceInfo info, cu::CurrentDevice());
+  if (!cu::Available()) {
+    return absl::UnavailableError(absl::StrCat("GPU ", info.name, " is compute capability ",
+                                               info.sm_major, ".", info.sm_minor,
+                                               "; the kernels are built for 9.0 only"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckConfig(const ModelConfig& config) {
+  TIERKV_RETURN_IF_ERROR(config.Validate());
+  if (config.head_dim != 64 && config.head_dim != 128) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the GPU runtime supports head_dim 64 and 128; this model has ", config.head_dim));
+  }
+  return absl::OkStatus();
+}
+
+size_t Bytes(int64_t elems, size_t elem_bytes) { return static_cast<size_t>(elems) * elem_bytes; }
+
+// y = x * w^T (+ bias) for contiguous rows: x [m][k], w [n][k], y [m][n].
+struct Linear : cu::GemmParams {
+  Linear(const DeviceBuffer& x_buf, const DeviceBuffer& w_buf, const DeviceBuffer& bias_buf,
+         int64_t rows, int64_t out, int64_t in) {
+    x = x_buf.as<Bf16>();
+    ldx = in;
+    w = w_buf.as<Bf16>();
+    ldw = in;
+    bias = bias_buf.as<Bf16>();  // Null when the buffer is empty.
+    ldy = out;
+    m = rows;
+    n = out;
+    k = in;
+  }
+  // Writes bf16 y.
+  const cu::GemmParams& Into(Bf16* y) {
+    y_bf16 = y;
+    return *this;
+  }
+  // Adds to fp32 y.
+  const cu::GemmParams& AddTo(float* y) {
+    y_f32 = y;
+    accumulate = true;
+    return *this;
+  }
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// CudaKvCache
+
+Bf16* CudaKvCache::k(int layer) const {
+  return storage_.as<Bf16>() + (2 * static_cast<int64_t>(layer)) * capacity_ * row_elems();
+}
+
+Bf16* CudaKvCache::v(int layer) const {
+  return storage_.as<Bf16>() + (2 * static_cast<int64_t>(layer) + 1) * capacity_ * row_elems();
+}
+
+absl::Status CudaKvCache::CheckSpec(const ModelSpec& spec) const {
+  TIERKV_RETURN_IF_ERROR(spec.Validate());
+  if (spec.kv_dtype != "bf16") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GPU KV is bf16; the spec's kv_dtype is ", spec.kv_dtype));
+  }
+  if (static_cast<int>(spec.num_layers) != num_layers_ ||
+      static_cast<int>(spec.num_kv_heads) != num_kv_heads_ ||
+      static_cast<int>(spec.head_dim) != head_dim_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec of ", spec.num_layers, " layers, ", spec.num_kv_heads, " KV heads, head_dim ",
+        spec.head_dim, " does not match the cache (", num_layers_, ", ", num_kv_heads_, ", ",
+        head_dim_, ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaKvCache::AppendBlocks(const void* blocks, int64_t num_blocks,
+                                       const ModelSpec& spec, cu::Stream stream) {
+  TIERKV_RETURN_IF_ERROR(CheckSpec(spec));
+  if (num_blocks < 0) return absl::InvalidArgumentError("num_blocks is negative");
+  const int64_t t = spec.block_tokens;
+  if (tokens_ % t != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the cache holds ", tokens_, " tokens, not a multiple of the block size ", t));
+  }
+  if (tokens_ + num_blocks * t > capacity_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        num_blocks, " blocks of ", t, " tokens do not fit after ", tokens_, " tokens in a cache of ",
+        capacity_));
+  }
+  if (num_blocks == 0) return absl::OkStatus();
+  // A block object holds, per layer, K then V as [T][row] bf16: each part of all blocks is
+  // one strided 2-D copy into the contiguous rows of the cache.
+  const size_t part = Bytes(t * row_elems(), 2);
+  const size_t block_bytes = spec.RawBlockBytes();
+  const uint8_t* src = static_cast<const uint8_t*>(blocks);
+  for (int l = 0; l < num_layers_; ++l) {
+    TIERKV_RETURN_IF_ERROR(cu::Copy2DAsync(k(l) + tokens_ * row_elems(), part,
+                                           src + (2 * l) * part, block_bytes, part, num_blocks,
+                                           stream));
+    TIERKV_RETURN_IF_ERROR(cu::Copy2DAsync(v(l) + tokens_ * row_elems(), part,
+                                           src + (2 * l + 1) * part, block_bytes, part,
+                                           num_blocks, stream));
+  }
+  tokens_ += num_blocks * t;
+  return absl::OkStatus();
+}
+
+absl::Status CudaKvCache::ExtractBlocks(int64_t first_block, int64_t num_blocks,
+                                        const ModelSpec& spec, void* out,
+                                        cu::Stream stream) const {
+  TIERKV_RETURN_IF_ERROR(CheckSpec(spec));
+  const int64_t t = spec.block_tokens;
+  if (first_block < 0 || num_blocks < 0 || (first_block + num_blocks) * t > tokens_) {
+    return absl::OutOfRangeError(absl::StrCat("blocks [", first_block, ", ",
+                                              first_block + num_blocks, ") of ", t,
+                                              " tokens are not all in a cache of ", tokens_,
+                                              " tokens"));
+  }
+  if (num_blocks == 0) return absl::OkStatus();
+  const size_t part = Bytes(t * row_elems(), 2);
+  const size_t block_bytes = spec.RawBlockBytes();
+  uint8_t* dst = static_cast<uint8_t*>(out);
+  const int64_t row0 = first_block * t;
+  for (int l = 0; l < num_layers_; ++l) {
+    TIERKV_RETURN_IF_ERROR(cu::Copy2DAsync(dst + (2 * l) * part, block_bytes,
+                                           k(l) + row0 * row_elems(), part, part, num_blocks,
+                                           stream));
+    TIERKV_RETURN_IF_ERROR(cu::Copy2DAsync(dst + (2 * l + 1) * part, block_bytes,
+                                           v(l) + row0 * row_elems(), part, part, num_blocks,
+                                           stream));
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------
+// CudaModel
+
+CudaModel::CudaModel(const ModelConfig& config, ModelSpec spec, const CudaModelOptions& options)
+    : config_(config), spec_(std::move(spec)), chunk_tokens_(options.prefill_chunk_tokens) {}
+
+CudaModel::~CudaModel() = default;
+
+absl::Status CudaModel::Init() {
+  TIERKV_ASSIGN_OR_RETURN(stream_, cu::StreamOwner::Create());
+  // RoPE tables: the CPU runtime's own fp32 values (kernels::RopeCosSin), for every position.
+  const std::vector<float> inv_freq = config_.RopeInvFreq();
+  rope_rows_ = config_.max_position_embeddings;
+  const int64_t half = config_.head_dim / 2;
+  std::vector<float> cos(rope_rows_ * half), sin(rope_rows_ * half);
+  kernels::ParallelFor(kernels::ThreadPool::Default(), (rope_rows_ + 4095) / 4096,
+                       [&](int64_t c) {
+                         const int64_t r0 = c * 4096;
+                         const int64_t n = std::min<int64_t>(4096, rope_rows_ - r0);
+                         kernels::RopeCosSin(inv_freq, r0, n, cos.data() + r0 * half,
+                                             sin.data() + r0 * half);
+                       });
+  TIERKV_ASSIGN_OR_RETURN(rope_cos_, cu::Upload(std::span<const float>(cos)));
+  TIERKV_ASSIGN_OR_RETURN(rope_sin_, cu::Upload(std::span<const float>(sin)));
+
+  auto scratch = std::make_unique<Scratch>();
+  const int64_t c = chunk_tokens_;
+  const int64_t hidden = config_.hidden_size, inter = config_.intermediate_size;
+  const int64_t q_dim = config_.num_heads * config_.head_dim;
+  const int64_t qkv_dim = q_dim + 2 * config_.num_kv_heads * config_.head_dim;
+  TIERKV_ASSIGN_OR_RETURN(scratch->h, DeviceBuffer::Allocate(Bytes(c * hidden, 4)));
+  TIERKV_ASSIGN_OR_RETURN(scratch->xn, DeviceBuffer::Allocate(Bytes(c * hidden, 2)));
+  TIERKV_ASSIGN_OR_RETURN(scratch->qkv, DeviceBuffer::Allocate(Bytes(c * qkv_dim, 2)));
+  TIERKV_ASSIGN_OR_RETURN(scratch->q, DeviceBuffer::Allocate(Bytes(c * q_dim, 2)));
+  TIERKV_ASSIGN_OR_RETURN(scratch->attn, DeviceBuffer::Allocate(Bytes(c * q_dim, 2)));
+  TIERKV_ASSIGN_OR_RETURN(scratch->gate_up, DeviceBuffer::Allocate(Bytes(c * 2 * inter, 2)));
+  TIERKV_ASSIGN_OR_RETURN(scratch->act, DeviceBuffer::Allocate(Bytes(c * inter, 2)));
+  TIERKV_ASSIGN_OR_RETURN(scratch->ids, DeviceBuffer::Allocate(Bytes(c, 4)));
+  TIERKV_ASSIGN_OR_RETURN(scratch->logits, DeviceBuffer::Allocate(Bytes(config_.vocab_size, 4)));
+  TIERKV_ASSIGN_OR_RETURN(scratch->host_ids, cu::PinnedBuffer::Allocate(Bytes(c, 4)));
+  TIERKV_ASSIGN_OR_RETURN(scratch->host_logits,
+                          cu::PinnedBuffer::Allocate(Bytes(config_.vocab_size, 4)));
+  absl::MutexLock lock(&mu_);
+  scratch_ = std::move(scratch);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const ModelConfig& config,
+                                                             const ModelWeights& weights,
+                                                             std::string model_id,
+                                                             std::string weights_digest,
+                                                             const CudaModelOptions& options) {
+  TIERKV_RETURN_IF_ERROR(CheckOptions(options));
+  TIERKV_RETURN_IF_ERROR(CheckConfig(config));
+  TIERKV_RETURN_IF_ERROR(ValidateWeights(config, weights));
+  ModelSpec spec =
+      ModelSpecFor(config, std::move(model_id), std::move(weights_digest), "bf16",
+                   options.block_tokens);
+  TIERKV_RETURN_IF_ERROR(spec.Validate());
+  std::unique_ptr<CudaModel> m(new CudaModel(config, std::move(spec), options));
+  TIERKV_RETURN_IF_ERROR(m->Init());
+  m->layers_.resize(weights.layers.size());
+  for (size_t i = 0; i < weights.layers.size(); ++i) {
+    const LayerWeights& in = weights.layers[i];
+    Layer& out = m->layers_[i];
+    TIERKV_ASSIGN_OR_RETURN(out.attn_norm, UploadBf16({&in.input_layernorm}));
+    TIERKV_ASSIGN_OR_RETURN(out.wqkv, UploadBf16({&in.q_proj, &in.k_proj, &in.v_proj}));
+    if (config.qkv_bias) {
+      TIERKV_ASSIGN_OR_RETURN(out.bqkv, UploadBf16({&in.q_bias, &in.k_bias, &in.v_bias}));
+    }
+    TIERKV_ASSIGN_OR_RETURN(out.wo, UploadBf16({&in.o_proj}));
+    if (config.o_bias) {
+      TIERKV_ASSIGN_OR_RETURN(out.bo, UploadBf16({&in.o_bias}));
+    }
+    TIERKV_ASSIGN_OR_RETURN(out.mlp_norm, UploadBf16({&in.post_attention_layernorm}));
+    TIERKV_ASSIGN_OR_RETURN(out.w_gate_up, UploadBf16({&in.gate_proj, &in.up_proj}));
+    TIERKV_ASSIGN_OR_RETURN(out.w_down, UploadBf16({&in.down_proj}));
+  }
+  TIERKV_ASSIGN_OR_RETURN(m->embed_, UploadBf16({&weights.embed_tokens}));
+  TIERKV_ASSIGN_OR_RETURN(m->norm_, UploadBf16({&weights.norm}));
+  if (!config.tie_word_embeddings) {
+    TIERKV_ASSIGN_OR_RETURN(m->lm_head_, UploadBf16({&weights.lm_head}));
+  }
+  return m;
+}
+
+absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Seeded(const ModelConfig& config,
+                                                             uint64_t seed,
+                                                             const CudaModelOptions& options) {
+  TIERKV_RETURN_IF_ERROR(CheckOptions(options));
+  TIERKV_RETURN_IF_ERROR(CheckConfig(config));
+  ModelSpec spec = ModelSpecFor(
+      config, options.model_id.empty() ? absl::StrCat("seeded:", seed) : options.model_id,
+      absl::StrCat("seed:", seed), "bf16", options.block_tokens);
+  TIERKV_RETURN_IF_ERROR(spec.Validate());
+  std::unique_ptr<CudaModel> m(new CudaModel(config, std::move(spec), options));
+  TIERKV_RETURN_IF_ERROR(m->Init());
+  // The slots say each tensor's name and shape; fused device tensors take their parts in the
+  // same order as the CPU model (q, k, v / gate, up), each generated at its own offset.
+  ModelWeights names_only;
+  const std::vector<WeightSlot> slots = WeightSlots(config, &names_only);
+  auto numel = [](const std::vector<int64_t>& shape) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  };
+  // Sum of the sizes of the slots with these names (the parts of one device tensor).
+  std::map<std::string, const WeightSlot*> by_name;
+  for (const WeightSlot& s : slots) by_name[s.name] = &s;
+  auto fill = [&](DeviceBuffer* dst, std::initializer_list<std::string> names) -> absl::Status {
+    int64_t total = 0;
+    for (const std::string& n : names) total += numel(by_name.at(n)->shape);
+    TIERKV_ASSIGN_OR_RETURN(*dst, DeviceBuffer::Allocate(Bytes(total, 2)));
+    int64_t at = 0;
+    for (const std::string& n : names) {
+      const WeightSlot& s = *by_name.at(n);
+      const SeededAffine a = SeededAffineOf(s.name, s.shape);
+      const int64_t count = numel(s.shape);
+      TIERKV_RETURN_IF_ERROR(cu::FillSeeded(dst->as<Bf16>() + at, count,
+                                            kernels::StreamKey(seed, kernels::Fnv1a64(s.name)),
+                                            0, a.scale, a.shift, m->stream()));
+      at += count;
+    }
+    return absl::OkStatus();
+  };
+  m->layers_.resize(config.num_layers);
+  for (int64_t i = 0; i < config.num_layers; ++i) {
+    const std::string p = absl::StrCat("model.layers.", i, ".");
+    Layer& l = m->layers_[i];
+    TIERKV_RETURN_IF_ERROR(fill(&l.attn_norm, {p + "input_layernorm.weight"}));
+    TIERKV_RETURN_IF_ERROR(fill(&l.wqkv, {p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight",
+                                          p + "self_attn.v_proj.weight"}));
+    if (config.qkv_bias) {
+      TIERKV_RETURN_IF_ERROR(fill(&l.bqkv, {p + "self_attn.q_proj.bias", p + "self_attn.k_proj.bias",
+                                            p + "self_attn.v_proj.bias"}));
+    }
+    TIERKV_RETURN_IF_ERROR(fill(&l.wo, {p + "self_attn.o_proj.weight"}));
+    if (config.o_bias) TIERKV_RETURN_IF_ERROR(fill(&l.bo, {p + "self_attn.o_proj.bias"}));
+    TIERKV_RETURN_IF_ERROR(fill(&l.mlp_norm, {p + "post_attention_layernorm.weight"}));
+    TIERKV_RETURN_IF_ERROR(
+        fill(&l.w_gate_up, {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"}));
+    TIERKV_RETURN_IF_ERROR(fill(&l.w_down, {p + "mlp.down_proj.weight"}));
+  }
+  TIERKV_RETURN_IF_ERROR(fill(&m->embed_, {"model.embed_tokens.weight"}));
+  TIERKV_RETURN_IF_ERROR(fill(&m->norm_, {"model.norm.weight"}));
+  if (!config.tie_word_embeddings) TIERKV_RETURN_IF_ERROR(fill(&m->lm_head_, {"lm_head.weight"}));
+  TIERKV_RETURN_IF_ERROR(m->stream_.Synchronize());
+  return m;
+}
+
+absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Load(const std::string& name_or_dir,
+                                                           const CudaModelOptions& options) {
+  TIERKV_RETURN_IF_ERROR(CheckOptions(options));
+  if (name_or_dir == kBuiltinTinyModelId) {
+    const ModelConfig config = BuiltinTinyConfig();
+    ModelWeights weights = SeededWeights(config, kBuiltinTinySeed, kernels::ThreadPool::Default());
+    return Create(config, weights,
+                  options.model_id.empty() ? std::string(kBuiltinTinyModelId) : options.model_id,
+                  absl::StrCat("seed:", kBuiltinTinySeed), options);
+  }
+  if (name_or_dir == kBuiltinLlama3_8BRandomId) {
+    CudaModelOptions o = options;
+    if (o.model_id.empty()) o.model_id = std::string(kBuiltinLlama3_8BRandomId);
+    return Seeded(Llama3_8BShapeConfig(), kBuiltinTinySeed, o);
+  }
+  if (name_or_dir.rfind("builtin:", 0) == 0) {
+    return absl::NotFoundError(absl::StrCat("unknown built-in model \"", name_or_dir,
+                                            "\"; the built-in models are builtin:tiny and ",
+                                            std::string(kBuiltinLlama3_8BRandomId)));
+  }
+  TIERKV_ASSIGN_OR_RETURN(ModelConfig config, LoadHfConfig(name_or_dir));
+  TIERKV_ASSIGN_OR_RETURN(ModelWeights weights,
+                          LoadHfWeights(name_or_dir, config, kernels::ThreadPool::Default()));
+  TIERKV_ASSIGN_OR_RETURN(std::string digest, HfWeightsDigest(name_or_dir, options.digest_mode));
+  std::string model_id = options.model_id;
+  if (model_id.empty()) {
+    std::filesystem::path p(name_or_dir);
+    while (!p.empty() && p.filename().empty()) p = p.parent_path();
+    model_id = std::filesystem::absolute(p).lexically_normal().filename().string();
+  }
+  return Create(config, weights, std::move(model_id), std::move(digest), options);
+}
+
+absl::StatusOr<CudaKvCache> CudaModel::NewKvCache(int64_t capacity_tokens) const {
+  if (capacity_tokens <= 0 || capacity_tokens > config_.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("KV capacity must be in [1, ",
+                                                   config_.max_position_embeddings, "], got ",
+                                                   capacity_tokens));
+  }
+  CudaKvCache kv;
+  kv.num_layers_ = static_cast<int>(config_.num_layers);
+  kv.num_kv_heads_ = static_cast<int>(config_.num_kv_heads);
+  kv.head_dim_ = static_cast<int>(config_.head_dim);
+  kv.capacity_ = capacity_tokens;
+  TIERKV_ASSIGN_OR_RETURN(
+      kv.storage_,
+      DeviceBuffer::Allocate(Bytes(2 * config_.num_layers * capacity_tokens * kv.row_elems(), 2)));
+  return kv;
+}
+
+absl::StatusOr<std::vector<float>> CudaModel::Prefill(std::span<const uint32_t> tokens,
+                                                      CudaKvCache* kv) const {
+  TIERKV_RETURN_IF_ERROR(CheckPrefillInput(config_, spec_, tokens, kv->num_layers(),
+                                           kv->num_kv_heads(), kv->head_dim()));
+  const int64_t start = kv->tokens();
+  if (start + static_cast<int64_t>(tokens.size()) > kv->capacity()) {
+    return absl::ResourceExhaustedError(absl::StrCat("Prefill: ", start, " cached plus ",
+                                                     tokens.size(),
+                                                     " new tokens exceed the KV capacity of ",
+                                                     kv->capacity()));
+  }
+  absl::MutexLock lock(&mu_);
+  for (size_t done = 0; done < tokens.size();) {
+    const size_t n = std::min<size_t>(tokens.size() - done, chunk_tokens_);
+    const bool last = done + n == tokens.size();
+    absl::Status s = Forward(tokens.subspan(done, n), kv, last);
+    if (!s.ok()) {
+      kv->Truncate(start);
+      return s;
+    }
+    done += n;
+  }
+  TIERKV_RETURN_IF_ERROR(stream_.Synchronize());
+  const float* host = scratch_->host_logits.as<float>();
+  return std::vector<float>(host, host + config_.vocab_size);
+}
+
+absl::StatusOr<std::vector<float>> CudaModel::Decode(uint32_t token, CudaKvCache* kv) const {
+  return Prefill(std::span<const uint32_t>(&token, 1), kv);
+}
+
+absl::Status CudaModel::Forward(std::span<const uint32_t> tokens, CudaKvCache* kv,
+                                bool logits) const {
+  Scratch& s = *scratch_;
+  const cu::Stream st = stream_.get();
+  const int64_t t = static_cast<int64_t>(tokens.size());
+  const int64_t p0 = kv->tokens();
+  const int64_t hidden = config_.hidden_size;
+  const int64_t inter = config_.intermediate_size;
+  const int hq = static_cast<int>(config_.num_heads);
+  const int hkv = static_cast<int>(config_.num_kv_heads);
+  const int d = static_cast<int>(config_.head_dim);
+  const int64_t q_dim = static_cast<int64_t>(hq) * d;
+  const int64_t qkv_dim = q_dim + 2 * static_cast<int64_t>(hkv) * d;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+
+  // The previous chunk's copy out of host_ids has finished once the stream got this far on
+  // the host side: synchronize before overwriting the pinned buffer.
+  TIERKV_RETURN_IF_ERROR(stream_.Synchronize());
+  int32_t* ids = s.host_ids.as<int32_t>();
+  for (int64_t i = 0; i < t; ++i) ids[i] = static_cast<int32_t>(tokens[i]);
+  TIERKV_RETURN_IF_ERROR(cu::CopyAsync(s.ids.data(), ids, Bytes(t, 4), st));
+  TIERKV_RETURN_IF_ERROR(cu::Embedding(
+      {s.ids.as<int32_t>(), embed_.as<Bf16>(), config_.vocab_size, s.h.as<float>(), hidden, t,
+       hidden},
+      st));
+
+  cu::AttentionParams ap;
+  ap.q = s.q.as<Bf16>();
+  ap.ldq = q_dim;
+  ap.ldkv = static_cast<int64_t>(hkv) * d;
+  ap.out = s.attn.as<Bf16>();
+  ap.ldo = q_dim;
+  ap.num_queries = t;
+  ap.query_position = p0;
+  ap.num_keys = p0 + t;
+  ap.num_q_heads = hq;
+  ap.num_kv_heads = hkv;
+  ap.head_dim = d;
+  ap.scale = 1.0f / std::sqrt(static_cast<float>(d));
+  ap.sliding_window = config_.sliding_window;
+  ap.k = kv->k(0);  // Per layer below; set now so that the workspace query sees valid params.
+  ap.v = kv->v(0);
+  const size_t ws = cu::AttentionWorkspaceBytes(ap);
+  if (ws > s.workspace.size()) {
+    TIERKV_RETURN_IF_ERROR(stream_.Synchronize());
+    TIERKV_ASSIGN_OR_RETURN(s.workspace, DeviceBuffer::Allocate(ws));
+  }
+  ap.workspace = s.workspace.data();
+  ap.workspace_bytes = s.workspace.size();
+
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& w = layers_[l];
+    const int li = static_cast<int>(l);
+    TIERKV_RETURN_IF_ERROR(cu::RmsNorm({s.h.as<float>(), hidden, w.attn_norm.as<Bf16>(),
+                                        s.xn.as<Bf16>(), hidden, t, hidden, eps},
+                                       st));
+    TIERKV_RETURN_IF_ERROR(
+        cu::Gemm(Linear(s.xn, w.wqkv, w.bqkv, t, qkv_dim, hidden).Into(s.qkv.as<Bf16>()), st));
+    cu::RopeQkvParams rp;
+    rp.qkv = s.qkv.as<Bf16>();
+    rp.ld_qkv = qkv_dim;
+    rp.q_out = s.q.as<Bf16>();
+    rp.k_cache = kv->k(li);
+    rp.v_cache = kv->v(li);
+    rp.cache_row0 = p0;
+    rp.rows = t;
+    rp.position0 = p0;
+    rp.num_q_heads = hq;
+    rp.num_kv_heads = hkv;
+    rp.head_dim = d;
+    rp.cos = rope_cos_.as<float>();
+    rp.sin = rope_sin_.as<float>();
+    rp.table_rows = rope_rows_;
+    TIERKV_RETURN_IF_ERROR(cu::RopeQkv(rp, st));
+    ap.k = kv->k(li);
+    ap.v = kv->v(li);
+    TIERKV_RETURN_IF_ERROR(cu::Attention(ap, st));
+    // The residual stream takes the attention output, then the MLP's, in place (fp32).
+    TIERKV_RETURN_IF_ERROR(cu::Gemm(
+        Linear(s.attn, w.wo, w.bo, t, hidden, q_dim).AddTo(s.h.as<float>()), st));
+    TIERKV_RETURN_IF_ERROR(cu::RmsNorm({s.h.as<float>(), hidden, w.mlp_norm.as<Bf16>(),
+                                        s.xn.as<Bf16>(), hidden, t, hidden, eps},
+                                       st));
+    TIERKV_RETURN_IF_ERROR(cu::Gemm(
+        Linear(s.xn, w.w_gate_up, {}, t, 2 * inter, hidden).Into(s.gate_up.as<Bf16>()), st));
+    TIERKV_RETURN_IF_ERROR(cu::SwiGlu(
+        {s.gate_up.as<Bf16>(), 2 * inter, s.act.as<Bf16>(), inter, t, inter}, st));
+    TIERKV_RETURN_IF_ERROR(
+        cu::Gemm(Linear(s.act, w.w_down, {}, t, hidden, inter).AddTo(s.h.as<float>()), st));
+  }
+  kv->tokens_ = p0 + t;
+  if (!logits) return absl::OkStatus();
+  TIERKV_RETURN_IF_ERROR(cu::RmsNorm({s.h.as<float>() + (t - 1) * hidden, hidden,
+                                      norm_.as<Bf16>(), s.xn.as<Bf16>(), hidden, 1, hidden, eps},
+                                     st));
+  const DeviceBuffer& head = config_.tie_word_embeddings ? embed_ : lm_head_;
+  cu::GemmParams g = Linear(s.xn, head, {}, 1, config_.vocab_size, hidden);
+  g.y_f32 = s.logits.as<float>();
+  TIERKV_RETURN_IF_ERROR(cu::Gemm(g, st));
+  return cu::CopyAsync(s.host_logits.data(), s.logits.data(), Bytes(config_.vocab_size, 4), st);
+}
+
+}  // namespace tierkv

@@ -1,0 +1,87 @@
+// Where a model runs, behind one interface for the workers: the fp32 CPU model
+// (model/model.h) or, when this build has CUDA and a usable GPU is present, the bf16 GPU
+// model (model/cuda_model.h). A Sequence is one prompt's KV on that device.
+//
+// The two runtimes compute different KV (fp32 or bf16 arithmetic), so their specs differ
+// (kv_dtype, hence the block keys' model fingerprint): blocks of one are never served to the
+// other by mistake.
+#ifndef TIERKV_MODEL_RUNTIME_H_
+#define TIERKV_MODEL_RUNTIME_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/block_key.h"
+#include "kernels/device.h"
+#include "model/model.h"
+
+namespace tierkv {
+
+struct RuntimeOptions {
+  // "auto" (the GPU when this build has CUDA and an sm_90 device is present, else the CPU),
+  // "cpu" or "cuda" (an error when no usable GPU is present).
+  std::string device = "auto";
+  // CPU only: kernel threads (0: one per core) and KV dtype ("fp32", "bf16", "fp16"). The
+  // GPU keeps bf16 KV.
+  int num_threads = 0;
+  std::string kv_dtype = "fp32";
+  std::string model_id;
+  uint32_t block_tokens = kDefaultBlockTokens;
+};
+
+// One sequence's KV on the runtime's device. Used by one thread at a time.
+class Sequence {
+ public:
+  virtual ~Sequence() = default;
+  virtual int64_t tokens() const = 0;
+  // Appends block objects of the runtime's spec (each spec.RawBlockBytes() long), in order,
+  // at a block boundary. INVALID_ARGUMENT for a payload of the wrong size; FAILED_PRECONDITION
+  // when tokens() is not a block boundary; RESOURCE_EXHAUSTED past the sequence's capacity.
+  // Nothing is appended on error.
+  virtual absl::Status AppendBlocks(std::span<const std::string> blocks) = 0;
+  // Block `index` as a block object. OUT_OF_RANGE when the sequence does not hold all of it.
+  virtual absl::StatusOr<std::string> ExtractBlock(uint64_t index) const = 0;
+};
+
+// Immutable after creation; Prefill may be called from several threads on different
+// sequences.
+class Runtime {
+ public:
+  // Loads "builtin:tiny" or a Hugging Face directory on the device the options ask for.
+  // INVALID_ARGUMENT for an unknown device name; UNAVAILABLE for "cuda" without a usable GPU
+  // (or in a build without CUDA); errors of Model::Load / CudaModel::Load.
+  static absl::StatusOr<std::unique_ptr<Runtime>> Load(const std::string& name_or_dir,
+                                                       const RuntimeOptions& options = {});
+  // A CPU runtime over an existing model.
+  static std::unique_ptr<Runtime> OnCpu(std::unique_ptr<Model> model);
+
+  virtual ~Runtime() = default;
+  virtual kernels::Device device() const = 0;
+  virtual const ModelSpec& spec() const = 0;
+  virtual int64_t vocab_size() const = 0;
+  virtual int64_t max_positions() const = 0;
+
+  // An empty sequence with room for `max_tokens` tokens (the GPU allocates it up front).
+  // INVALID_ARGUMENT outside [1, max_positions()]; RESOURCE_EXHAUSTED when device memory
+  // lacks room.
+  virtual absl::StatusOr<std::unique_ptr<Sequence>> NewSequence(int64_t max_tokens) const = 0;
+  // Runs `tokens` after what `seq` holds and returns the last token's fp32 logits; the
+  // contract of Model::Prefill (seq unchanged on error).
+  virtual absl::StatusOr<std::vector<float>> Prefill(std::span<const uint32_t> tokens,
+                                                     Sequence* seq) const = 0;
+  absl::StatusOr<std::vector<float>> Decode(uint32_t token, Sequence* seq) const {
+    return Prefill(std::span<const uint32_t>(&token, 1), seq);
+  }
+};
+
+// True when this build has CUDA and an sm_90 GPU is usable now.
+bool GpuRuntimeAvailable();
+
+}  // namespace tierkv
+
+#endif  // TIERKV_MODEL_RUNTIME_H_
