@@ -53,7 +53,8 @@ struct Flags {
   std::string sdpa_script = "bench/sdpa_baseline.py";
   int sdpa_timeout_s = 900;
   bool sdpa = true;
-  bool variants = false;  // Also time every prefill tile configuration (internal).
+  bool variants = false;  // Also time every prefill kernel configuration (internal):
+                          // the mma.sync tiles and the wgmma stage counts.
 };
 
 [[noreturn]] void Die(const std::string& msg) {

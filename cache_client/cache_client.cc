@@ -62,14 +62,80 @@ class GrpcCacheClient : public CacheClient {
         out.blocks.push_back(*std::move(payload));
       }
     }
-    if (found.lease_id() != 0) {
-      v1::ReleaseLeaseRequest release;
-      release.set_lease_id(found.lease_id());
-      v1::ReleaseLeaseResponse released;
-      auto ctx = Context();
-      stub_->ReleaseLease(ctx.get(), release, &released);  // Expiry covers a failure here.
-    }
+    ReleaseLease(found.lease_id());
     out.fetch_time = absl::Now() - t0;
+    return out;
+  }
+
+  void SetLocalHostTier(std::span<const uint8_t> region) override {
+    absl::MutexLock lock(&plane_mu_);
+    local_tier_ = region;
+  }
+  bool HasLocalHostTier() const override {
+    absl::MutexLock lock(&plane_mu_);
+    return !local_tier_.empty();
+  }
+
+  absl::StatusOr<InPlacePrefix> UsePrefixInPlace(const ModelSpec& spec,
+                                                 std::span<const BlockKey> keys,
+                                                 InPlaceUse use) override {
+    std::span<const uint8_t> tier;
+    {
+      absl::MutexLock lock(&plane_mu_);
+      tier = local_tier_;
+    }
+    if (tier.empty()) {
+      return absl::FailedPreconditionError(
+          "UsePrefixInPlace: the cache manager's host tier is not in this process");
+    }
+    InPlacePrefix out;
+    absl::Time t0 = absl::Now();
+    v1::LookupResponse found;
+    TIERKV_RETURN_IF_ERROR(Lookup(spec, keys, /*lease=*/true, &found));
+    out.lookup_time = absl::Now() - t0;
+    out.found = found.found();
+    // Pieces of every block, then one span per block over them (pieces never reallocates
+    // after the first loop).
+    std::vector<PayloadPiece> pieces;
+    std::vector<size_t> first_piece;
+    const uint64_t tier_bytes = tier.size();
+    int extent = 0;
+    uint32_t usable = 0;
+    for (; usable < out.found; ++usable) {
+      const uint32_t count = found.extent_counts(usable);
+      if (found.tiers(usable) != v1::TIER_HOST || found.sizes(usable) != spec.RawBlockBytes()) {
+        break;
+      }
+      first_piece.push_back(pieces.size());
+      uint64_t sum = 0;
+      bool inside = true;
+      for (uint32_t j = 0; j < count; ++j, ++extent) {
+        const uint64_t off = found.extent_offsets(extent), len = found.extent_lengths(extent);
+        inside = inside && off <= tier_bytes && len <= tier_bytes - off;
+        pieces.push_back({tier.data() + (inside ? off : 0), len});
+        sum += len;
+      }
+      if (!inside || sum != found.sizes(usable)) {
+        pieces.resize(first_piece.back());
+        first_piece.pop_back();
+        break;
+      }
+    }
+    first_piece.push_back(pieces.size());
+    std::vector<std::span<const PayloadPiece>> blocks;
+    for (uint32_t i = 0; i < usable; ++i) {
+      blocks.emplace_back(pieces.data() + first_piece[i], first_piece[i + 1] - first_piece[i]);
+    }
+    std::vector<uint64_t> checksums(found.checksums().begin(),
+                                    found.checksums().begin() + usable);
+    if (options_.fault_corrupt_block >= 0 &&
+        static_cast<uint32_t>(options_.fault_corrupt_block) < usable) {
+      checksums[options_.fault_corrupt_block] ^= 1;  // As if the bytes had changed.
+    }
+    t0 = absl::Now();
+    out.used = static_cast<uint32_t>(std::min<size_t>(use(blocks, checksums), usable));
+    out.use_time = absl::Now() - t0;
+    ReleaseLease(found.lease_id());
     return out;
   }
 
@@ -252,6 +318,15 @@ class GrpcCacheClient : public CacheClient {
     return absl::OkStatus();
   }
 
+  void ReleaseLease(uint64_t lease_id) {
+    if (lease_id == 0) return;
+    v1::ReleaseLeaseRequest release;
+    release.set_lease_id(lease_id);
+    v1::ReleaseLeaseResponse released;
+    auto ctx = Context();
+    stub_->ReleaseLease(ctx.get(), release, &released);  // Expiry covers a failure here.
+  }
+
   std::unique_ptr<grpc::ClientContext> Context() const {
     auto ctx = std::make_unique<grpc::ClientContext>();
     ctx->set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
@@ -327,6 +402,7 @@ class GrpcCacheClient : public CacheClient {
 
   mutable absl::Mutex plane_mu_;
   DataPath path_ ABSL_GUARDED_BY(plane_mu_) = DataPath::kUndecided;
+  std::span<const uint8_t> local_tier_ ABSL_GUARDED_BY(plane_mu_);
   // Set once when path_ becomes kUcx, then read without the lock.
   std::unique_ptr<transfer::TransferEngine> engine_;
   std::shared_ptr<transfer::Endpoint> endpoint_;

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "core/block_key.h"
@@ -60,6 +61,13 @@ struct FetchedPrefix {
   absl::Duration fetch_time;
 };
 
+struct InPlacePrefix {
+  uint32_t found = 0;  // Blocks Lookup reported.
+  uint32_t used = 0;   // Leading blocks `use` took.
+  absl::Duration lookup_time;
+  absl::Duration use_time;  // Time inside `use`.
+};
+
 struct StoreResult {
   uint32_t stored = 0;          // Written and committed by this call.
   uint32_t already_cached = 0;  // Committed before; nothing written.
@@ -80,6 +88,24 @@ class CacheClient {
   // ends the prefix (no error).
   virtual absl::StatusOr<FetchedPrefix> FetchPrefix(const ModelSpec& spec,
                                                     std::span<const BlockKey> keys) = 0;
+
+  // The cache manager's host tier lies in this process at `region` (tierkv up runs the
+  // workers beside it): UsePrefixInPlace may read blocks there without copying them. Call
+  // once, before other calls; the region must outlive the client.
+  virtual void SetLocalHostTier(std::span<const uint8_t> region) = 0;
+  virtual bool HasLocalHostTier() const = 0;
+
+  // Looks up `keys` with a read lease and hands `use` the found prefix where it lies in the
+  // local host tier: blocks[i] is block i's payload in pieces, checksums[i] the checksum the
+  // cache reported for it. `use` must check checksums before trusting a block and returns
+  // how many leading blocks it took; the lease holds until it returns. A block outside the
+  // local tier (or of the wrong size) ends the prefix before it. FAILED_PRECONDITION without
+  // a local host tier (use FetchPrefix); errors of Lookup as FetchPrefix.
+  using InPlaceUse = absl::FunctionRef<size_t(std::span<const std::span<const PayloadPiece>>,
+                                              std::span<const uint64_t>)>;
+  virtual absl::StatusOr<InPlacePrefix> UsePrefixInPlace(const ModelSpec& spec,
+                                                         std::span<const BlockKey> keys,
+                                                         InPlaceUse use) = 0;
 
   // Number of blocks of `keys` a Lookup finds, without fetching.
   virtual absl::StatusOr<size_t> CountCached(const ModelSpec& spec,

@@ -153,6 +153,10 @@ class ServerImpl : public CacheManagerServer {
   void Wait() override { done_.WaitForNotification(); }
   absl::Status CheckInvariants() override { return index_->CheckInvariants(); }
   std::string TierSummary() const override { return tier_summary_; }
+  std::span<uint8_t> HostTierRegion() const override {
+    if (pool_ == nullptr) return {};
+    return {pool_->base(), static_cast<size_t>(pool_->capacity_bytes())};
+  }
 
  private:
   // Starts the UCX engine and takes the host tier's memory from it, so that peers on this

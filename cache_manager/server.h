@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -81,6 +82,9 @@ class CacheManagerServer {
   // Checks the block index's invariants (pool accounting, eviction order, leases): OK or
   // INTERNAL naming the first violation. For tests and operators' health checks.
   virtual absl::Status CheckInvariants() = 0;
+  // The host tier's memory in this process: extents of Lookup responses are offsets into it.
+  // For readers in the same process (tierkv up's workers); empty without a host tier.
+  virtual std::span<uint8_t> HostTierRegion() const = 0;
   // One line per tier for start-up logs: sizes, and what the SSD tier recovered.
   virtual std::string TierSummary() const = 0;
   // Blocks until Shutdown() is called (from another thread or a signal handler's helper).

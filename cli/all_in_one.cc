@@ -4,6 +4,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <iostream>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "cache_client/cache_client.h"
@@ -58,6 +60,20 @@ class AllInOneImpl : public AllInOne {
     decode_ = std::make_unique<DecodeServiceImpl>(model_.get(), cache_client_.get());
     cache_options.extra_services = {prefill_.get(), decode_.get()};
     TIERKV_ASSIGN_OR_RETURN(server_, CacheManagerServer::Start(cache_options));
+    // The workers read cached blocks where they lie in the host tier: no copy on the CPU, and
+    // on the GPU one DMA from the registered region.
+    const std::span<uint8_t> region = server_->HostTierRegion();
+    if (!region.empty()) {
+      auto registration = model_->RegisterHostMemory(region.data(), region.size());
+      if (registration.ok()) {
+        host_registration_ = std::move(registration).value();
+      } else {
+        std::cerr << "tierkv: the host tier could not be registered for DMA ("
+                  << registration.status().message() << "); cached blocks reach the GPU "
+                  << "through the driver's staging instead\n";
+      }
+      cache_client_->SetLocalHostTier(region);
+    }
     return absl::OkStatus();
   }
 
@@ -76,6 +92,8 @@ class AllInOneImpl : public AllInOne {
   std::unique_ptr<PrefillServiceImpl> prefill_;
   std::unique_ptr<DecodeServiceImpl> decode_;
   std::unique_ptr<CacheManagerServer> server_;
+  // Released before the server frees the host tier.
+  std::unique_ptr<HostMemoryRegistration> host_registration_;
 };
 
 }  // namespace

@@ -174,6 +174,13 @@ absl::StatusOr<BlockKey> BlockKeyFromBytes(std::string_view bytes) {
 
 uint64_t BlockChecksum(const void* data, size_t size) { return XXH3_64bits(data, size); }
 
+uint64_t BlockChecksum(std::span<const PayloadPiece> pieces) {
+  if (pieces.size() == 1) return BlockChecksum(pieces[0].data, pieces[0].size);
+  ChecksumBuilder b;
+  for (const PayloadPiece& p : pieces) b.Update(p.data, p.size);
+  return b.Finish();
+}
+
 ChecksumBuilder::ChecksumBuilder() : state_(XXH3_createState()) {
   XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_));
 }

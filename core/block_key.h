@@ -96,6 +96,14 @@ inline std::string_view KeyBytes(const BlockKey& key) {
 // XXH3-64 with seed 0 of a stored payload: the checksum carried by every block.
 uint64_t BlockChecksum(const void* data, size_t size);
 
+// A piece of a block payload in this process's memory (a payload may lie in several).
+struct PayloadPiece {
+  const void* data = nullptr;
+  size_t size = 0;
+};
+// BlockChecksum of the concatenation of `pieces`.
+uint64_t BlockChecksum(std::span<const PayloadPiece> pieces);
+
 // Streaming form of BlockChecksum for payloads held in several pieces. Not thread-safe.
 class ChecksumBuilder {
  public:

@@ -169,6 +169,60 @@ absl::Status CudaKvCache::AppendBlocks(const void* blocks, int64_t num_blocks,
   return absl::OkStatus();
 }
 
+absl::Status CudaKvCache::AppendBlocksFromHost(
+    std::span<const std::span<const PayloadPiece>> blocks, const ModelSpec& spec, void* staging,
+    size_t staging_bytes, cu::Stream stream) {
+  TIERKV_RETURN_IF_ERROR(CheckSpec(spec));
+  const int64_t t = spec.block_tokens;
+  const size_t bytes = spec.RawBlockBytes();
+  if (tokens_ % t != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the cache holds ", tokens_, " tokens, not a multiple of the block size ", t));
+  }
+  const int64_t n = static_cast<int64_t>(blocks.size());
+  if (tokens_ + n * t > capacity_) {
+    return absl::ResourceExhaustedError(absl::StrCat(n, " blocks of ", t,
+                                                     " tokens do not fit after ", tokens_,
+                                                     " tokens in a cache of ", capacity_));
+  }
+  if (staging == nullptr || staging_bytes < bytes) {
+    return absl::InvalidArgumentError("the device staging buffer does not hold one block");
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    size_t sum = 0;
+    for (const PayloadPiece& p : blocks[i]) sum += p.size;
+    if (sum != bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("block ", i, " is ", sum, " bytes; a block of this model is ", bytes));
+    }
+  }
+  const int64_t per_batch = static_cast<int64_t>(staging_bytes / bytes);
+  uint8_t* dst = static_cast<uint8_t*>(staging);
+  for (int64_t done = 0; done < n;) {
+    const int64_t m = std::min(per_batch, n - done);
+    for (int64_t i = 0; i < m; ++i) {
+      size_t at = static_cast<size_t>(i) * bytes;
+      for (const PayloadPiece& p : blocks[done + i]) {
+        TIERKV_RETURN_IF_ERROR(cu::CopyAsync(dst + at, p.data, p.size, stream));
+        at += p.size;
+      }
+    }
+    cu::ScatterKvBlocksParams sp;
+    sp.blocks = static_cast<const Bf16*>(staging);
+    sp.num_blocks = m;
+    sp.num_layers = num_layers_;
+    sp.block_tokens = t;
+    sp.row_elems = row_elems();
+    sp.kv = storage_.as<Bf16>();
+    sp.capacity = capacity_;
+    sp.row0 = tokens_ + done * t;
+    TIERKV_RETURN_IF_ERROR(cu::ScatterKvBlocks(sp, stream));
+    done += m;
+  }
+  tokens_ += n * t;
+  return absl::OkStatus();
+}
+
 absl::Status CudaKvCache::ExtractBlocks(int64_t first_block, int64_t num_blocks,
                                         const ModelSpec& spec, void* out,
                                         cu::Stream stream) const {

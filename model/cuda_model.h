@@ -71,6 +71,16 @@ class CudaKvCache {
   // not fit in capacity(). Nothing changes on error.
   absl::Status AppendBlocks(const void* blocks, int64_t num_blocks, const ModelSpec& spec,
                             kernels::cuda::Stream stream);
+  // Appends block objects that lie in host memory in pieces (block i is the concatenation of
+  // blocks[i]): each piece crosses PCIe in one copy into `staging` (device memory holding at
+  // least one block), and each staged batch is spread into K and V on the device
+  // (kernels::cuda::ScatterKvBlocks). Asynchronous on `stream`: the host memory must stay
+  // valid and unchanged until the stream is synchronized; pinned or registered memory
+  // (kernels::cuda::HostRegistration) makes the copies DMA. Errors as AppendBlocks, plus
+  // INVALID_ARGUMENT when a block's pieces do not add up to spec.RawBlockBytes().
+  absl::Status AppendBlocksFromHost(std::span<const std::span<const PayloadPiece>> blocks,
+                                    const ModelSpec& spec, void* staging, size_t staging_bytes,
+                                    kernels::cuda::Stream stream);
   // Copies blocks [first_block, first_block + num_blocks) to host memory `out` as block
   // objects (the layout AppendBlocks reads). OUT_OF_RANGE when tokens() does not cover them.
   absl::Status ExtractBlocks(int64_t first_block, int64_t num_blocks, const ModelSpec& spec,

@@ -205,6 +205,33 @@ TEST(CudaModel, BlocksMovedOutAndBackContinueBitForBit) {
   ASSERT_TRUE(warm.ok());
   EXPECT_EQ(*warm, *cold);  // Same KV, same work: the same bits.
 
+  // The same blocks from registered host memory in pieces, through the device staging.
+  {
+    absl::StatusOr<cu::HostRegistration> reg =
+        cu::HostRegistration::Register(objects.data(), objects.size());
+    ASSERT_TRUE(reg.ok()) << reg.status();
+    const size_t bytes = spec.RawBlockBytes();
+    std::vector<PayloadPiece> pieces;
+    for (int64_t i = 0; i < prefix_blocks; ++i) {
+      pieces.push_back({objects.data() + i * bytes, 4096});
+      pieces.push_back({objects.data() + i * bytes + 4096, bytes - 4096});
+    }
+    std::vector<std::span<const PayloadPiece>> blocks;
+    for (int64_t i = 0; i < prefix_blocks; ++i) blocks.emplace_back(&pieces[2 * i], 2);
+    // Staging of three blocks: several batches.
+    absl::StatusOr<cu::DeviceBuffer> staging = cu::DeviceBuffer::Allocate(3 * bytes);
+    absl::StatusOr<CudaKvCache> d = (*gpu)->NewKvCache(512);
+    ASSERT_TRUE(staging.ok() && d.ok());
+    ASSERT_TRUE(d->AppendBlocksFromHost(blocks, spec, staging->data(), staging->size(),
+                                        (*gpu)->stream())
+                    .ok());
+    ASSERT_TRUE(cu::StreamSynchronize((*gpu)->stream()).ok());
+    EXPECT_EQ(d->tokens(), prefix);
+    absl::StatusOr<std::vector<float>> staged = (*gpu)->Prefill(tail, &*d);
+    ASSERT_TRUE(staged.ok());
+    EXPECT_EQ(*staged, *cold);
+  }
+
   // Blocks computed by the CPU runtime (bf16 KV) continue on the GPU too.
   const ModelConfig config = BuiltinTinyConfig();
   ModelWeights w = SeededWeights(config, kBuiltinTinySeed, kernels::ThreadPool::Default());

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "core/status.h"
+#include "kernels/thread_pool.h"
 
 #if TIERKV_HAVE_CUDA
 #include "kernels/cuda/memory.h"
@@ -46,6 +47,40 @@ class CpuSequence : public Sequence {
     }
     return absl::OkStatus();
   }
+  absl::StatusOr<size_t> AppendBlocksInPlace(
+      std::span<const std::span<const PayloadPiece>> blocks,
+      absl::FunctionRef<size_t()> verify) override {
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      size_t sum = 0;
+      for (const PayloadPiece& p : blocks[i]) sum += p.size;
+      if (sum != spec_->RawBlockBytes()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "block ", i, " is ", sum, " bytes; a block of this model is ", spec_->RawBlockBytes()));
+      }
+    }
+    // The CPU converts as it copies, so only intact blocks are read at all.
+    const size_t good = std::min(verify(), blocks.size());
+    const int64_t before = kv_.tokens();
+    std::string joined;
+    for (size_t i = 0; i < good; ++i) {
+      std::span<const uint8_t> bytes;
+      if (blocks[i].size() == 1) {
+        bytes = {static_cast<const uint8_t*>(blocks[i][0].data), blocks[i][0].size};
+      } else {
+        joined.clear();
+        for (const PayloadPiece& p : blocks[i]) {
+          joined.append(static_cast<const char*>(p.data), p.size);
+        }
+        bytes = {reinterpret_cast<const uint8_t*>(joined.data()), joined.size()};
+      }
+      absl::Status s = AppendBlock(&kv_, bytes, *spec_);
+      if (!s.ok()) {
+        kv_.Truncate(before);
+        return s;
+      }
+    }
+    return good;
+  }
   absl::StatusOr<std::string> ExtractBlock(uint64_t index) const override {
     return tierkv::ExtractBlock(kv_, index, *spec_);
   }
@@ -63,6 +98,10 @@ class CpuRuntime : public Runtime {
   const ModelSpec& spec() const override { return model_->spec(); }
   int64_t vocab_size() const override { return model_->vocab_size(); }
   int64_t max_positions() const override { return model_->max_positions(); }
+  absl::StatusOr<std::unique_ptr<HostMemoryRegistration>> RegisterHostMemory(
+      void* base, size_t bytes) const override {
+    return std::make_unique<HostMemoryRegistration>();
+  }
   absl::StatusOr<std::unique_ptr<Sequence>> NewSequence(int64_t max_tokens) const override {
     if (max_tokens < 1 || max_tokens > max_positions()) {
       return absl::InvalidArgumentError(absl::StrCat("a sequence holds 1 to ", max_positions(),
@@ -85,28 +124,35 @@ class CpuRuntime : public Runtime {
 
 namespace cu = kernels::cuda;
 
-// Pinned buffers through which block objects move between host strings and the device, two
-// so that filling one overlaps the DMA of the other.
+// Buffers through which block objects move between host memory and a sequence's KV: device
+// memory where whole blocks land before ScatterKvBlocks spreads them, and a pinned buffer for
+// blocks on their way out. One transfer at a time per runtime (the mutex).
 class Staging {
  public:
-  static constexpr size_t kBytes = 32 << 20;
+  static constexpr size_t kDeviceBytes = 256 << 20;
+  static constexpr size_t kPinnedBytes = 32 << 20;
 
   absl::Status Init() {
-    for (int i = 0; i < 2; ++i) {
-      TIERKV_ASSIGN_OR_RETURN(buf_[i], cu::PinnedBuffer::Allocate(kBytes));
-      TIERKV_ASSIGN_OR_RETURN(done_[i], cu::EventOwner::Create());
-    }
+    TIERKV_ASSIGN_OR_RETURN(device_, cu::DeviceBuffer::Allocate(kDeviceBytes));
+    TIERKV_ASSIGN_OR_RETURN(pinned_, cu::PinnedBuffer::Allocate(kPinnedBytes));
     return absl::OkStatus();
   }
   absl::Mutex& mu() { return mu_; }
-  cu::PinnedBuffer& buffer(int i) { return buf_[i]; }
-  // Recorded after the copy that reads buffer(i).
-  cu::EventOwner& done(int i) { return done_[i]; }
+  cu::DeviceBuffer& device() { return device_; }
+  cu::PinnedBuffer& pinned() { return pinned_; }
 
  private:
   absl::Mutex mu_;
-  cu::PinnedBuffer buf_[2];
-  cu::EventOwner done_[2];
+  cu::DeviceBuffer device_;
+  cu::PinnedBuffer pinned_;
+};
+
+class GpuHostRegistration : public HostMemoryRegistration {
+ public:
+  explicit GpuHostRegistration(cu::HostRegistration r) : r_(std::move(r)) {}
+
+ private:
+  cu::HostRegistration r_;
 };
 
 class GpuSequence : public Sequence {
@@ -116,54 +162,46 @@ class GpuSequence : public Sequence {
   int64_t tokens() const override { return kv_.tokens(); }
 
   absl::Status AppendBlocks(std::span<const std::string> blocks) override {
+    TIERKV_RETURN_IF_ERROR(CheckBlockSizes(blocks, model_->spec()));
+    std::vector<PayloadPiece> pieces;
+    pieces.reserve(blocks.size());
+    for (const std::string& b : blocks) pieces.push_back({b.data(), b.size()});
+    std::vector<std::span<const PayloadPiece>> spans;
+    spans.reserve(blocks.size());
+    for (const PayloadPiece& p : pieces) spans.emplace_back(&p, 1);
+    return AppendBlocksInPlace(spans, [&] { return blocks.size(); }).status();
+  }
+
+  absl::StatusOr<size_t> AppendBlocksInPlace(
+      std::span<const std::span<const PayloadPiece>> blocks,
+      absl::FunctionRef<size_t()> verify) override {
     const ModelSpec& spec = model_->spec();
-    TIERKV_RETURN_IF_ERROR(CheckBlockSizes(blocks, spec));
-    const size_t bytes = spec.RawBlockBytes();
     const int64_t before = kv_.tokens();
-    if (before % spec.block_tokens != 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "the sequence holds ", before, " tokens, not a multiple of the block size ",
-          spec.block_tokens));
-    }
-    if (before + static_cast<int64_t>(blocks.size()) * spec.block_tokens > kv_.capacity()) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          blocks.size(), " blocks do not fit after ", before, " tokens in a sequence of ",
-          kv_.capacity()));
-    }
-    if (bytes > Staging::kBytes) {
-      return absl::InternalError(
-          absl::StrCat("blocks of ", bytes, " bytes exceed the staging buffer"));
-    }
-    const size_t per_batch = Staging::kBytes / bytes;
     absl::MutexLock lock(&staging_->mu());
-    absl::Status s;
-    for (size_t done = 0, batch = 0; s.ok() && done < blocks.size(); ++batch) {
-      const size_t n = std::min(per_batch, blocks.size() - done);
-      const int b = static_cast<int>(batch % 2);
-      // The copy that read this buffer two batches ago must be done before it is refilled;
-      // the other buffer's copy keeps running meanwhile.
-      s = staging_->done(b).Synchronize();
-      if (!s.ok()) break;
-      uint8_t* dst = staging_->buffer(b).as<uint8_t>();
-      for (size_t i = 0; i < n; ++i) std::memcpy(dst + i * bytes, blocks[done + i].data(), bytes);
-      s = kv_.AppendBlocks(dst, static_cast<int64_t>(n), spec, model_->stream());
-      if (s.ok()) s = staging_->done(b).Record(model_->stream());
-      done += n;
+    absl::Status s = kv_.AppendBlocksFromHost(blocks, spec, staging_->device().data(),
+                                              staging_->device().size(), model_->stream());
+    // Checksums are checked while the copies run; nothing reads the new KV before both end.
+    const size_t good = s.ok() ? std::min(verify(), blocks.size()) : 0;
+    // Wait even after an error: copies already queued still read the caller's memory.
+    absl::Status synced = cu::StreamSynchronize(model_->stream());
+    if (s.ok()) s = synced;
+    if (!s.ok()) {
+      kv_.Truncate(before);
+      return s;
     }
-    if (s.ok()) s = cu::StreamSynchronize(model_->stream());
-    if (!s.ok()) kv_.Truncate(before);
-    return s;
+    kv_.Truncate(before + static_cast<int64_t>(good) * spec.block_tokens);
+    return good;
   }
 
   absl::StatusOr<std::string> ExtractBlock(uint64_t index) const override {
     const ModelSpec& spec = model_->spec();
     const size_t bytes = spec.RawBlockBytes();
-    if (bytes > Staging::kBytes) {
+    if (bytes > Staging::kPinnedBytes) {
       return absl::InternalError(
           absl::StrCat("blocks of ", bytes, " bytes exceed the staging buffer"));
     }
     absl::MutexLock lock(&staging_->mu());
-    cu::PinnedBuffer& buf = staging_->buffer(0);
+    cu::PinnedBuffer& buf = staging_->pinned();
     TIERKV_RETURN_IF_ERROR(
         kv_.ExtractBlocks(static_cast<int64_t>(index), 1, spec, buf.data(), model_->stream()));
     TIERKV_RETURN_IF_ERROR(cu::StreamSynchronize(model_->stream()));
@@ -183,6 +221,11 @@ class GpuRuntime : public Runtime {
   explicit GpuRuntime(std::unique_ptr<CudaModel> model) : model_(std::move(model)) {}
   absl::Status Init() { return staging_.Init(); }
   kernels::Device device() const override { return kernels::Device::kCuda; }
+  absl::StatusOr<std::unique_ptr<HostMemoryRegistration>> RegisterHostMemory(
+      void* base, size_t bytes) const override {
+    TIERKV_ASSIGN_OR_RETURN(cu::HostRegistration r, cu::HostRegistration::Register(base, bytes));
+    return std::make_unique<GpuHostRegistration>(std::move(r));
+  }
   const ModelSpec& spec() const override { return model_->spec(); }
   int64_t vocab_size() const override { return model_->config().vocab_size; }
   int64_t max_positions() const override { return model_->config().max_position_embeddings; }
@@ -202,6 +245,17 @@ class GpuRuntime : public Runtime {
 #endif  // TIERKV_HAVE_CUDA
 
 }  // namespace
+
+size_t IntactPrefix(std::span<const std::span<const PayloadPiece>> blocks,
+                    std::span<const uint64_t> checksums) {
+  const size_t n = std::min(blocks.size(), checksums.size());
+  std::vector<uint8_t> ok(n);
+  kernels::ParallelFor(kernels::ThreadPool::Default(), static_cast<int64_t>(n),
+                       [&](int64_t i) { ok[i] = BlockChecksum(blocks[i]) == checksums[i]; });
+  size_t good = 0;
+  while (good < n && ok[good]) ++good;
+  return good;
+}
 
 bool GpuRuntimeAvailable() {
 #if TIERKV_HAVE_CUDA

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "core/block_key.h"
 #include "kernels/device.h"
@@ -44,8 +45,22 @@ class Sequence {
   // when tokens() is not a block boundary; RESOURCE_EXHAUSTED past the sequence's capacity.
   // Nothing is appended on error.
   virtual absl::Status AppendBlocks(std::span<const std::string> blocks) = 0;
+  // Appends blocks whose payloads lie in this process's memory in pieces (block i is the
+  // concatenation of blocks[i]), typically in the cache manager's host tier. `verify` runs
+  // while the bytes move and returns how many leading blocks are intact (their checksums
+  // matched); only those are kept, and their count is returned. The memory must stay valid
+  // until this returns. Errors as AppendBlocks (nothing appended).
+  virtual absl::StatusOr<size_t> AppendBlocksInPlace(
+      std::span<const std::span<const PayloadPiece>> blocks,
+      absl::FunctionRef<size_t()> verify) = 0;
   // Block `index` as a block object. OUT_OF_RANGE when the sequence does not hold all of it.
   virtual absl::StatusOr<std::string> ExtractBlock(uint64_t index) const = 0;
+};
+
+// Keeps host memory registered with a runtime (Runtime::RegisterHostMemory) until destroyed.
+class HostMemoryRegistration {
+ public:
+  virtual ~HostMemoryRegistration() = default;
 };
 
 // Immutable after creation; Prefill may be called from several threads on different
@@ -66,6 +81,12 @@ class Runtime {
   virtual int64_t vocab_size() const = 0;
   virtual int64_t max_positions() const = 0;
 
+  // Makes [base, base + bytes) a fast source of AppendBlocksInPlace until the returned handle
+  // is destroyed: the GPU runtime page-locks and maps it for DMA (the CUDA error when it
+  // cannot); the CPU runtime needs nothing. The memory must outlive the handle.
+  virtual absl::StatusOr<std::unique_ptr<HostMemoryRegistration>> RegisterHostMemory(
+      void* base, size_t bytes) const = 0;
+
   // An empty sequence with room for `max_tokens` tokens (the GPU allocates it up front).
   // INVALID_ARGUMENT outside [1, max_positions()]; RESOURCE_EXHAUSTED when device memory
   // lacks room.
@@ -78,6 +99,11 @@ class Runtime {
     return Prefill(std::span<const uint32_t>(&token, 1), seq);
   }
 };
+
+// How many leading blocks match their checksums (BlockChecksum of their pieces), hashing
+// blocks in parallel on the kernels' thread pool.
+size_t IntactPrefix(std::span<const std::span<const PayloadPiece>> blocks,
+                    std::span<const uint64_t> checksums);
 
 // True when this build has CUDA and an sm_90 GPU is usable now.
 bool GpuRuntimeAvailable();

@@ -53,14 +53,42 @@ absl::StatusOr<PreparedSequence> PrepareSequence(const Runtime& model, CacheClie
   TIERKV_ASSIGN_OR_RETURN(out.keys, ComputeBlockKeys(spec, salt, tokens));
   // Reuse at most the blocks before the last prompt token.
   const size_t reusable = (tokens.size() - 1) / spec.block_tokens;
-  if (cache != nullptr && reusable > 0) {
+  // A cache that cannot be reached fails the call when it is required, and is noted otherwise.
+  auto unreachable = [&](const absl::Status& s) -> absl::Status {
+    if (cache_required) {
+      return absl::Status(s.code(), absl::StrCat("cache manager: ", s.message()));
+    }
+    out.cache_unavailable = true;
+    return absl::OkStatus();
+  };
+  if (cache != nullptr && reusable > 0 && cache->HasLocalHostTier()) {
+    // The host tier is in this process: the sequence reads blocks where they lie, checking
+    // their checksums while the bytes move.
+    uint32_t intact = 0, offered = 0;
+    auto used = cache->UsePrefixInPlace(
+        spec, std::span(out.keys).first(reusable),
+        [&](std::span<const std::span<const PayloadPiece>> blocks,
+            std::span<const uint64_t> checksums) -> size_t {
+          offered = static_cast<uint32_t>(blocks.size());
+          auto kept = out.seq->AppendBlocksInPlace(blocks, [&] {
+            intact = static_cast<uint32_t>(IntactPrefix(blocks, checksums));
+            return intact;
+          });
+          return kept.ok() ? *kept : 0;
+        });
+    if (!used.ok()) {
+      TIERKV_RETURN_IF_ERROR(unreachable(used.status()));
+    } else {
+      out.lookup_time = used->lookup_time;
+      out.fetch_time = used->use_time;
+      out.cached_blocks = used->used;
+      // A block whose bytes did not match (or that could not be used) ends the prefix.
+      if (intact < offered || used->used < used->found) ++out.checksum_failures;
+    }
+  } else if (cache != nullptr && reusable > 0) {
     auto fetched = cache->FetchPrefix(spec, std::span(out.keys).first(reusable));
     if (!fetched.ok()) {
-      if (cache_required) {
-        return absl::Status(fetched.status().code(),
-                            absl::StrCat("cache manager: ", fetched.status().message()));
-      }
-      out.cache_unavailable = true;
+      TIERKV_RETURN_IF_ERROR(unreachable(fetched.status()));
     } else {
       out.lookup_time = fetched->lookup_time;
       out.fetch_time = fetched->fetch_time;

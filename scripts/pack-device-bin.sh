@@ -17,7 +17,7 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(ttft_bench tierkv)
 cmake --build "${build}" -j2 --target "${targets[@]}"
 
-stage=.devbin/stage
+stage=$(mktemp -d /tmp/devbin-stage.XXXXXX)
 rm -rf "${stage}"
 mkdir -p "${stage}/bin" "${stage}/lib"
 # Libraries every Linux machine (and the CUDA install) provides: never packed.
@@ -43,5 +43,6 @@ for m in "${ucx_modules}"/libuct_{tcp,sysv,posix,cma}.so* "${ucx_modules}"/libuc
   cp -L "${m}" "${stage}/lib/ucx/"
   pack_libs "${m}"
 done
-tar -C "${stage}" -cJf .devbin/bundle.tar.xz .
+mkdir -p .devbin && tar -C "${stage}" -cJf .devbin/bundle.tar.xz .
 echo "pack-device-bin: $(ls "${stage}/bin" | tr '\n' ' ')+ $(ls "${stage}/lib" | wc -l) libraries: $(du -h .devbin/bundle.tar.xz | cut -f1)"
+rm -rf "${stage}"

@@ -138,6 +138,40 @@ TEST_F(EndToEndTest, FetchedKvIsBitwiseTheLocallyComputedKv) {
   }
 }
 
+// The workers of tierkv up read cached blocks where they lie in the host tier; a block whose
+// bytes do not match its checksum there ends the prefix and is never handed to the model.
+TEST_F(EndToEndTest, InPlaceReadsFromTheHostTierStopAtACorruptBlock) {
+  const auto prompt = Prompt(16 * 6 + 3, 5);
+  v1::PrefillResponse stored;
+  ASSERT_TRUE(Prefill(prompt, &stored, "in-place").ok());
+  ASSERT_EQ(stored.stored_blocks(), 6u);
+  const Runtime& model = all_->model();
+
+  for (const int corrupt : {-1, 2}) {
+    CacheClientOptions options;
+    options.address = all_->address();
+    options.fault_corrupt_block = corrupt;
+    auto client = *CacheClient::Create(options);
+    EXPECT_FALSE(client->HasLocalHostTier());
+    client->SetLocalHostTier(all_->cache_manager().HostTierRegion());
+    ASSERT_TRUE(client->HasLocalHostTier());
+    auto seq = PrepareSequence(model, client.get(), "in-place", prompt, /*cache_required=*/true);
+    ASSERT_TRUE(seq.ok()) << seq.status();
+    const uint32_t expect = corrupt < 0 ? 6 : static_cast<uint32_t>(corrupt);
+    EXPECT_EQ(seq->cached_blocks, expect) << "corrupt block " << corrupt;
+    EXPECT_EQ(seq->checksum_failures, corrupt < 0 ? 0u : 1u);
+    EXPECT_EQ(seq->computed_tokens, prompt.size() - 16 * expect);
+    // Whatever was reused or recomputed, the KV is the cold run's, bit for bit.
+    auto local = *model.NewSequence(static_cast<int64_t>(prompt.size()));
+    auto logits = model.Prefill(prompt, local.get());
+    ASSERT_TRUE(logits.ok());
+    EXPECT_EQ(seq->logits, *logits);
+    for (uint64_t b = 0; b < 6; ++b) {
+      EXPECT_EQ(*seq->seq->ExtractBlock(b), *local->ExtractBlock(b)) << "block " << b;
+    }
+  }
+}
+
 TEST_F(EndToEndTest, SharedPrefixIsReusedAndSaltsIsolateTenants) {
   const auto prompt = Prompt(16 * 8, 3);
   v1::PrefillResponse first;

@@ -1,6 +1,7 @@
 // Attention kernels: a FlashAttention-2 style forward pass on Hopper's mma.sync tensor cores
-// (bf16 operands, fp32 accumulators), used both for prefill and, with packed GQA rows and a
-// key split, for decode. See internal/attention_launch.h for the two paths.
+// (bf16 operands, fp32 accumulators), used for decode (packed GQA rows and a key split) and
+// for the prefills that the wgmma kernel of attention_wgmma.cu does not take. See
+// internal/attention_launch.h for the paths.
 //
 // One block computes kBlockM rows (query, head) against a range of key tiles:
 // - Q, K and V tiles come in by cp.async (16-byte, zero-filled past the end) into a
@@ -33,6 +34,9 @@ constexpr int64_t kSmemPerMultiprocessor = 228 * 1024;  // 1 KB of it reserved p
 // split's own work on short contexts.
 constexpr int64_t kMinTilesPerSplit = 4;
 constexpr int64_t kMaxSplits = 256;
+// Prefill on the wgmma + TMA kernel (attention_wgmma.cu) where it applies; false keeps every
+// prefill on the mma.sync kernel below.
+constexpr bool kUseWgmmaPrefill = true;
 
 // Everything a block needs, by value (kernel parameter space). Positions and key indices
 // fit in int: attention.cc rejects num_keys >= 2^30.
@@ -550,6 +554,12 @@ const char* PrefillVariantName(int variant) {
       return "m128n64w8";
     case kPrefillM128N32W4:
       return "m128n32w4";
+    case kPrefillWgmmaS2:
+      return "wgmma_s2";
+    case kPrefillWgmmaS3:
+      return "wgmma_s3";
+    case kPrefillWgmmaM192:
+      return "wgmma_m192";
     default:
       return "auto";
   }
@@ -596,6 +606,12 @@ AttentionPlan PlanAttention(const AttentionProblem& p) {
 cudaError_t LaunchAttention(const AttentionProblem& p, const AttentionPlan& plan, int variant,
                             cudaStream_t stream) {
   if (p.num_queries <= 0) return cudaSuccess;
+  if (!plan.decode && (variant == kPrefillAuto ? kUseWgmmaPrefill : IsWgmmaVariant(variant)) &&
+      WgmmaPrefillSupports(p)) {
+    const cudaError_t e = LaunchPrefillWgmma(p, variant, stream);
+    if (e != cudaErrorNotSupported) return e;  // Otherwise no tensor maps: mma.sync below.
+    variant = kPrefillAuto;
+  }
   KernelArgs a{};
   a.q = p.q;
   a.k = p.k;

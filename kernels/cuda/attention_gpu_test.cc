@@ -1,9 +1,10 @@
 // GPU attention (kernels/cuda/ops.h Attention) against a naive double-precision reference on
 // the same bf16-rounded inputs: a sweep of head sizes, GQA ratios, query counts, cached
-// context lengths, windows and padded strides for both paths (prefill tiles and decode
-// split-K), plus every INVALID_ARGUMENT case. Each case draws fresh inputs (seed printed),
-// poisons the output with bf16 NaN (0xFFFF) first and checks every element written and every
-// padding element left alone.
+// context lengths, windows and padded strides for every path (the wgmma prefill kernel, the
+// mma.sync prefill fallback, decode split-K; the internal launcher forces a path where the
+// public call would pick another), plus every INVALID_ARGUMENT case. Each case draws fresh
+// inputs (seed printed), poisons the output with bf16 NaN (0xFFFF) first and checks every
+// element written and every padding element left alone.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -21,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kernels/cuda/internal/attention_launch.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/dtype.h"
 
@@ -151,9 +153,12 @@ std::vector<float> ToFloat(const std::vector<uint16_t>& x) {
   return out;
 }
 
-// Runs one case on the device and checks it; `stream` may be null.
-void RunCase(const Case& c, Stream stream = nullptr) {
+// Runs one case on the device and checks it; `stream` may be null. `variant` kPrefillAuto goes
+// through the public Attention(); a prefill variant forces that kernel (a wgmma one through
+// LaunchPrefillWgmma, so that a silent fallback cannot pass for it).
+void RunCase(const Case& c, Stream stream = nullptr, int variant = internal::kPrefillAuto) {
   SCOPED_TRACE(c.Name());
+  SCOPED_TRACE(absl::StrCat("variant ", internal::PrefillVariantName(variant)));
   const int nqh = c.num_kv_heads * c.group, hd = c.head_dim;
   const int64_t nq = c.num_queries, nk = c.query_position + c.num_queries;
   // Padding in multiples of 8 elements (16 bytes), the kernels' alignment unit.
@@ -198,8 +203,25 @@ void RunCase(const Case& c, Stream stream = nullptr) {
     p.workspace = ws.as<void>();
   }
 
-  const absl::Status st = Attention(p, stream);
-  ASSERT_TRUE(st.ok()) << st;
+  if (variant == internal::kPrefillAuto) {
+    const absl::Status st = Attention(p, stream);
+    ASSERT_TRUE(st.ok()) << st;
+  } else {
+    internal::AttentionProblem x;
+    x.q = p.q, x.ldq = p.ldq, x.k = p.k, x.v = p.v, x.ldkv = p.ldkv, x.out = p.out;
+    x.ldo = p.ldo, x.num_queries = p.num_queries, x.query_position = p.query_position;
+    x.num_keys = p.num_keys, x.num_q_heads = p.num_q_heads, x.num_kv_heads = p.num_kv_heads;
+    x.head_dim = p.head_dim, x.scale = p.scale, x.sliding_window = p.sliding_window;
+    const internal::AttentionPlan plan = internal::PlanAttention(x);
+    ASSERT_FALSE(plan.decode) << "variants are prefill kernels";
+    const auto cu_stream = reinterpret_cast<cudaStream_t>(stream);
+    if (internal::IsWgmmaVariant(variant)) {
+      ASSERT_TRUE(internal::WgmmaPrefillSupports(x));
+      ASSERT_EQ(internal::LaunchPrefillWgmma(x, variant, cu_stream), cudaSuccess);
+    } else {
+      ASSERT_EQ(internal::LaunchAttention(x, plan, variant, cu_stream), cudaSuccess);
+    }
+  }
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
   const std::vector<uint16_t> got = Download<uint16_t>(dout, nq * ldo);
@@ -274,6 +296,69 @@ TEST(CudaAttention, SweepMatchesReference) {
             c.seed = seed++;
             RunCase(c);
             if (HasFatalFailure() || HasFailure()) return;  // One failing case says enough.
+          }
+        }
+      }
+    }
+  }
+}
+
+// The mma.sync prefill kernel, which now runs only where the wgmma one does not apply, forced
+// on the prefill shapes of the sweep above.
+TEST(CudaAttention, MmaSyncPrefillFallbackMatchesReference) {
+  if (!Available()) GTEST_SKIP() << "no usable sm_90 CUDA device: " << DeviceReason();
+  uint32_t seed = 31000;
+  int index = 0;
+  for (int hd : {64, 128}) {
+    for (int group : {1, 4}) {
+      for (int64_t nq : {17, 127, 300, 1024}) {
+        for (int64_t position : {0, 500}) {
+          for (int64_t window : {0, 100}) {
+            Case c;
+            c.head_dim = hd;
+            c.num_kv_heads = 2;
+            c.group = group;
+            c.num_queries = nq;
+            c.query_position = position;
+            c.sliding_window = window;
+            c.padded = (index++ % 2) == 1;
+            c.seed = seed++;
+            RunCase(c, nullptr, internal::kPrefillM128N64W4);
+            if (HasFailure()) return;
+          }
+        }
+      }
+    }
+  }
+}
+
+// Every wgmma configuration on longer prefills: many key tiles (the K/V rings wrap several
+// times), cached context not a multiple of the tile, windows cutting tiles at both ends, the
+// smallest query count the kernel takes, query tails in both consumer warpgroups.
+TEST(CudaAttention, WgmmaPrefillMatchesReference) {
+  if (!Available()) GTEST_SKIP() << "no usable sm_90 CUDA device: " << DeviceReason();
+  uint32_t seed = 52000;
+  int index = 0;
+  for (int variant : {internal::kPrefillWgmmaS2, internal::kPrefillWgmmaS3,
+                      internal::kPrefillWgmmaM192}) {
+    for (int hd : {64, 128}) {
+      if (variant == internal::kPrefillWgmmaM192 && hd == 128) continue;  // Same as S2 there.
+      for (int group : {1, 4}) {
+        for (int64_t nq : {17, 200, 700}) {
+          for (int64_t position : {0, 1300}) {
+            for (int64_t window : {0, 700}) {
+              Case c;
+              c.head_dim = hd;
+              c.num_kv_heads = 2;
+              c.group = group;
+              c.num_queries = nq;
+              c.query_position = position;
+              c.sliding_window = window;
+              c.padded = (index++ % 2) == 1;
+              c.seed = seed++;
+              RunCase(c, nullptr, variant);
+              if (HasFailure()) return;
+            }
           }
         }
       }

@@ -102,6 +102,26 @@ absl::Status FillSeeded(Bf16* dst, int64_t count, uint64_t key, uint64_t offset,
                     "FillSeeded launch");
 }
 
+absl::Status ScatterKvBlocks(const ScatterKvBlocksParams& p, Stream stream) {
+  if (p.num_blocks < 0) return Bad("num_blocks", "negative");
+  if (p.num_layers <= 0) return Bad("num_layers", "must be positive");
+  if (p.block_tokens <= 0) return Bad("block_tokens", "must be positive");
+  if (p.row_elems <= 0 || p.row_elems % 8 != 0) {
+    return Bad("row_elems", "must be a positive multiple of 8");
+  }
+  if (p.row0 < 0 || p.row0 + p.num_blocks * p.block_tokens > p.capacity) {
+    return Bad("row0", "the blocks do not fit in the capacity");
+  }
+  if (p.num_blocks > 0 && (p.blocks == nullptr || p.kv == nullptr)) {
+    return Bad(p.blocks == nullptr ? "blocks" : "kv", "null");
+  }
+  if (reinterpret_cast<uintptr_t>(p.blocks) % 16 != 0 || reinterpret_cast<uintptr_t>(p.kv) % 16 != 0) {
+    return Bad("blocks/kv", "must be 16-byte aligned");
+  }
+  if (p.num_blocks * 2 * p.num_layers > 0x7fffffff) return Bad("num_blocks", "too many at once");
+  return CudaStatus(internal::LaunchScatterKvBlocks(p, AsCuda(stream)), "ScatterKvBlocks launch");
+}
+
 absl::Status ArgMax(const ArgMaxParams& p, Stream stream) {
   if (p.rows < 0) return Bad("rows", "negative");
   if (p.cols <= 0 || p.cols > 0x7fffffff) return Bad("cols", "must be in [1, 2^31 - 1]");

@@ -115,6 +115,42 @@ absl::Status EventOwner::Synchronize() const {
   return CudaStatus(cudaEventSynchronize(event_), "cudaEventSynchronize");
 }
 
+absl::StatusOr<HostRegistration> HostRegistration::Register(void* base, size_t bytes) {
+  if (base == nullptr || bytes == 0) {
+    return absl::InvalidArgumentError("HostRegistration: empty range");
+  }
+  HostRegistration r;
+  const cudaError_t err = cudaHostRegister(base, bytes, cudaHostRegisterPortable);
+  if (err == cudaErrorHostMemoryAlreadyRegistered) {
+    // Someone in this process (UCX's CUDA support, say) registered it first: it is DMA-capable
+    // already, and that registration is theirs to release.
+    cudaGetLastError();
+    return r;
+  }
+  if (err != cudaSuccess) cudaGetLastError();  // Not sticky: leave no error for later calls.
+  if (absl::Status s = CudaStatus(err, absl::StrCat("cudaHostRegister(", bytes, " bytes)"));
+      !s.ok()) {
+    return s;
+  }
+  r.base_ = base;
+  return r;
+}
+
+HostRegistration::~HostRegistration() {
+  if (base_ != nullptr) cudaHostUnregister(base_);
+}
+
+HostRegistration::HostRegistration(HostRegistration&& other) noexcept
+    : base_(std::exchange(other.base_, nullptr)) {}
+
+HostRegistration& HostRegistration::operator=(HostRegistration&& other) noexcept {
+  if (this != &other) {
+    if (base_ != nullptr) cudaHostUnregister(base_);
+    base_ = std::exchange(other.base_, nullptr);
+  }
+  return *this;
+}
+
 absl::Status CopyToDevice(void* dst, const void* src, size_t bytes) {
   return CudaStatus(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy H2D");
 }

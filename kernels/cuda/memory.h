@@ -103,6 +103,25 @@ class EventOwner {
   CUevent_st* event_ = nullptr;
 };
 
+// Host memory page-locked and mapped for DMA (cudaHostRegister) for the owner's lifetime.
+// The memory must outlive the registration. Move-only.
+class HostRegistration {
+ public:
+  // INVALID_ARGUMENT for a null or empty range; the CUDA error otherwise. A range that is
+  // registered already (by other code in this process) is fine: the handle then owns
+  // nothing.
+  static absl::StatusOr<HostRegistration> Register(void* base, size_t bytes);
+  HostRegistration() = default;
+  ~HostRegistration();
+  HostRegistration(HostRegistration&& other) noexcept;
+  HostRegistration& operator=(HostRegistration&& other) noexcept;
+  HostRegistration(const HostRegistration&) = delete;
+  HostRegistration& operator=(const HostRegistration&) = delete;
+
+ private:
+  void* base_ = nullptr;
+};
+
 // Synchronous copies (the calls return once the bytes have arrived). Errors: INTERNAL with the
 // CUDA error (e.g. an earlier kernel fault surfaces here).
 absl::Status CopyToDevice(void* dst, const void* src, size_t bytes);

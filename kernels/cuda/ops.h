@@ -137,6 +137,24 @@ struct ArgMaxParams {
 };
 absl::Status ArgMax(const ArgMaxParams& p, Stream stream);
 
+// Copies num_blocks block objects (docs/block-object.md, bf16: per layer K then V, each
+// [block_tokens][row_elems]) lying one after another in device memory at `blocks` into a KV
+// store whose part (2 * layer + 0 for K, + 1 for V) is a [capacity][row_elems] array at
+// kv + part * capacity * row_elems, at rows row0 .. row0 + num_blocks * block_tokens - 1.
+// The device-side half of moving blocks from host memory into a sequence: whole blocks
+// cross PCIe in one copy each, then this spreads them at device bandwidth.
+struct ScatterKvBlocksParams {
+  const Bf16* blocks = nullptr;
+  int64_t num_blocks = 0;
+  int num_layers = 0;
+  int64_t block_tokens = 0;
+  int64_t row_elems = 0;  // num_kv_heads * head_dim; a multiple of 8.
+  Bf16* kv = nullptr;
+  int64_t capacity = 0;
+  int64_t row0 = 0;
+};
+absl::Status ScatterKvBlocks(const ScatterKvBlocksParams& p, Stream stream);
+
 // ---------------------------------------------------------------------------------------
 // Matrix products (cuBLAS, bf16 operands, fp32 accumulation)
 

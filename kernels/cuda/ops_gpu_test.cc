@@ -368,6 +368,39 @@ TEST(CudaArgMax, PicksTheLowestIndexOfTheLargestAndNeverNaN) {
   EXPECT_THAT(*got, testing::ElementsAre(5000, 70000, 0, cols - 1));
 }
 
+TEST(CudaScatterKvBlocks, PutsEveryPartOfEveryBlockAtItsRows) {
+  REQUIRE_GPU();
+  const int layers = 3;
+  const int64_t t = 16, row = 64, capacity = 100, row0 = 32, blocks = 4;
+  const int64_t part = t * row;
+  std::vector<uint16_t> objects(blocks * 2 * layers * part);
+  std::mt19937 rng(5);
+  for (uint16_t& x : objects) x = static_cast<uint16_t>(rng() & 0x7f7f);  // Never NaN.
+  DeviceBuffer dobj = Up(objects), dkv = Poisoned(2 * layers * capacity * row * 2);
+  ScatterKvBlocksParams p{dobj.as<Bf16>(), blocks, layers, t, row, dkv.as<Bf16>(), capacity, row0};
+  ASSERT_TRUE(ScatterKvBlocks(p, nullptr).ok());
+  absl::StatusOr<std::vector<uint16_t>> kv =
+      Download<uint16_t>(dkv.data(), 2 * layers * capacity * row);
+  ASSERT_TRUE(kv.ok());
+  for (int64_t pt = 0; pt < 2 * layers; ++pt) {
+    for (int64_t r = 0; r < capacity; ++r) {
+      const bool written = r >= row0 && r < row0 + blocks * t;
+      for (int64_t e = 0; e < row; ++e) {
+        const uint16_t got = (*kv)[(pt * capacity + r) * row + e];
+        if (!written) {
+          ASSERT_EQ(got, kPoisonBf16) << "part " << pt << " row " << r;
+          continue;
+        }
+        const int64_t b = (r - row0) / t, tok = (r - row0) % t;
+        ASSERT_EQ(got, objects[(b * 2 * layers + pt) * part + tok * row + e])
+            << "part " << pt << " row " << r;
+      }
+    }
+  }
+  p.row0 = capacity - 10;  // Past the end.
+  EXPECT_EQ(ScatterKvBlocks(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(CudaOps, RejectBadParamsWithoutLaunching) {
   // Validation runs before any CUDA call, so this runs on CPU machines too.
   RmsNormParams rn;

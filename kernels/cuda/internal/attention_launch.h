@@ -2,8 +2,10 @@
 // the key split. Params are already checked by attention.cc; these only plan, enqueue work
 // and return the launch error. No abseil here: this header is also compiled by nvcc.
 //
-// Both paths run one kernel template (a FlashAttention-2 style tile loop on mma.sync); they
-// differ in what a block's rows are:
+// Prefill runs the FlashAttention-3 style wgmma + TMA kernel of attention_wgmma.cu when
+// WgmmaPrefillSupports() says so (and the tensor maps can be built); otherwise, and for
+// decode, one mma.sync kernel template (FlashAttention-2 style, attention.cu), whose two
+// uses differ in what a block's rows are:
 // - prefill: the rows of a block are consecutive queries of one q head; grid
 //   (q heads, query tiles, 1), the heaviest (last) query tiles first.
 // - decode: the rows are (query, q head) pairs of the q heads that share one KV head
@@ -28,8 +30,18 @@ enum PrefillVariant : int {
   kPrefillM128N64W4 = 0,  // 4 warps x 32 query rows, 64-key tiles, 2 stages.
   kPrefillM128N64W8 = 1,  // 8 warps x 16 query rows (q fragments held in registers).
   kPrefillM128N32W4 = 2,  // 4 warps x 32 query rows, 32-key tiles, 3 stages.
-  kPrefillVariants = 3,
+  kPrefillWgmmaS2 = 3,    // wgmma + TMA, 128 query rows x 128-key tiles, 2 K/V stages.
+  kPrefillWgmmaS3 = 4,    // Same, 3 stages (4 for head_dim 64).
+  kPrefillWgmmaM192 = 5,  // head_dim 64: 192 query rows (3 consumer warpgroups), 3 stages;
+                          // head_dim 128: the same as kPrefillWgmmaS2.
+  kPrefillVariants = 6,
 };
+// The wgmma variants, used when the kernel takes the params (kPrefillAuto picks one of them
+// then: kPrefillWgmmaS2 at head_dim 128, kPrefillWgmmaM192 at 64).
+inline bool IsWgmmaVariant(int variant) {
+  return variant == kPrefillWgmmaS2 || variant == kPrefillWgmmaS3 ||
+         variant == kPrefillWgmmaM192;
+}
 const char* PrefillVariantName(int variant);
 
 // Decode (split-K) is used for at most this many queries.
@@ -68,6 +80,15 @@ struct AttentionPlan {
 // Pure function of the params (no device query), so AttentionWorkspaceBytes and Attention
 // always agree.
 AttentionPlan PlanAttention(const AttentionProblem& p);
+
+// True when the wgmma prefill kernel handles p (head_dim 64 or 128, more than
+// kDecodeMaxQueries queries, 16-byte aligned q/k/v and strides).
+bool WgmmaPrefillSupports(const AttentionProblem& p);
+
+// Enqueues the wgmma prefill kernel (attention_wgmma.cu) in configuration `variant` (a wgmma
+// PrefillVariant, or kPrefillAuto). cudaErrorNotSupported, with nothing enqueued, when the
+// driver cannot build the TMA tensor maps; the caller then falls back to mma.sync.
+cudaError_t LaunchPrefillWgmma(const AttentionProblem& p, int variant, cudaStream_t stream);
 
 // Enqueues the kernels of `plan` (from PlanAttention(p)); p.workspace holds at least
 // plan.workspace_bytes. `variant` is a PrefillVariant (prefill only).
