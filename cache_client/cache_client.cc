@@ -182,6 +182,8 @@ class GrpcCacheClient : public CacheClient {
     }
     v1::CommitRequest commit;
     commit.set_allocation_id(allocated.allocation_id());
+    const bool ucx = DataPlaneReady();
+    std::vector<transfer::TransferOp> ops;  // Every block's writes, sent as one batch.
     for (int i = 0; i < allocated.blocks_size(); ++i) {
       const auto& b = allocated.blocks(i);
       switch (b.state()) {
@@ -197,8 +199,7 @@ class GrpcCacheClient : public CacheClient {
         default:
           break;
       }
-      absl::Status put = DataPlaneReady()
-                             ? PutOverUcx(b.location(), payloads[i])
+      absl::Status put = ucx ? AppendPutOps(b.location(), payloads[i], &ops)
                              : PutBlock(allocated.allocation_id(), b.key(), payloads[i]);
       if (!put.ok()) {
         Abort(allocated.allocation_id());
@@ -207,6 +208,14 @@ class GrpcCacheClient : public CacheClient {
       auto* c = commit.add_blocks();
       c->set_key(b.key());
       c->set_checksum(BlockChecksum(payloads[i].data(), payloads[i].size()));
+    }
+    if (!ops.empty()) {
+      for (absl::Status& s : engine_->Put(*endpoint_, ops)) {
+        if (!s.ok()) {
+          Abort(allocated.allocation_id());
+          return s;
+        }
+      }
     }
     if (commit.blocks_size() > 0) {
       v1::CommitResponse committed;
@@ -295,9 +304,9 @@ class GrpcCacheClient : public CacheClient {
     out.blocks = std::move(payloads);
   }
 
-  // Writes a payload into the extents Allocate reserved for it.
-  absl::Status PutOverUcx(const v1::BlockLocation& location, const std::string& payload) {
-    std::vector<transfer::TransferOp> ops;
+  // The writes that put a payload into the extents Allocate reserved for it.
+  absl::Status AppendPutOps(const v1::BlockLocation& location, const std::string& payload,
+                            std::vector<transfer::TransferOp>* ops) {
     uint64_t filled = 0;
     for (const auto& e : location.extents()) {
       transfer::TransferOp op;
@@ -306,14 +315,11 @@ class GrpcCacheClient : public CacheClient {
       op.local = const_cast<char*>(payload.data()) + filled;
       op.length = e.length();
       filled += e.length();
-      ops.push_back(op);
+      ops->push_back(op);
     }
     if (filled != payload.size()) {
       return absl::InternalError(absl::StrCat("the cache reserved ", filled, " bytes for a ",
                                               payload.size(), "-byte block"));
-    }
-    for (absl::Status& s : engine_->Put(*endpoint_, ops)) {
-      if (!s.ok()) return s;
     }
     return absl::OkStatus();
   }

@@ -433,7 +433,14 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Load(const std::string& na
   return Create(config, weights, std::move(model_id), std::move(digest), options);
 }
 
-absl::StatusOr<CudaKvCache> CudaModel::NewKvCache(int64_t capacity_tokens) const {
+size_t CudaModel::KvCacheBytes(int64_t capacity_tokens) const {
+  return Bytes(2 * config_.num_layers * capacity_tokens * config_.num_kv_heads *
+                   config_.head_dim,
+               2);
+}
+
+absl::StatusOr<CudaKvCache> CudaModel::NewKvCache(int64_t capacity_tokens,
+                                                  DeviceBuffer* reuse) const {
   if (capacity_tokens <= 0 || capacity_tokens > config_.max_position_embeddings) {
     return absl::InvalidArgumentError(absl::StrCat("KV capacity must be in [1, ",
                                                    config_.max_position_embeddings, "], got ",
@@ -444,9 +451,12 @@ absl::StatusOr<CudaKvCache> CudaModel::NewKvCache(int64_t capacity_tokens) const
   kv.num_kv_heads_ = static_cast<int>(config_.num_kv_heads);
   kv.head_dim_ = static_cast<int>(config_.head_dim);
   kv.capacity_ = capacity_tokens;
-  TIERKV_ASSIGN_OR_RETURN(
-      kv.storage_,
-      DeviceBuffer::Allocate(Bytes(2 * config_.num_layers * capacity_tokens * kv.row_elems(), 2)));
+  const size_t bytes = KvCacheBytes(capacity_tokens);
+  if (reuse != nullptr && reuse->size() >= bytes) {
+    kv.storage_ = std::move(*reuse);
+  } else {
+    TIERKV_ASSIGN_OR_RETURN(kv.storage_, DeviceBuffer::Allocate(bytes));
+  }
   return kv;
 }
 

@@ -58,6 +58,12 @@ class CudaKvCache {
   kernels::cuda::Bf16* k(int layer) const;
   kernels::cuda::Bf16* v(int layer) const;
 
+  // Gives up the device memory (for another cache to reuse); the cache is empty after.
+  kernels::cuda::DeviceBuffer TakeStorage() && {
+    tokens_ = capacity_ = 0;
+    return std::move(storage_);
+  }
+
   // Keeps the first `tokens` tokens (no-op when there are fewer).
   void Truncate(int64_t tokens) {
     if (tokens < tokens_) tokens_ = tokens;
@@ -127,7 +133,12 @@ class CudaModel {
   kernels::cuda::Stream stream() const { return stream_.get(); }
 
   // An empty KV cache with room for `capacity_tokens` tokens (at most max_position_embeddings).
-  absl::StatusOr<CudaKvCache> NewKvCache(int64_t capacity_tokens) const;
+  // `reuse`, when it is large enough, becomes the cache's storage instead of a new
+  // allocation (cudaMalloc of gigabytes costs milliseconds); see CudaKvCache::TakeStorage.
+  absl::StatusOr<CudaKvCache> NewKvCache(int64_t capacity_tokens,
+                                         kernels::cuda::DeviceBuffer* reuse = nullptr) const;
+  // Bytes of device memory a KV cache of `capacity_tokens` tokens holds.
+  size_t KvCacheBytes(int64_t capacity_tokens) const;
 
   // Runs `tokens` at positions kv->tokens(), ... , appends their K and V to `kv` and returns
   // the fp32 logits of the last token. INVALID_ARGUMENT (kv unchanged) for no tokens, a token

@@ -84,6 +84,16 @@ class CpuSequence : public Sequence {
   absl::StatusOr<std::string> ExtractBlock(uint64_t index) const override {
     return tierkv::ExtractBlock(kv_, index, *spec_);
   }
+  absl::StatusOr<std::vector<std::string>> ExtractBlocks(uint64_t first,
+                                                         uint64_t count) const override {
+    std::vector<std::string> out;
+    out.reserve(count);
+    for (uint64_t i = first; i < first + count; ++i) {
+      TIERKV_ASSIGN_OR_RETURN(std::string b, tierkv::ExtractBlock(kv_, i, *spec_));
+      out.push_back(std::move(b));
+    }
+    return out;
+  }
   KvCache* kv() { return &kv_; }
 
  private:
@@ -135,8 +145,13 @@ class Staging {
   absl::Status Init() {
     TIERKV_ASSIGN_OR_RETURN(device_, cu::DeviceBuffer::Allocate(kDeviceBytes));
     TIERKV_ASSIGN_OR_RETURN(pinned_, cu::PinnedBuffer::Allocate(kPinnedBytes));
+    for (cu::EventOwner& e : events_) {
+      TIERKV_ASSIGN_OR_RETURN(e, cu::EventOwner::Create());
+    }
     return absl::OkStatus();
   }
+  // Two events marking the copies into each half of pinned().
+  cu::EventOwner* events() { return events_; }
   absl::Mutex& mu() { return mu_; }
   cu::DeviceBuffer& device() { return device_; }
   cu::PinnedBuffer& pinned() { return pinned_; }
@@ -145,6 +160,7 @@ class Staging {
   absl::Mutex mu_;
   cu::DeviceBuffer device_;
   cu::PinnedBuffer pinned_;
+  cu::EventOwner events_[2];
 };
 
 class GpuHostRegistration : public HostMemoryRegistration {
@@ -155,10 +171,52 @@ class GpuHostRegistration : public HostMemoryRegistration {
   cu::HostRegistration r_;
 };
 
+// Device memory of finished sequences, kept for the next ones: allocating gigabytes of KV
+// with cudaMalloc costs milliseconds a request.
+class KvMemoryCache {
+ public:
+  static constexpr size_t kMaxBytes = size_t{16} << 30;
+
+  // A buffer of at least `bytes` (and at most twice that, so small sequences do not pin
+  // large buffers), or an empty one.
+  cu::DeviceBuffer Take(size_t bytes) {
+    absl::MutexLock lock(&mu_);
+    for (size_t i = 0; i < free_.size(); ++i) {
+      if (free_[i].size() >= bytes && free_[i].size() <= 2 * bytes) {
+        cu::DeviceBuffer b = std::move(free_[i]);
+        free_.erase(free_.begin() + static_cast<ptrdiff_t>(i));
+        held_ -= b.size();
+        return b;
+      }
+    }
+    return {};
+  }
+  void Give(cu::DeviceBuffer b) {
+    if (b.size() == 0) return;
+    absl::MutexLock lock(&mu_);
+    while (!free_.empty() && held_ + b.size() > kMaxBytes) {
+      held_ -= free_.front().size();
+      free_.erase(free_.begin());  // Oldest first.
+    }
+    if (held_ + b.size() > kMaxBytes) return;  // Larger than the whole cache: just free it.
+    held_ += b.size();
+    free_.push_back(std::move(b));
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<cu::DeviceBuffer> free_ ABSL_GUARDED_BY(mu_);
+  size_t held_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
 class GpuSequence : public Sequence {
  public:
-  GpuSequence(CudaKvCache kv, const CudaModel* model, Staging* staging)
-      : kv_(std::move(kv)), model_(model), staging_(staging) {}
+  GpuSequence(CudaKvCache kv, const CudaModel* model, Staging* staging, KvMemoryCache* memory)
+      : kv_(std::move(kv)), model_(model), staging_(staging), memory_(memory) {}
+  ~GpuSequence() override {
+    // Work queued on the model's stream may still use this KV: wait before handing it on.
+    if (cu::StreamSynchronize(model_->stream()).ok()) memory_->Give(std::move(kv_).TakeStorage());
+  }
   int64_t tokens() const override { return kv_.tokens(); }
 
   absl::Status AppendBlocks(std::span<const std::string> blocks) override {
@@ -208,12 +266,55 @@ class GpuSequence : public Sequence {
     return std::string(buf.as<char>(), bytes);
   }
 
+  absl::StatusOr<std::vector<std::string>> ExtractBlocks(uint64_t first,
+                                                         uint64_t count) const override {
+    const ModelSpec& spec = model_->spec();
+    const size_t bytes = spec.RawBlockBytes();
+    const size_t half = Staging::kPinnedBytes / 2;  // Two halves: copy one, drain the other.
+    if (bytes > half) {
+      return absl::InternalError(
+          absl::StrCat("blocks of ", bytes, " bytes exceed the staging buffer"));
+    }
+    if ((first + count) * spec.block_tokens > static_cast<uint64_t>(kv_.tokens())) {
+      return absl::OutOfRangeError(absl::StrCat("blocks [", first, ", ", first + count,
+                                                ") are not all in a sequence of ",
+                                                kv_.tokens(), " tokens"));
+    }
+    std::vector<std::string> out(count);
+    const uint64_t per = half / bytes;
+    absl::MutexLock lock(&staging_->mu());
+    uint8_t* pinned = staging_->pinned().as<uint8_t>();
+    cu::EventOwner* done = staging_->events();
+    // Batch b goes to half b % 2; while it copies, the host drains batch b - 1.
+    uint64_t batches = (count + per - 1) / per;
+    for (uint64_t b = 0; b <= batches; ++b) {
+      if (b < batches) {
+        const uint64_t n = std::min(per, count - b * per);
+        TIERKV_RETURN_IF_ERROR(kv_.ExtractBlocks(static_cast<int64_t>(first + b * per),
+                                                 static_cast<int64_t>(n), spec,
+                                                 pinned + (b % 2) * half, model_->stream()));
+        TIERKV_RETURN_IF_ERROR(done[b % 2].Record(model_->stream()));
+      }
+      if (b > 0) {
+        const uint64_t p = b - 1;
+        TIERKV_RETURN_IF_ERROR(done[p % 2].Synchronize());
+        const uint64_t n = std::min(per, count - p * per);
+        for (uint64_t i = 0; i < n; ++i) {
+          out[p * per + i].assign(reinterpret_cast<const char*>(pinned + (p % 2) * half + i * bytes),
+                                  bytes);
+        }
+      }
+    }
+    return out;
+  }
+
   CudaKvCache* kv() { return &kv_; }
 
  private:
   CudaKvCache kv_;
   const CudaModel* model_;  // The runtime's; outlives the sequence.
   Staging* staging_;        // Same.
+  KvMemoryCache* memory_;   // Same.
 };
 
 class GpuRuntime : public Runtime {
@@ -230,8 +331,15 @@ class GpuRuntime : public Runtime {
   int64_t vocab_size() const override { return model_->config().vocab_size; }
   int64_t max_positions() const override { return model_->config().max_position_embeddings; }
   absl::StatusOr<std::unique_ptr<Sequence>> NewSequence(int64_t max_tokens) const override {
-    TIERKV_ASSIGN_OR_RETURN(CudaKvCache kv, model_->NewKvCache(max_tokens));
-    return std::make_unique<GpuSequence>(std::move(kv), model_.get(), &staging_);
+    if (max_tokens < 1 || max_tokens > max_positions()) {
+      return absl::InvalidArgumentError(absl::StrCat("a sequence holds 1 to ", max_positions(),
+                                                     " tokens; asked for ", max_tokens));
+    }
+    cu::DeviceBuffer reuse = memory_.Take(model_->KvCacheBytes(max_tokens));
+    absl::StatusOr<CudaKvCache> kv = model_->NewKvCache(max_tokens, &reuse);
+    memory_.Give(std::move(reuse));  // Still here only when it was not used.
+    if (!kv.ok()) return kv.status();
+    return std::make_unique<GpuSequence>(*std::move(kv), model_.get(), &staging_, &memory_);
   }
   absl::StatusOr<std::vector<float>> Prefill(std::span<const uint32_t> tokens,
                                              Sequence* seq) const override {
@@ -241,6 +349,7 @@ class GpuRuntime : public Runtime {
  private:
   std::unique_ptr<CudaModel> model_;
   mutable Staging staging_;
+  mutable KvMemoryCache memory_;
 };
 #endif  // TIERKV_HAVE_CUDA
 

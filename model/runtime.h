@@ -35,7 +35,8 @@ struct RuntimeOptions {
   uint32_t block_tokens = kDefaultBlockTokens;
 };
 
-// One sequence's KV on the runtime's device. Used by one thread at a time.
+// One sequence's KV on the runtime's device. Used by one thread at a time; must not outlive
+// its runtime.
 class Sequence {
  public:
   virtual ~Sequence() = default;
@@ -55,6 +56,10 @@ class Sequence {
       absl::FunctionRef<size_t()> verify) = 0;
   // Block `index` as a block object. OUT_OF_RANGE when the sequence does not hold all of it.
   virtual absl::StatusOr<std::string> ExtractBlock(uint64_t index) const = 0;
+  // Blocks [first, first + count) as block objects, in one pass (the GPU moves them in large
+  // copies). OUT_OF_RANGE when the sequence does not hold all of them.
+  virtual absl::StatusOr<std::vector<std::string>> ExtractBlocks(uint64_t first,
+                                                                 uint64_t count) const = 0;
 };
 
 // Keeps host memory registered with a runtime (Runtime::RegisterHostMemory) until destroyed.

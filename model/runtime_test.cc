@@ -91,6 +91,10 @@ TEST_P(RuntimeOnDevice, BlocksMovedBetweenSequencesContinueTheSequence) {
     blocks.push_back(*b);
   }
   EXPECT_EQ((*a)->ExtractBlock(4).status().code(), absl::StatusCode::kOutOfRange);
+  absl::StatusOr<std::vector<std::string>> batch = (*a)->ExtractBlocks(1, 3);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  EXPECT_EQ(*batch, std::vector<std::string>(blocks.begin() + 1, blocks.end()));
+  EXPECT_EQ((*a)->ExtractBlocks(2, 3).status().code(), absl::StatusCode::kOutOfRange);
 
   absl::StatusOr<std::unique_ptr<Sequence>> b = r.NewSequence(128);
   ASSERT_TRUE(b.ok());
@@ -133,6 +137,32 @@ TEST_P(RuntimeOnDevice, BlocksMovedBetweenSequencesContinueTheSequence) {
   EXPECT_EQ((*c)->AppendBlocks(bad).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ((*c)->tokens(), 0);
   EXPECT_EQ(r.NewSequence(0).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace tierkv
+
+namespace tierkv {
+namespace {
+
+// Enough blocks that the GPU's extraction runs several batches through its two staging halves.
+TEST(RuntimeOnGpu, ExtractBlocksInManyBatchesEqualsOneAtATime) {
+  if (!GpuRuntimeAvailable()) GTEST_SKIP() << "no usable GPU: the CPU case is covered above";
+  RuntimeOptions o;
+  o.device = "cuda";
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Load("builtin:tiny", o);
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  const std::vector<uint32_t> prompt = Tokens(16 * 600 + 5, 9);
+  absl::StatusOr<std::unique_ptr<Sequence>> seq = (*rt)->NewSequence(prompt.size());
+  ASSERT_TRUE(seq.ok());
+  ASSERT_TRUE((*rt)->Prefill(prompt, seq->get()).ok());
+  absl::StatusOr<std::vector<std::string>> all = (*seq)->ExtractBlocks(3, 597);
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->size(), 597u);
+  for (uint64_t i = 0; i < 597; i += 37) {
+    EXPECT_EQ((*all)[i], *(*seq)->ExtractBlock(3 + i)) << "block " << 3 + i;
+  }
+  EXPECT_EQ((*all)[596], *(*seq)->ExtractBlock(599));
 }
 
 }  // namespace

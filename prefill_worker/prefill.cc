@@ -136,10 +136,9 @@ absl::StatusOr<v1::PrefillResponse> RunPrefill(const Runtime& model, CacheClient
   const ModelSpec& spec = model.spec();
   absl::Time t0 = absl::Now();
   std::vector<std::string> payloads;
-  for (size_t i = seq.cached_blocks; i < seq.keys.size(); ++i) {
-    auto block = seq.seq->ExtractBlock(i);
-    if (!block.ok()) break;
-    payloads.push_back(*std::move(block));
+  if (seq.keys.size() > seq.cached_blocks) {
+    auto blocks = seq.seq->ExtractBlocks(seq.cached_blocks, seq.keys.size() - seq.cached_blocks);
+    if (blocks.ok()) payloads = *std::move(blocks);
   }
   if (!payloads.empty()) {
     auto stored = cache.Store(spec, seq.keys, seq.cached_blocks, payloads);

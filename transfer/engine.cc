@@ -40,6 +40,7 @@
 #include "absl/synchronization/notification.h"
 #include "core/block_key.h"
 #include "core/status.h"
+#include "transfer/internal/staging_engine.h"
 #include "transfer/internal/ucx.h"
 #include "transfer/internal/wire.h"
 
@@ -1667,8 +1668,15 @@ void UcxEngine::ServeStepDone(Serve* serve) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TransferEngine>> TransferEngine::Create(EngineOptions options) {
+  // With device memory, the UCX engine moves host bytes only and a wrapper stages device
+  // ops through bounce buffers (internal/staging_engine.h).
+  EngineOptions staging = options;
+  options.device_memory = nullptr;
   auto engine = std::make_unique<UcxEngine>(std::move(options));
   TIERKV_RETURN_IF_ERROR(engine->Start());
+  if (staging.device_memory != nullptr) {
+    return internal::NewStagingEngine(std::move(engine), staging);
+  }
   return std::unique_ptr<TransferEngine>(std::move(engine));
 }
 

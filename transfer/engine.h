@@ -30,15 +30,33 @@
 // the endpoint is such a transport (ucp_ep_print_info lists the lanes); the policy can
 // force either path (tests run both paths on both transports).
 //
+// GPU memory. Where UCX has no CUDA transports (Debian's 1.13), an op whose `local` is device
+// memory cannot be handed to UCX. An engine created with EngineOptions::device_memory (a
+// DeviceMemory, transfer/device_memory.h; transfer/cuda_device_memory.h makes the CUDA one)
+// splits every batch into host ops, which take the paths above unchanged, and device ops,
+// which it stages through pinned host bounce buffers (EngineOptions::bounce_bytes, split in
+// up to four slots and registered once): a device GET lands in a slot, its checksum is
+// verified there, and only bytes that passed are copied to the device; a device PUT is
+// copied from the device into a slot and sent from there. The slots form a ring, so the
+// device copies of one slot overlap the network transfers of the others. Ops larger than a
+// slot move in slot-sized pieces (a checksum then covers all of them: earlier pieces of a
+// GET that ends in DATA_LOSS may already be in device memory); several small ops share a
+// slot, and an op that fits in a slot is never split. Device ops of a batch run after those
+// of batches submitted before it: one staging thread drives the ring for every caller.
+// Without device_memory (null, the default) device pointers are not recognised and are
+// handed to UCX as host memory, as before.
+//
 // Transports come from UCX: EngineOptions::transports if set, else the UCX_TLS variable,
 // else UCX's default. Every engine answers the owner side of the two-sided protocol
 // whatever its own policy.
 //
 // Thread safety: every method of TransferEngine may be called from any thread. Completion
-// callbacks of the async forms run on the engine's progress thread: they must not block.
-// The synchronous methods (Get, Put, Register, Allocate, Connect) called there fail with
-// FAILED_PRECONDITION instead of deadlocking, and a MemoryRegion destroyed there is
-// unregistered without waiting for the transfers in flight on it. Endpoint and MemoryRegion
+// callbacks of the async forms run on the engine's progress thread (or, for a batch with
+// device ops, on its staging thread): they must not block. The synchronous methods (Get,
+// Put, Register, Allocate, Connect) called on the progress thread, and Get and Put called
+// on the staging thread, fail with FAILED_PRECONDITION instead of deadlocking, and a
+// MemoryRegion destroyed on the progress thread is unregistered without waiting for the
+// transfers in flight on it. Endpoint and MemoryRegion
 // objects are immutable and thread-safe; they must not outlive the engine that made them.
 #ifndef TIERKV_TRANSFER_ENGINE_H_
 #define TIERKV_TRANSFER_ENGINE_H_
@@ -56,6 +74,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "transfer/device_memory.h"
 
 namespace tierkv::transfer {
 
@@ -105,6 +124,12 @@ struct EngineOptions {
   // flipped where the bytes landed). When 0, the TIERKV_TRANSFER_FAULT_CORRUPT_EVERY_N
   // environment variable is read instead.
   uint64_t fault_corrupt_every_n = 0;
+  // GPU memory (see the file comment). Null: ops' local buffers are all host memory. The
+  // engine keeps a reference; the object must be usable from the engine's threads.
+  std::shared_ptr<DeviceMemory> device_memory;
+  // With device_memory: the pinned host memory for bounce buffers, split in up to four
+  // equal slots (fewer when that would make slots below 4 KiB). At least 8 KiB.
+  size_t bounce_bytes = 64 << 20;
 };
 
 // A range of this process's memory registered with UCX (Register) or allocated by it
@@ -165,9 +190,11 @@ using BatchCallback = absl::AnyInvocable<void(std::vector<absl::Status>) &&>;
 
 class TransferEngine {
  public:
-  // Creates the ucp context and worker and starts the progress thread. INVALID_ARGUMENT for
-  // bad options; UNAVAILABLE (or the converted UCX error) when UCX cannot start with the
-  // requested transports.
+  // Creates the ucp context and worker and starts the progress thread (and, with
+  // device_memory, allocates and registers the bounce buffers and starts the staging
+  // thread). INVALID_ARGUMENT for bad options; UNAVAILABLE (or the converted UCX error) when
+  // UCX cannot start with the requested transports; DeviceMemory::AllocatePinned's error
+  // when the bounce buffers cannot be had.
   static absl::StatusOr<std::unique_ptr<TransferEngine>> Create(EngineOptions options);
 
   // Stops the progress thread. Operations still in flight complete with CANCELLED first
@@ -212,6 +239,12 @@ class TransferEngine {
   //   CANCELLED          the engine is shutting down.
   // When an op fails, op.local may hold any bytes. op.local must not be read or written by
   // anyone else until the call returns; once it returns the engine no longer touches it.
+  // Device ops (EngineOptions::device_memory) have the same statuses; their checksum is
+  // verified on the bounce buffer, so a block that fails it never reaches device memory
+  // (an op larger than a slot: its last piece never does). An op larger than a slot that
+  // fails OUT_OF_RANGE at the owner (two-sided: the region went away) may have moved some
+  // pieces. A device copy that fails reports the DeviceMemory's error (INTERNAL from the
+  // CUDA one).
   virtual std::vector<absl::Status> Get(Endpoint& ep, std::span<const TransferOp> ops) = 0;
 
   // Writes every op's op.local bytes into the peer's range; OK means the bytes have
@@ -222,8 +255,10 @@ class TransferEngine {
 
   // Asynchronous forms: return at once; `done` runs on the progress thread when every op
   // has completed, with the statuses Get/Put would return (Get's checksums are verified on
-  // the progress thread). The buffers must stay valid until `done` runs; the ops
-  // themselves (and their remote_key bytes) are copied before these return.
+  // the progress thread). For a batch with device ops, `done` runs on the staging thread
+  // instead (where device ops' checksums are verified), once the host ops have completed
+  // too. The buffers must stay valid until `done` runs; the ops themselves (and their
+  // remote_key bytes) are copied before these return.
   virtual void GetAsync(std::shared_ptr<Endpoint> ep, std::span<const TransferOp> ops,
                         BatchCallback done) = 0;
   virtual void PutAsync(std::shared_ptr<Endpoint> ep, std::span<const TransferOp> ops,
