@@ -150,55 +150,136 @@ class GrpcCacheClient : public CacheClient {
     endpoint_.reset();  // Before the engine that made it.
   }
 
+  // Allocates blocks keys[first, first + count) (each spec.RawBlockBytes(), raw codec).
+  absl::Status AllocateBlocks(const ModelSpec& spec, std::span<const BlockKey> keys, size_t first,
+                              size_t count, v1::AllocateResponse* allocated) {
+    if (first + count > keys.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("Store of ", count, " blocks from ", first,
+                                                     " runs past the ", keys.size(),
+                                                     "-key chain"));
+    }
+    v1::AllocateRequest alloc;
+    ModelSpecToProto(spec, alloc.mutable_model());
+    alloc.set_lease_ttl_ms(absl::ToInt64Milliseconds(options_.write_lease));
+    for (size_t k = first; k < first + count; ++k) {
+      auto* b = alloc.add_blocks();
+      b->set_key(std::string(KeyBytes(keys[k])));
+      if (k > 0) b->set_parent_key(std::string(KeyBytes(keys[k - 1])));
+      b->set_size(spec.RawBlockBytes());
+      b->set_codec(v1::CODEC_RAW);
+    }
+    auto ctx = Context();
+    return FromGrpcStatus(stub_->Allocate(ctx.get(), alloc, allocated));
+  }
+
+  // Counts a block Allocate did not hand out for writing; false for one to write.
+  static bool Skipped(const v1::AllocateResponse::Block& b, StoreResult* result) {
+    switch (b.state()) {
+      case v1::AllocateResponse::STATE_ALREADY_COMMITTED:
+        ++result->already_cached;
+        return true;
+      case v1::AllocateResponse::STATE_IN_PROGRESS:
+        ++result->in_progress;
+        return true;
+      case v1::AllocateResponse::STATE_NOT_ADMITTED:
+        ++result->not_admitted;
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  absl::Status CommitBlocks(const v1::CommitRequest& commit, StoreResult* result) {
+    v1::CommitResponse committed;
+    auto ctx = Context();
+    absl::Status s = FromGrpcStatus(stub_->Commit(ctx.get(), commit, &committed));
+    if (!s.ok()) {
+      Abort(commit.allocation_id());
+      return s;
+    }
+    result->stored = committed.committed();
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<StoreResult> StoreInPlace(const ModelSpec& spec, std::span<const BlockKey> keys,
+                                           size_t first, size_t count,
+                                           InPlaceWrite write) override {
+    std::span<const uint8_t> tier;
+    {
+      absl::MutexLock lock(&plane_mu_);
+      tier = local_tier_;
+    }
+    if (tier.empty()) {
+      return absl::FailedPreconditionError(
+          "StoreInPlace: the cache manager's host tier is not in this process");
+    }
+    StoreResult result;
+    if (count == 0) return result;
+    v1::AllocateResponse allocated;
+    TIERKV_RETURN_IF_ERROR(AllocateBlocks(spec, keys, first, count, &allocated));
+    std::vector<size_t> indices;
+    std::vector<PayloadTarget> pieces;
+    std::vector<size_t> first_piece;
+    v1::CommitRequest commit;
+    commit.set_allocation_id(allocated.allocation_id());
+    for (int i = 0; i < allocated.blocks_size(); ++i) {
+      const auto& b = allocated.blocks(i);
+      if (Skipped(b, &result)) continue;
+      first_piece.push_back(pieces.size());
+      uint64_t sum = 0;
+      for (const auto& e : b.location().extents()) {
+        if (b.location().tier() != v1::TIER_HOST || e.offset() > tier.size() ||
+            e.length() > tier.size() - e.offset()) {
+          Abort(allocated.allocation_id());
+          return absl::InternalError("the cache reserved space outside its host tier");
+        }
+        pieces.push_back({const_cast<uint8_t*>(tier.data()) + e.offset(), e.length()});
+        sum += e.length();
+      }
+      if (sum != spec.RawBlockBytes()) {
+        Abort(allocated.allocation_id());
+        return absl::InternalError(absl::StrCat("the cache reserved ", sum, " bytes for a ",
+                                                spec.RawBlockBytes(), "-byte block"));
+      }
+      indices.push_back(static_cast<size_t>(i));
+      commit.add_blocks()->set_key(b.key());
+    }
+    if (indices.empty()) return result;
+    first_piece.push_back(pieces.size());
+    std::vector<std::span<const PayloadTarget>> targets;
+    for (size_t j = 0; j < indices.size(); ++j) {
+      targets.emplace_back(pieces.data() + first_piece[j], first_piece[j + 1] - first_piece[j]);
+    }
+    std::vector<uint64_t> checksums(indices.size());
+    if (absl::Status s = write(indices, targets, checksums); !s.ok()) {
+      Abort(allocated.allocation_id());
+      return s;
+    }
+    for (size_t j = 0; j < indices.size(); ++j) commit.mutable_blocks(j)->set_checksum(checksums[j]);
+    TIERKV_RETURN_IF_ERROR(CommitBlocks(commit, &result));
+    return result;
+  }
+
   absl::StatusOr<StoreResult> Store(const ModelSpec& spec, std::span<const BlockKey> keys,
                                     size_t first, std::span<const std::string> payloads) override {
     StoreResult result;
     if (payloads.empty()) return result;
-    if (first + payloads.size() > keys.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "Store of ", payloads.size(), " blocks from ", first, " runs past the ", keys.size(),
-          "-key chain"));
-    }
-    const uint64_t size = spec.RawBlockBytes();
-    v1::AllocateRequest alloc;
-    ModelSpecToProto(spec, alloc.mutable_model());
-    alloc.set_lease_ttl_ms(absl::ToInt64Milliseconds(options_.write_lease));
     for (size_t i = 0; i < payloads.size(); ++i) {
-      if (payloads[i].size() != size) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "payload ", i, " is ", payloads[i].size(), " bytes; a block of this model is ", size));
+      if (payloads[i].size() != spec.RawBlockBytes()) {
+        return absl::InvalidArgumentError(absl::StrCat("payload ", i, " is ", payloads[i].size(),
+                                                       " bytes; a block of this model is ",
+                                                       spec.RawBlockBytes()));
       }
-      const size_t k = first + i;
-      auto* b = alloc.add_blocks();
-      b->set_key(std::string(KeyBytes(keys[k])));
-      if (k > 0) b->set_parent_key(std::string(KeyBytes(keys[k - 1])));
-      b->set_size(size);
-      b->set_codec(v1::CODEC_RAW);
     }
     v1::AllocateResponse allocated;
-    {
-      auto ctx = Context();
-      TIERKV_RETURN_IF_ERROR(FromGrpcStatus(stub_->Allocate(ctx.get(), alloc, &allocated)));
-    }
+    TIERKV_RETURN_IF_ERROR(AllocateBlocks(spec, keys, first, payloads.size(), &allocated));
     v1::CommitRequest commit;
     commit.set_allocation_id(allocated.allocation_id());
     const bool ucx = DataPlaneReady();
     std::vector<transfer::TransferOp> ops;  // Every block's writes, sent as one batch.
     for (int i = 0; i < allocated.blocks_size(); ++i) {
       const auto& b = allocated.blocks(i);
-      switch (b.state()) {
-        case v1::AllocateResponse::STATE_ALREADY_COMMITTED:
-          ++result.already_cached;
-          continue;
-        case v1::AllocateResponse::STATE_IN_PROGRESS:
-          ++result.in_progress;
-          continue;
-        case v1::AllocateResponse::STATE_NOT_ADMITTED:
-          ++result.not_admitted;
-          continue;
-        default:
-          break;
-      }
+      if (Skipped(b, &result)) continue;
       absl::Status put = ucx ? AppendPutOps(b.location(), payloads[i], &ops)
                              : PutBlock(allocated.allocation_id(), b.key(), payloads[i]);
       if (!put.ok()) {
@@ -217,16 +298,7 @@ class GrpcCacheClient : public CacheClient {
         }
       }
     }
-    if (commit.blocks_size() > 0) {
-      v1::CommitResponse committed;
-      auto ctx = Context();
-      absl::Status s = FromGrpcStatus(stub_->Commit(ctx.get(), commit, &committed));
-      if (!s.ok()) {
-        Abort(allocated.allocation_id());
-        return s;
-      }
-      result.stored = committed.committed();
-    }
+    if (commit.blocks_size() > 0) TIERKV_RETURN_IF_ERROR(CommitBlocks(commit, &result));
     return result;
   }
 

@@ -120,6 +120,20 @@ class CacheClient {
                                             size_t first,
                                             std::span<const std::string> payloads) = 0;
 
+  // Store into the local host tier without copies: Allocate keys[first, first + count),
+  // then `write` fills the space reserved for the blocks to write (indices[j] is such a
+  // block's position counted from `first`; targets[j] its space in pieces) and sets
+  // checksums[j] to each payload's BlockChecksum, then Commit (which checks them). Blocks
+  // already cached, in progress elsewhere or not admitted are skipped and counted. An error
+  // of `write` aborts the allocation and is returned. FAILED_PRECONDITION without a local
+  // host tier; otherwise the errors of Store.
+  using InPlaceWrite = absl::FunctionRef<absl::Status(
+      std::span<const size_t>, std::span<const std::span<const PayloadTarget>>,
+      std::span<uint64_t>)>;
+  virtual absl::StatusOr<StoreResult> StoreInPlace(const ModelSpec& spec,
+                                                   std::span<const BlockKey> keys, size_t first,
+                                                   size_t count, InPlaceWrite write) = 0;
+
   // The data path in use (kUndecided before the first fetch or store).
   virtual DataPath data_path() const = 0;
 };

@@ -101,6 +101,11 @@ struct PayloadPiece {
   const void* data = nullptr;
   size_t size = 0;
 };
+// A piece of memory in this process that a block payload is to be written into.
+struct PayloadTarget {
+  void* data = nullptr;
+  size_t size = 0;
+};
 // BlockChecksum of the concatenation of `pieces`.
 uint64_t BlockChecksum(std::span<const PayloadPiece> pieces);
 

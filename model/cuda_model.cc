@@ -223,6 +223,54 @@ absl::Status CudaKvCache::AppendBlocksFromHost(
   return absl::OkStatus();
 }
 
+absl::Status CudaKvCache::ExtractBlocksToHost(
+    int64_t first_block, std::span<const std::span<const PayloadTarget>> blocks,
+    const ModelSpec& spec, void* staging, size_t staging_bytes, cu::Stream stream) const {
+  TIERKV_RETURN_IF_ERROR(CheckSpec(spec));
+  const int64_t t = spec.block_tokens;
+  const int64_t n = static_cast<int64_t>(blocks.size());
+  const size_t bytes = spec.RawBlockBytes();
+  if (first_block < 0 || (first_block + n) * t > tokens_) {
+    return absl::OutOfRangeError(absl::StrCat("blocks [", first_block, ", ", first_block + n,
+                                              ") of ", t, " tokens are not all in a cache of ",
+                                              tokens_, " tokens"));
+  }
+  if (staging == nullptr || staging_bytes < bytes) {
+    return absl::InvalidArgumentError("the device staging buffer does not hold one block");
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    size_t sum = 0;
+    for (const PayloadTarget& p : blocks[i]) sum += p.size;
+    if (sum != bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("block ", i, " has room for ", sum, " bytes; a block is ", bytes));
+    }
+  }
+  const int64_t per_batch = static_cast<int64_t>(staging_bytes / bytes);
+  uint8_t* src = static_cast<uint8_t*>(staging);
+  for (int64_t done = 0; done < n;) {
+    const int64_t m = std::min(per_batch, n - done);
+    cu::ScatterKvBlocksParams gp;
+    gp.num_blocks = m;
+    gp.num_layers = num_layers_;
+    gp.block_tokens = t;
+    gp.row_elems = row_elems();
+    gp.kv = storage_.as<Bf16>();
+    gp.capacity = capacity_;
+    gp.row0 = (first_block + done) * t;
+    TIERKV_RETURN_IF_ERROR(cu::GatherKvBlocks(gp, static_cast<Bf16*>(staging), stream));
+    for (int64_t i = 0; i < m; ++i) {
+      size_t at = static_cast<size_t>(i) * bytes;
+      for (const PayloadTarget& p : blocks[done + i]) {
+        TIERKV_RETURN_IF_ERROR(cu::CopyAsync(p.data, src + at, p.size, stream));
+        at += p.size;
+      }
+    }
+    done += m;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CudaKvCache::ExtractBlocks(int64_t first_block, int64_t num_blocks,
                                         const ModelSpec& spec, void* out,
                                         cu::Stream stream) const {

@@ -84,6 +84,34 @@ class CpuSequence : public Sequence {
   absl::StatusOr<std::string> ExtractBlock(uint64_t index) const override {
     return tierkv::ExtractBlock(kv_, index, *spec_);
   }
+  absl::Status WriteBlocksInPlace(
+      uint64_t first, std::span<const std::span<const PayloadTarget>> blocks) const override {
+    const size_t bytes = spec_->RawBlockBytes();
+    std::string joined;
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      size_t sum = 0;
+      for (const PayloadTarget& p : blocks[i]) sum += p.size;
+      if (sum != bytes) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("block ", i, " has room for ", sum, " bytes; a block is ", bytes));
+      }
+    }
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      if (blocks[i].size() == 1) {
+        TIERKV_RETURN_IF_ERROR(ExtractBlockInto(
+            kv_, first + i, *spec_,
+            std::span<uint8_t>(static_cast<uint8_t*>(blocks[i][0].data), bytes)));
+        continue;
+      }
+      TIERKV_ASSIGN_OR_RETURN(joined, tierkv::ExtractBlock(kv_, first + i, *spec_));
+      size_t at = 0;
+      for (const PayloadTarget& p : blocks[i]) {
+        std::memcpy(p.data, joined.data() + at, p.size);
+        at += p.size;
+      }
+    }
+    return absl::OkStatus();
+  }
   absl::StatusOr<std::vector<std::string>> ExtractBlocks(uint64_t first,
                                                          uint64_t count) const override {
     std::vector<std::string> out;
@@ -266,6 +294,16 @@ class GpuSequence : public Sequence {
     return std::string(buf.as<char>(), bytes);
   }
 
+  absl::Status WriteBlocksInPlace(
+      uint64_t first, std::span<const std::span<const PayloadTarget>> blocks) const override {
+    absl::MutexLock lock(&staging_->mu());
+    absl::Status s = kv_.ExtractBlocksToHost(static_cast<int64_t>(first), blocks, model_->spec(),
+                                             staging_->device().data(),
+                                             staging_->device().size(), model_->stream());
+    // Wait even after an error: copies already queued still write the caller's memory.
+    absl::Status synced = cu::StreamSynchronize(model_->stream());
+    return s.ok() ? synced : s;
+  }
   absl::StatusOr<std::vector<std::string>> ExtractBlocks(uint64_t first,
                                                          uint64_t count) const override {
     const ModelSpec& spec = model_->spec();
@@ -364,6 +402,18 @@ size_t IntactPrefix(std::span<const std::span<const PayloadPiece>> blocks,
   size_t good = 0;
   while (good < n && ok[good]) ++good;
   return good;
+}
+
+void ChecksumsOf(std::span<const std::span<const PayloadTarget>> blocks,
+                 std::span<uint64_t> out) {
+  kernels::ParallelFor(kernels::ThreadPool::Default(),
+                       static_cast<int64_t>(std::min(blocks.size(), out.size())), [&](int64_t i) {
+                         ChecksumBuilder b;
+                         for (const PayloadTarget& p : blocks[i]) b.Update(p.data, p.size);
+                         out[i] = blocks[i].size() == 1
+                                      ? BlockChecksum(blocks[i][0].data, blocks[i][0].size)
+                                      : b.Finish();
+                       });
 }
 
 bool GpuRuntimeAvailable() {

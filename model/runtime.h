@@ -56,6 +56,13 @@ class Sequence {
       absl::FunctionRef<size_t()> verify) = 0;
   // Block `index` as a block object. OUT_OF_RANGE when the sequence does not hold all of it.
   virtual absl::StatusOr<std::string> ExtractBlock(uint64_t index) const = 0;
+  // Writes blocks [first, first + blocks.size()) as block objects into memory of this
+  // process in pieces (block i into the concatenation of blocks[i]), such as space the cache
+  // manager's host tier reserved for them. Returns once the bytes are there. OUT_OF_RANGE
+  // when the sequence does not hold the blocks; INVALID_ARGUMENT when pieces do not add up
+  // to a block.
+  virtual absl::Status WriteBlocksInPlace(
+      uint64_t first, std::span<const std::span<const PayloadTarget>> blocks) const = 0;
   // Blocks [first, first + count) as block objects, in one pass (the GPU moves them in large
   // copies). OUT_OF_RANGE when the sequence does not hold all of them.
   virtual absl::StatusOr<std::vector<std::string>> ExtractBlocks(uint64_t first,
@@ -109,6 +116,10 @@ class Runtime {
 // blocks in parallel on the kernels' thread pool.
 size_t IntactPrefix(std::span<const std::span<const PayloadPiece>> blocks,
                     std::span<const uint64_t> checksums);
+
+// Sets out[i] to the BlockChecksum of blocks[i]'s pieces, in parallel on the kernels' pool.
+void ChecksumsOf(std::span<const std::span<const PayloadTarget>> blocks,
+                 std::span<uint64_t> out);
 
 // True when this build has CUDA and an sm_90 GPU is usable now.
 bool GpuRuntimeAvailable();

@@ -95,6 +95,23 @@ TEST_P(RuntimeOnDevice, BlocksMovedBetweenSequencesContinueTheSequence) {
   ASSERT_TRUE(batch.ok()) << batch.status();
   EXPECT_EQ(*batch, std::vector<std::string>(blocks.begin() + 1, blocks.end()));
   EXPECT_EQ((*a)->ExtractBlocks(2, 3).status().code(), absl::StatusCode::kOutOfRange);
+  // Written in place into pieces (block 1 in one piece, blocks 2 and 3 in three).
+  const size_t bytes = blocks[0].size();
+  std::string area(3 * bytes, '\0');
+  std::vector<PayloadTarget> targets = {{area.data(), bytes},
+                                        {area.data() + bytes, 100},
+                                        {area.data() + bytes + 100, bytes - 100},
+                                        {area.data() + 2 * bytes, bytes}};
+  std::vector<std::span<const PayloadTarget>> where = {{&targets[0], 1}, {&targets[1], 2},
+                                                       {&targets[3], 1}};
+  ASSERT_TRUE((*a)->WriteBlocksInPlace(1, where).ok());
+  EXPECT_EQ(area, blocks[1] + blocks[2] + blocks[3]);
+  std::vector<uint64_t> sums(3);
+  ChecksumsOf(where, sums);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(sums[i], BlockChecksum(blocks[1 + i].data(), bytes));
+  EXPECT_EQ((*a)->WriteBlocksInPlace(2, where).code(), absl::StatusCode::kOutOfRange);
+  targets[2].size -= 1;
+  EXPECT_EQ((*a)->WriteBlocksInPlace(1, where).code(), absl::StatusCode::kInvalidArgument);
 
   absl::StatusOr<std::unique_ptr<Sequence>> b = r.NewSequence(128);
   ASSERT_TRUE(b.ok());

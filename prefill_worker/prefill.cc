@@ -135,14 +135,33 @@ absl::StatusOr<v1::PrefillResponse> RunPrefill(const Runtime& model, CacheClient
   // Store every full block not fetched from the cache.
   const ModelSpec& spec = model.spec();
   absl::Time t0 = absl::Now();
-  std::vector<std::string> payloads;
-  if (seq.keys.size() > seq.cached_blocks) {
-    auto blocks = seq.seq->ExtractBlocks(seq.cached_blocks, seq.keys.size() - seq.cached_blocks);
-    if (blocks.ok()) payloads = *std::move(blocks);
-  }
-  if (!payloads.empty()) {
-    auto stored = cache.Store(spec, seq.keys, seq.cached_blocks, payloads);
+  const size_t first = seq.cached_blocks;
+  const size_t count = seq.keys.size() - first;
+  if (count > 0 && cache.HasLocalHostTier()) {
+    // The host tier is in this process: the blocks go straight into the space it reserves.
+    auto stored = cache.StoreInPlace(
+        spec, seq.keys, first, count,
+        [&](std::span<const size_t> indices,
+            std::span<const std::span<const PayloadTarget>> targets,
+            std::span<uint64_t> checksums) -> absl::Status {
+          // One write per run of consecutive blocks (skipped blocks split runs).
+          for (size_t j = 0; j < indices.size();) {
+            size_t k = j + 1;
+            while (k < indices.size() && indices[k] == indices[k - 1] + 1) ++k;
+            TIERKV_RETURN_IF_ERROR(
+                seq.seq->WriteBlocksInPlace(first + indices[j], targets.subspan(j, k - j)));
+            j = k;
+          }
+          ChecksumsOf(targets, checksums);
+          return absl::OkStatus();
+        });
     if (stored.ok()) response.set_stored_blocks(stored->stored);
+  } else if (count > 0) {
+    auto blocks = seq.seq->ExtractBlocks(first, count);
+    if (blocks.ok()) {
+      auto stored = cache.Store(spec, seq.keys, first, *blocks);
+      if (stored.ok()) response.set_stored_blocks(stored->stored);
+    }
   }
   const absl::Duration store_time = absl::Now() - t0;
 

@@ -102,7 +102,9 @@ absl::Status FillSeeded(Bf16* dst, int64_t count, uint64_t key, uint64_t offset,
                     "FillSeeded launch");
 }
 
-absl::Status ScatterKvBlocks(const ScatterKvBlocksParams& p, Stream stream) {
+namespace {
+
+absl::Status CheckKvBlocks(const ScatterKvBlocksParams& p) {
   if (p.num_blocks < 0) return Bad("num_blocks", "negative");
   if (p.num_layers <= 0) return Bad("num_layers", "must be positive");
   if (p.block_tokens <= 0) return Bad("block_tokens", "must be positive");
@@ -115,11 +117,28 @@ absl::Status ScatterKvBlocks(const ScatterKvBlocksParams& p, Stream stream) {
   if (p.num_blocks > 0 && (p.blocks == nullptr || p.kv == nullptr)) {
     return Bad(p.blocks == nullptr ? "blocks" : "kv", "null");
   }
-  if (reinterpret_cast<uintptr_t>(p.blocks) % 16 != 0 || reinterpret_cast<uintptr_t>(p.kv) % 16 != 0) {
+  if (reinterpret_cast<uintptr_t>(p.blocks) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(p.kv) % 16 != 0) {
     return Bad("blocks/kv", "must be 16-byte aligned");
   }
   if (p.num_blocks * 2 * p.num_layers > 0x7fffffff) return Bad("num_blocks", "too many at once");
-  return CudaStatus(internal::LaunchScatterKvBlocks(p, AsCuda(stream)), "ScatterKvBlocks launch");
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ScatterKvBlocks(const ScatterKvBlocksParams& p, Stream stream) {
+  if (absl::Status s = CheckKvBlocks(p); !s.ok()) return s;
+  return CudaStatus(internal::LaunchScatterKvBlocks(p, /*to_blocks=*/false, AsCuda(stream)),
+                    "ScatterKvBlocks launch");
+}
+
+absl::Status GatherKvBlocks(const ScatterKvBlocksParams& p, Bf16* blocks, Stream stream) {
+  ScatterKvBlocksParams q = p;
+  q.blocks = blocks;
+  if (absl::Status s = CheckKvBlocks(q); !s.ok()) return s;
+  return CudaStatus(internal::LaunchScatterKvBlocks(q, /*to_blocks=*/true, AsCuda(stream)),
+                    "GatherKvBlocks launch");
 }
 
 absl::Status ArgMax(const ArgMaxParams& p, Stream stream) {

@@ -195,24 +195,30 @@ __global__ void AddBiasKernel(uint16_t* y_bf16, float* y_f32, int64_t ldy, int64
 
 // grid: (num_blocks * 2 * num_layers); each thread block copies one [block_tokens][row] part
 // with 16-byte accesses.
-__global__ void ScatterKvBlocksKernel(ScatterKvBlocksParams p) {
+__global__ void ScatterKvBlocksKernel(ScatterKvBlocksParams p, bool to_blocks) {
   const int64_t parts = 2 * static_cast<int64_t>(p.num_layers);
   const int64_t b = blockIdx.x / parts;
   const int64_t part = blockIdx.x % parts;
   const int64_t part_elems = p.block_tokens * p.row_elems;
-  const uint4* src = reinterpret_cast<const uint4*>(p.blocks + (b * parts + part) * part_elems);
-  uint4* dst = reinterpret_cast<uint4*>(p.kv + part * p.capacity * p.row_elems +
-                                        (p.row0 + b * p.block_tokens) * p.row_elems);
+  uint4* obj = reinterpret_cast<uint4*>(const_cast<uint16_t*>(p.blocks) +
+                                        (b * parts + part) * part_elems);
+  uint4* kv = reinterpret_cast<uint4*>(p.kv + part * p.capacity * p.row_elems +
+                                       (p.row0 + b * p.block_tokens) * p.row_elems);
   const int64_t vecs = part_elems / 8;
-  for (int64_t i = threadIdx.x; i < vecs; i += blockDim.x) dst[i] = src[i];
+  if (to_blocks) {
+    for (int64_t i = threadIdx.x; i < vecs; i += blockDim.x) obj[i] = kv[i];
+  } else {
+    for (int64_t i = threadIdx.x; i < vecs; i += blockDim.x) kv[i] = obj[i];
+  }
 }
 
 }  // namespace
 
-cudaError_t LaunchScatterKvBlocks(const ScatterKvBlocksParams& p, cudaStream_t stream) {
+cudaError_t LaunchScatterKvBlocks(const ScatterKvBlocksParams& p, bool to_blocks,
+                                  cudaStream_t stream) {
   if (p.num_blocks == 0) return cudaSuccess;
   ScatterKvBlocksKernel<<<static_cast<unsigned>(p.num_blocks * 2 * p.num_layers), 256, 0,
-                          stream>>>(p);
+                          stream>>>(p, to_blocks);
   return cudaGetLastError();
 }
 

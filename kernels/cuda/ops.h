@@ -154,6 +154,9 @@ struct ScatterKvBlocksParams {
   int64_t row0 = 0;
 };
 absl::Status ScatterKvBlocks(const ScatterKvBlocksParams& p, Stream stream);
+// The inverse: reads rows row0 .. of the KV store and writes them as num_blocks consecutive
+// block objects at `blocks` (the field is written through; it is const only in the scatter).
+absl::Status GatherKvBlocks(const ScatterKvBlocksParams& p, Bf16* blocks, Stream stream);
 
 // ---------------------------------------------------------------------------------------
 // Matrix products (cuBLAS, bf16 operands, fp32 accumulation)

@@ -18,7 +18,9 @@ cudaError_t LaunchBf16ToF32(const Bf16* src, float* dst, int64_t count, cudaStre
 cudaError_t LaunchFillSeeded(Bf16* dst, int64_t count, uint64_t key, uint64_t offset,
                              float scale, float shift, cudaStream_t stream);
 cudaError_t LaunchArgMax(const ArgMaxParams& p, cudaStream_t stream);
-cudaError_t LaunchScatterKvBlocks(const ScatterKvBlocksParams& p, cudaStream_t stream);
+// to_blocks: copy KV rows into p.blocks (cast to mutable) instead of the other way.
+cudaError_t LaunchScatterKvBlocks(const ScatterKvBlocksParams& p, bool to_blocks,
+                                  cudaStream_t stream);
 // y[i][j] += bias[j] for i < m, j < n; y is bf16 when y_bf16 is set, else fp32.
 cudaError_t LaunchAddBias(Bf16* y_bf16, float* y_f32, int64_t ldy, int64_t m, int64_t n,
                           const Bf16* bias, cudaStream_t stream);
