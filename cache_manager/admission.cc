@@ -52,16 +52,33 @@ uint64_t AdmissionController::MiniatureCapacity() const {
 
 void AdmissionController::OnLookup(const std::vector<std::string_view>& keys) {
   if (mode_ == Mode::kAll) return;
-  for (std::string_view raw : keys) {
+  std::string packed;
+  packed.reserve(keys.size() * kDigestBytes);
+  for (std::string_view key : keys) packed.append(key);
+  OnLookup(packed);
+}
+
+void AdmissionController::OnLookup(std::string_view packed_keys) {
+  if (mode_ == Mode::kAll) return;
+  const char* const packed = packed_keys.data();
+  const size_t n = packed_keys.size() / kDigestBytes;
+  auto key_at = [packed](size_t i) {
     BlockKey key;
-    std::memcpy(key.data(), raw.data(), kDigestBytes);
-    sketch_.Add(key);
+    std::memcpy(key.data(), packed + i * kDigestBytes, kDigestBytes);
+    return key;
+  };
+  // Each key's counters are one random line of a sketch larger than the nearer caches:
+  // fetch the lines a few keys ahead.
+  constexpr size_t kAhead = 32;
+  for (size_t i = 0; i < std::min(n, kAhead); ++i) sketch_.Prefetch(key_at(i));
+  for (size_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) sketch_.Prefetch(key_at(i + kAhead));
+    sketch_.Add(key_at(i));
   }
   if (mode_ != Mode::kAuto) return;
   const uint64_t capacity = MiniatureCapacity();
-  for (std::string_view raw : keys) {
-    BlockKey key;
-    std::memcpy(key.data(), raw.data(), kDigestBytes);
+  for (size_t i = 0; i < n; ++i) {
+    const BlockKey key = key_at(i);
     // Keys are SHA-256 outputs: the top bits of the first word are a fair sample.
     if (Word(key, 0) >> 60 != 0) continue;
     const uint32_t seen = sketch_.Estimate(key);

@@ -36,6 +36,8 @@ class AdmissionController {
 
   // The keys of one Lookup, in chain order: counted as asked for, and fed to the miniatures.
   void OnLookup(const std::vector<std::string_view>& keys);
+  // The same with the keys concatenated (32 bytes each).
+  void OnLookup(std::string_view packed_keys);
   // A block of `pages` pages was allocated: sizes the miniatures in blocks.
   void NoteBlockPages(uint64_t pages);
   // Whether `key` may displace cached blocks now.

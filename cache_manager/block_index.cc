@@ -79,7 +79,8 @@ BlockIndex::BlockIndex(const BlockIndexOptions& options, HostPool* pool, Clock* 
 
 BlockIndex::~BlockIndex() {
   absl::MutexLock lock(&mu_);
-  for (auto& [key, block] : blocks_) {
+  for (auto& [key, block_ptr] : blocks_) {
+    CommittedBlock& block = *block_ptr;
     if (block.in_host) pool_->Free(block.space);
   }
   for (auto& [key, block] : pending_) pool_->Free(block.space);
@@ -110,6 +111,11 @@ void BlockIndex::Relist(CommittedBlock& b) {
   if (b.ssd && (b.in_host || b.children == 0)) ssd_order_.emplace(b.touch_seq, &b);
 }
 
+bool BlockIndex::AdmitNew(const BlockKey& key) {
+  absl::MutexLock admission_lock(&admission_mu_);
+  return admission_->Admit(key);
+}
+
 void BlockIndex::Touch(CommittedBlock& block) {
   Unlist(block);
   block.touch_seq = next_seq_++;
@@ -119,7 +125,7 @@ void BlockIndex::Touch(CommittedBlock& block) {
 CommittedBlock* BlockIndex::FindParent(const CommittedBlock& block) {
   if (!block.parent) return nullptr;
   auto it = blocks_.find(*block.parent);
-  return it == blocks_.end() ? nullptr : &it->second;
+  return it == blocks_.end() ? nullptr : it->second.get();
 }
 
 void BlockIndex::AddReader(CommittedBlock& block) {
@@ -132,10 +138,10 @@ void BlockIndex::RemoveReader(const BlockKey& key) {
   auto it = blocks_.find(key);
   // Blocks with readers are never evicted (a corrupt one is removed with its readers'
   // references), so the block is still there.
-  if (it == blocks_.end() || it->second.readers == 0) return;
-  const bool was = IsProtected(it->second);
-  --it->second.readers;
-  UpdateProtection(it->second, was);
+  if (it == blocks_.end() || it->second->readers == 0) return;
+  const bool was = IsProtected(*it->second);
+  --it->second->readers;
+  UpdateProtection(*it->second, was);
 }
 
 void BlockIndex::UpdateProtection(CommittedBlock& block, bool was_protected) {
@@ -272,7 +278,7 @@ bool BlockIndex::AllHostChildrenMoving(const CommittedBlock& block) {
   auto kids = children_.find(block.key);
   if (kids == children_.end()) return true;
   for (const BlockKey& k : kids->second) {
-    const CommittedBlock& child = blocks_.at(k);
+    const CommittedBlock& child = *blocks_.at(k);
     if (child.in_host && !child.moving) return false;
   }
   return true;
@@ -344,7 +350,8 @@ bool BlockIndex::MakeHostRoom(uint64_t bytes) {
       // holds a prefix): their unprotected ancestors may still go to SSD, coldest first,
       // and the chains stay whole there.
       std::vector<CommittedBlock*> cold;
-      for (auto& [key, b] : blocks_) {
+      for (auto& [key, b_ptr] : blocks_) {
+        CommittedBlock& b = *b_ptr;
         if (b.in_host && !b.moving && !IsProtected(b)) cold.push_back(&b);
       }
       std::sort(cold.begin(), cold.end(), [](const CommittedBlock* x, const CommittedBlock* y) {
@@ -385,7 +392,7 @@ void BlockIndex::RunDemotions(const std::vector<Demotion>& demotions) {
   std::vector<SsdTier::WriteItem> items;
   items.reserve(demotions.size());
   for (const Demotion& d : demotions) {
-    const CommittedBlock& block = blocks_.at(d.key);
+    const CommittedBlock& block = *blocks_.at(d.key);
     items.push_back(SsdTier::WriteItem{RecordOf(block, d.location), Pieces<const uint8_t>(*pool_, block.space)});
   }
   // The blocks stay readable in host memory meanwhile; `moving` keeps them from being
@@ -394,7 +401,7 @@ void BlockIndex::RunDemotions(const std::vector<Demotion>& demotions) {
   std::vector<absl::Status> written = ssd_->Write(items);
   mu_.Lock();
   for (size_t i = 0; i < demotions.size(); ++i) {
-    CommittedBlock& block = blocks_.at(demotions[i].key);
+    CommittedBlock& block = *blocks_.at(demotions[i].key);
     block.moving = false;
     if (!written[i].ok()) {
       ssd_->Unreserve(demotions[i].location);
@@ -422,7 +429,8 @@ BlockIndex::FlushResult BlockIndex::FlushToSsd(size_t batch) {
   // The hottest host-only blocks first: if the SSD fills up, the coldest stay behind. One
   // scan and sort; blocks are found again by key since each batch releases the lock.
   std::vector<std::pair<uint64_t, BlockKey>> todo;
-  for (auto& [key, b] : blocks_) {
+  for (auto& [key, b_ptr] : blocks_) {
+    CommittedBlock& b = *b_ptr;
     if (b.in_host && !b.ssd) todo.emplace_back(b.touch_seq, key);
   }
   std::sort(todo.begin(), todo.end(), [](const auto& x, const auto& y) { return x.first > y.first; });
@@ -431,7 +439,7 @@ BlockIndex::FlushResult BlockIndex::FlushToSsd(size_t batch) {
     for (; next < todo.size() && demotions.size() < batch; ++next) {
       auto it = blocks_.find(todo[next].second);
       if (it == blocks_.end()) continue;
-      CommittedBlock& b = it->second;
+      CommittedBlock& b = *it->second;
       if (!b.in_host || b.ssd || b.moving) continue;
       // Room comes only from blocks that are on SSD alone (colder than anything in host
       // memory); the SSD copies of host blocks stay, so the flush never trades a hotter
@@ -445,20 +453,23 @@ BlockIndex::FlushResult BlockIndex::FlushToSsd(size_t batch) {
     RunDemotions(demotions);
     for (const Demotion& d : demotions) {
       auto it = blocks_.find(d.key);
-      if (it != blocks_.end() && it->second.ssd) {
+      if (it != blocks_.end() && it->second->ssd) {
         ++result.written;
-        result.bytes += it->second.size;
+        result.bytes += it->second->size;
       }
     }
   }
-  for (auto& [key, b] : blocks_) result.left += b.in_host && !b.ssd;
+  for (auto& [key, b_ptr] : blocks_) {
+    CommittedBlock& b = *b_ptr;
+    result.left += b.in_host && !b.ssd;
+  }
   return result;
 }
 
 void BlockIndex::WaitForMove(const BlockKey& key) {
   for (;;) {
     auto it = blocks_.find(key);
-    if (it == blocks_.end() || !it->second.moving) return;
+    if (it == blocks_.end() || !it->second->moving) return;
     moved_.Wait(&mu_);
   }
 }
@@ -467,7 +478,7 @@ void BlockIndex::Promote(const std::vector<BlockKey>& keys) {
   std::vector<CommittedBlock*> blocks;
   uint64_t bytes = 0;
   for (const BlockKey& key : keys) {
-    CommittedBlock& block = blocks_.at(key);
+    CommittedBlock& block = *blocks_.at(key);
     block.moving = true;
     AddReader(block);  // Keeps it (and its ancestors) while the lock is released.
     blocks.push_back(&block);
@@ -617,6 +628,7 @@ void BlockIndex::RemoveBlock(CommittedBlock& block, const std::string& reason,
     --ssd_blocks_;
     ssd_bytes_ -= block.size;
   }
+  probe_.Erase(key);
   blocks_.erase(key);
   RememberEvicted(key, reason, checksum_failure);
 }
@@ -682,21 +694,89 @@ absl::StatusOr<LookupResult> BlockIndex::Lookup(
           "keys[", i, "]: a block key is 32 bytes; got ", keys[i].size()));
     }
   }
+  std::string packed;
+  packed.reserve(keys.size() * kDigestBytes);
+  for (std::string_view key : keys) packed.append(key);
+  return LookupPacked(packed, fingerprint, accept_codecs, lease, lease_ttl, emit);
+}
+
+namespace {
+
+// Key i of a packed key list.
+BlockKey PackedKey(const char* packed, size_t i) {
+  BlockKey key;
+  std::memcpy(key.data(), packed + i * kDigestBytes, kDigestBytes);
+  return key;
+}
+
+// The cache lines of a committed block (aligned to a line; see its field order) that a
+// Lookup's walk reads: key, fingerprint, codec and tier flags.
+void PrefetchForWalk(const CommittedBlock* block) {
+  const char* p = reinterpret_cast<const char*>(block);
+  __builtin_prefetch(p, 0, 3);
+  __builtin_prefetch(p + 64, 1, 3);
+}
+
+// The lines a Lookup updates and emits: counters, recency, size, checksum, space and the
+// SSD copy (for the eviction orders).
+void PrefetchForUpdate(const CommittedBlock* block) {
+  const char* p = reinterpret_cast<const char*>(block);
+  static_assert(sizeof(CommittedBlock) >= 4 * 64);
+  __builtin_prefetch(p + 64, 1, 3);
+  __builtin_prefetch(p + 128, 1, 3);
+  __builtin_prefetch(p + 192, 1, 3);
+}
+
+}  // namespace
+
+absl::StatusOr<LookupResult> BlockIndex::LookupPacked(
+    std::string_view packed_keys, const std::optional<Digest>& fingerprint,
+    const std::vector<uint32_t>& accept_codecs, bool lease, absl::Duration lease_ttl,
+    absl::FunctionRef<void(const CommittedBlock&)> emit) {
+  if (packed_keys.size() % kDigestBytes != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "keys is ", packed_keys.size(), " bytes, not a whole number of ", kDigestBytes,
+        "-byte block keys"));
+  }
+  const size_t n = packed_keys.size() / kDigestBytes;
+  if (n > kMaxLookupKeys) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Lookup of ", n, " keys; at most ", kMaxLookupKeys));
+  }
+  TIERKV_RETURN_IF_ERROR(CheckLeaseTtl(lease_ttl, "read lease"));
+  const char* const packed = packed_keys.data();
   auto codec_ok = [&](uint32_t codec) {
     if (accept_codecs.empty()) return codec == kCodecRaw;
     return std::find(accept_codecs.begin(), accept_codecs.end(), codec) !=
            accept_codecs.end();
   };
+  // Software pipeline over the keys: the probe table slot of key i + kProbeAhead is
+  // prefetched, key i + kBlockAhead is probed (its slot is in cache by then) and its block
+  // prefetched, key i is handled. A long chain's blocks are scattered over the heap:
+  // without this, each key waits for two cache misses in turn.
+  constexpr size_t kProbeAhead = 32;
+  constexpr size_t kBlockAhead = 16;
+  constexpr size_t kRing = 32;  // A power of two above kBlockAhead.
+  static_assert(kRing > kBlockAhead && (kRing & (kRing - 1)) == 0);
+  // Every key of the request counts as asked for, found or not.
+  if (admission_ != nullptr) {
+    absl::MutexLock admission_lock(&admission_mu_);
+    admission_->OnLookup(packed_keys);
+  }
   absl::MutexLock lock(&mu_);
   ++counters_.lookups;
-  // Every key of the request counts as asked for, found or not.
-  if (admission_ != nullptr) admission_->OnLookup(keys);
+  // The block whose tag matches key i (not yet compared with the key), prefetched.
+  auto probe = [&](size_t i) -> CommittedBlock* {
+    CommittedBlock* block = probe_.Candidate(PackedKey(packed, i));
+    if (block != nullptr) PrefetchForWalk(block);
+    return block;
+  };
   // Find the prefix; SSD-only blocks in it are promoted to host memory first (the lock is
   // released for the reads), then the walk starts over. The last walk emits only blocks in
   // host memory, with no release of the lock between it and the emission.
   constexpr int kMaxPromotionRounds = 4;
   std::vector<CommittedBlock*> found;
-  found.reserve(keys.size());
+  found.reserve(n);
   for (int round = 0;; ++round) {
     found.clear();
     std::vector<BlockKey> to_promote;
@@ -706,15 +786,24 @@ absl::StatusOr<LookupResult> BlockIndex::Lookup(
     const uint64_t staying = ssd_ != nullptr ? protected_host_bytes_ : kept_bytes_;
     uint64_t promote_budget = pool_->capacity_bytes() - std::min(staying, pool_->capacity_bytes());
     bool waited = false;
-    for (std::string_view raw : keys) {
-      BlockKey key;
-      std::memcpy(key.data(), raw.data(), kDigestBytes);
-      auto it = blocks_.find(key);
-      if (it == blocks_.end()) break;
-      CommittedBlock& block = it->second;
+    CommittedBlock* ring[kRing];
+    for (size_t i = 0; i < std::min(n, kProbeAhead); ++i) probe_.Prefetch(PackedKey(packed, i));
+    for (size_t i = 0; i < std::min(n, kBlockAhead); ++i) ring[i] = probe(i);
+    for (size_t i = 0; i < n; ++i) {
+      if (i + kProbeAhead < n) probe_.Prefetch(PackedKey(packed, i + kProbeAhead));
+      if (i + kBlockAhead < n) ring[(i + kBlockAhead) & (kRing - 1)] = probe(i + kBlockAhead);
+      CommittedBlock* found_block = ring[i & (kRing - 1)];
+      if (found_block == nullptr) break;
+      if (std::memcmp(found_block->key.data(), packed + i * kDigestBytes, kDigestBytes) != 0) {
+        // Another key with the same first 8 bytes came first.
+        found_block = probe_.Find(PackedKey(packed, i));
+        if (found_block == nullptr) break;
+      }
+      CommittedBlock& block = *found_block;
       if (fingerprint && !BlockKeyEq()(block.fingerprint, *fingerprint)) break;
       if (!codec_ok(block.codec)) break;
       if (!block.in_host) {
+        const BlockKey key = block.key;
         if (round >= kMaxPromotionRounds) break;
         if (!promoting.insert(key).second) {
           break;  // The same key twice: no chain repeats a key; the prefix ends here.
@@ -733,7 +822,7 @@ absl::StatusOr<LookupResult> BlockIndex::Lookup(
       }
       if (!to_promote.empty()) {
         // Walk on to collect the chain's SSD-only blocks.
-        keep.push_back(key);
+        keep.push_back(block.key);
         continue;
       }
       found.push_back(&block);
@@ -742,28 +831,44 @@ absl::StatusOr<LookupResult> BlockIndex::Lookup(
     if (to_promote.empty()) break;
     // The chain's blocks already in host memory stay there while the rest comes up.
     for (CommittedBlock* b : found) keep.push_back(b->key);
-    for (const BlockKey& key : keep) AddReader(blocks_.at(key));
+    for (const BlockKey& key : keep) AddReader(*blocks_.at(key));
     Promote(to_promote);
     for (const BlockKey& key : keep) RemoveReader(key);
   }
   const absl::Time now = clock_->Now();
   LookupResult result;
   std::vector<BlockKey> leased;
-  for (CommittedBlock* b : found) {
-    CommittedBlock& block = *b;
+  if (lease) leased.reserve(found.size());
+  // The walk's blocks have left the nearer caches on a long chain: prefetch again, and the
+  // extents (read by `emit`) some blocks behind their block.
+  constexpr size_t kUpdateAhead = 24;
+  constexpr size_t kExtentsAhead = 12;
+  for (size_t i = 0; i < std::min(found.size(), kUpdateAhead); ++i) PrefetchForUpdate(found[i]);
+  for (size_t i = 0; i < found.size(); ++i) {
+    if (i + kUpdateAhead < found.size()) PrefetchForUpdate(found[i + kUpdateAhead]);
+    if (i + kExtentsAhead < found.size()) {
+      __builtin_prefetch(found[i + kExtentsAhead]->space.extents.data(), 0, 3);
+    }
+    CommittedBlock& block = *found[i];
     ++block.hits;
     block.no_demote = false;  // A failed demotion is retried after the block's next use.
     block.last_access = now;
-    Touch(block);
+    if (block.children != 0 && block.host_children != 0 && !block.ssd) {
+      // Inside a chain, in host memory only: in no eviction order, so Touch's Unlist and
+      // Relist would do nothing but this.
+      block.touch_seq = next_seq_++;
+    } else {
+      Touch(block);
+    }
     if (lease) {
       AddReader(block);
       leased.push_back(block.key);
     }
     emit(block);
-    ++result.found;
   }
+  result.found = found.size();
   counters_.hits += result.found;
-  counters_.misses += keys.size() - result.found;
+  counters_.misses += n - result.found;
   if (lease && !leased.empty()) {
     result.lease_id = next_lease_id_++;
     result.lease_expires =
@@ -847,7 +952,7 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
         std::find(held.begin(), held.end(), parent->first) != held.end()) {
       continue;
     }
-    AddReader(parent->second);
+    AddReader(*parent->second);
     held.push_back(parent->first);
   }
   // Making room may release the lock; a block removed meanwhile (a corrupt SSD copy) takes
@@ -885,7 +990,7 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
       for (size_t i = 0; i < blocks.size(); ++i) {
         if (result.blocks[i].state != AllocateState::kAllocated) continue;
         const bool parent_refused = parsed[i].parent && refused.contains(*parsed[i].parent);
-        if (parent_refused || !admission_->Admit(parsed[i].key)) {
+        if (parent_refused || !AdmitNew(parsed[i].key)) {
           result.blocks[i].state = AllocateState::kNotAdmitted;
           refused.insert(parsed[i].key);
           pages_needed -= pool_->PagesFor(blocks[i].size);
@@ -958,7 +1063,10 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
       EndAllocation(id);
       return space.status();
     }
-    if (admission_ != nullptr) admission_->NoteBlockPages(pool_->PagesFor(blocks[i].size));
+    if (admission_ != nullptr) {
+      absl::MutexLock admission_lock(&admission_mu_);
+      admission_->NoteBlockPages(pool_->PagesFor(blocks[i].size));
+    }
     PendingBlock& p = pending_[parsed[i].key];
     p.key = parsed[i].key;
     p.parent = parsed[i].parent;
@@ -1214,7 +1322,13 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
     auto node = pending_.extract(keys[i]);
     PendingBlock& p = node.mapped();
     (*allocation)->keys.erase(keys[i]);
-    CommittedBlock& block = blocks_[keys[i]];
+    std::unique_ptr<CommittedBlock>& owned = blocks_[keys[i]];
+    if (owned == nullptr) {
+      owned = std::make_unique<CommittedBlock>();
+      owned->key = keys[i];
+      probe_.Insert(owned.get());
+    }
+    CommittedBlock& block = *owned;
     block.key = keys[i];
     block.parent = p.parent;
     block.size = p.size;
@@ -1238,7 +1352,7 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
     if (kids != children_.end()) {
       block.children = kids->second.size();
       for (const BlockKey& child : kids->second) {
-        const CommittedBlock& c = blocks_.at(child);
+        const CommittedBlock& c = *blocks_.at(child);
         kept_children += c.kept > 0;
         block.host_children += c.in_host;
       }
@@ -1297,7 +1411,7 @@ absl::Status BlockIndex::CheckNoCycle(const std::vector<BlockKey>& keys) {
       if (auto p = parent_of.find(*cur); p != parent_of.end()) {
         cur = p->second;
       } else if (auto b = orphans ? blocks_.find(*cur) : blocks_.end(); b != blocks_.end()) {
-        cur = b->second.parent;
+        cur = b->second->parent;
       } else {
         cur.reset();
       }
@@ -1344,7 +1458,7 @@ absl::StatusOr<uint32_t> BlockIndex::SetPinned(const std::vector<std::string>& r
   }
   uint32_t changed = 0;
   for (const BlockKey& key : keys) {
-    CommittedBlock& block = blocks_.at(key);
+    CommittedBlock& block = *blocks_.at(key);
     if (block.pinned == pinned) continue;
     const bool was = IsProtected(block);
     block.pinned = pinned;
@@ -1369,7 +1483,7 @@ absl::StatusOr<EvictResult> BlockIndex::Evict(const std::vector<std::string>& ra
   absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> unique;
   for (const BlockKey& key : doomed) {
     if (!unique.insert(key).second) continue;
-    const CommittedBlock& block = blocks_.at(key);
+    const CommittedBlock& block = *blocks_.at(key);
     if (block.moving) {
       return absl::UnavailableError(absl::StrCat(
           "block ", ToHex(key), " is being moved between the host and SSD tiers; nothing was "
@@ -1387,10 +1501,10 @@ absl::StatusOr<EvictResult> BlockIndex::Evict(const std::vector<std::string>& ra
   for (auto it = doomed.rbegin(); it != doomed.rend(); ++it) {
     auto block = blocks_.find(*it);
     if (block == blocks_.end()) continue;
-    result.bytes_freed += block->second.space.reserved_bytes;
-    if (block->second.ssd) result.bytes_freed += block->second.ssd->reserved;
+    result.bytes_freed += block->second->space.reserved_bytes;
+    if (block->second->ssd) result.bytes_freed += block->second->ssd->reserved;
     ++result.evicted;
-    RemoveBlock(block->second, "requested", false);
+    RemoveBlock(*block->second, "requested", false);
   }
   return result;
 }
@@ -1404,8 +1518,8 @@ absl::StatusOr<BlockIndex::ReadHold> BlockIndex::Hold(
   absl::MutexLock lock(&mu_);
   auto it = blocks_.find(key);
   // An SSD-only block is promoted to host memory first (the lock is released for the read).
-  for (int round = 0; round < 4 && it != blocks_.end() && !it->second.in_host; ++round) {
-    if (it->second.moving) {
+  for (int round = 0; round < 4 && it != blocks_.end() && !it->second->in_host; ++round) {
+    if (it->second->moving) {
       WaitForMove(key);
     } else {
       Promote({key});
@@ -1420,19 +1534,19 @@ absl::StatusOr<BlockIndex::ReadHold> BlockIndex::Hold(
     }
     return absl::NotFoundError(absl::StrCat("block ", ToHex(key), " is not committed here"));
   }
-  if (!it->second.in_host) {
+  if (!it->second->in_host) {
     return absl::UnavailableError(absl::StrCat(
         "block ", ToHex(key), " is on SSD and could not be brought into host memory (the "
         "host tier is full of pinned, leased or pending blocks); retry later"));
   }
-  AddReader(it->second);
-  it->second.last_access = clock_->Now();
-  Touch(it->second);
-  info(it->second);
+  AddReader(*it->second);
+  it->second->last_access = clock_->Now();
+  Touch(*it->second);
+  info(*it->second);
   ReadHold hold;
   hold.index_ = this;
   hold.key_ = key;
-  hold.space_ = it->second.space;
+  hold.space_ = it->second->space;
   return hold;
 }
 
@@ -1484,7 +1598,7 @@ absl::StatusOr<std::vector<InspectEntry>> BlockIndex::Inspect(
     e.key = keys[i];
     auto it = blocks_.find(keys[i]);
     if (it != blocks_.end()) {
-      const CommittedBlock& block = it->second;
+      const CommittedBlock& block = *it->second;
       if (reachable) {
         e.state = InspectState::kFound;
         std::string where;
@@ -1602,6 +1716,7 @@ IndexStats BlockIndex::Stats() {
   s.host_bytes = host_bytes_;
   s.ssd_write_through = options_.ssd_write_through;
   if (admission_ != nullptr) {
+    absl::MutexLock admission_lock(&admission_mu_);
     s.admission = admission_->Describe();
     s.admission_switches = admission_->switches();
   }
@@ -1633,7 +1748,10 @@ void BlockIndex::Recover(const SsdRecovery& recovery) {
   for (const SsdRecord* r : order) {
     auto [it, inserted] = blocks_.try_emplace(r->key);
     if (!inserted) continue;
-    CommittedBlock& block = it->second;
+    it->second = std::make_unique<CommittedBlock>();
+    it->second->key = r->key;
+    probe_.Insert(it->second.get());
+    CommittedBlock& block = *it->second;
     block.key = r->key;
     block.parent = r->parent;
     block.size = r->size;
@@ -1654,14 +1772,26 @@ void BlockIndex::Recover(const SsdRecovery& recovery) {
   }
   for (auto& [parent_key, kids] : children_) {
     auto parent = blocks_.find(parent_key);
-    if (parent != blocks_.end()) parent->second.children = kids.size();
+    if (parent != blocks_.end()) parent->second->children = kids.size();
   }
-  for (auto& [key, block] : blocks_) Relist(block);
+  for (auto& [key, block_ptr] : blocks_) {
+    CommittedBlock& block = *block_ptr;
+    Relist(block);
+  }
   counters_.ssd_recovered_blocks += order.size();
 }
 
 absl::Status BlockIndex::CheckInvariants() {
   absl::MutexLock lock(&mu_);
+  if (probe_.size() != blocks_.size()) {
+    return absl::InternalError(absl::StrCat("probe table holds ", probe_.size(), " blocks, not ",
+                                            blocks_.size()));
+  }
+  for (const auto& [key, block] : blocks_) {
+    if (probe_.Find(key) != block.get()) {
+      return absl::InternalError(absl::StrCat("block ", ShortKey(key), " not in the probe table"));
+    }
+  }
   uint64_t reserved = 0;
   uint64_t bytes = 0;
   uint64_t ssd_blocks = 0;
@@ -1675,7 +1805,8 @@ absl::Status BlockIndex::CheckInvariants() {
     auto it = order.find(b.touch_seq);
     return it != order.end() && it->second == &b;
   };
-  for (auto& [key, block] : blocks_) {
+  for (auto& [key, block_ptr] : blocks_) {
+    CommittedBlock& block = *block_ptr;
     if (!block.in_host && !block.ssd) {
       return absl::InternalError(absl::StrCat("block ", ShortKey(key), " is in no tier"));
     }
@@ -1709,7 +1840,7 @@ absl::Status BlockIndex::CheckInvariants() {
     const size_t children = kids == children_.end() ? 0 : kids->second.size();
     uint32_t host_children = 0;
     if (kids != children_.end()) {
-      for (const BlockKey& child : kids->second) host_children += blocks_.at(child).in_host;
+      for (const BlockKey& child : kids->second) host_children += blocks_.at(child)->in_host;
     }
     if (children != block.children || host_children != block.host_children) {
       return absl::InternalError(absl::StrCat(
@@ -1735,7 +1866,10 @@ absl::Status BlockIndex::CheckInvariants() {
         ssd_order_.size(), " blocks; there are ", leaves, "/", host_leaves, "/", ssd_listed));
   }
   uint64_t host_bytes = 0;
-  for (auto& [key, block] : blocks_) host_bytes += block.in_host ? block.size : 0;
+  for (auto& [key, block_ptr] : blocks_) {
+    CommittedBlock& block = *block_ptr;
+    host_bytes += block.in_host ? block.size : 0;
+  }
   if (ssd_blocks != ssd_blocks_ || ssd_bytes != ssd_bytes_ || host_blocks != host_blocks_ ||
       host_bytes != host_bytes_) {
     return absl::InternalError(absl::StrCat("tier counts ", host_blocks_, "/", ssd_blocks_, "/",
@@ -1746,11 +1880,12 @@ absl::Status BlockIndex::CheckInvariants() {
   uint64_t committed_reserved = reserved;
   uint64_t kept_bytes = 0;
   uint64_t protected_host_bytes = 0;
-  for (auto& [key, block] : blocks_) {
+  for (auto& [key, block_ptr] : blocks_) {
+    CommittedBlock& block = *block_ptr;
     uint32_t kept = IsProtected(block) ? 1 : 0;
     auto kids = children_.find(key);
     if (kids != children_.end()) {
-      for (const BlockKey& child : kids->second) kept += blocks_.at(child).kept > 0;
+      for (const BlockKey& child : kids->second) kept += blocks_.at(child)->kept > 0;
     }
     if (kept != block.kept) {
       return absl::InternalError(absl::StrCat("block ", ShortKey(key), " kept count ",
@@ -1791,7 +1926,7 @@ absl::Status BlockIndex::CheckInvariants() {
     }
   }
   for (auto& [key, n] : lease_refs) {
-    if (blocks_.at(key).readers < n) {
+    if (blocks_.at(key)->readers < n) {
       return absl::InternalError(absl::StrCat("block ", ShortKey(key), " has fewer readers than leases"));
     }
   }

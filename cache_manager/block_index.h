@@ -31,7 +31,8 @@
 //   SSD-resident blocks that are in host memory too or are leaves (ssd_order_).
 //
 // Thread-safe: every public method takes the index's mutex; checksums, byte copies of large
-// payloads and SSD I/O run outside it.
+// payloads and SSD I/O run outside it, and so does Lookup's counting of its keys for
+// admission (under the admission controller's own mutex).
 #ifndef TIERKV_CACHE_MANAGER_BLOCK_INDEX_H_
 #define TIERKV_CACHE_MANAGER_BLOCK_INDEX_H_
 
@@ -56,6 +57,7 @@
 #include "absl/time/time.h"
 #include "cache_manager/event_log.h"
 #include "cache_manager/admission.h"
+#include "cache_manager/block_probe_table.h"
 #include "core/block_key.h"
 #include "core/clock.h"
 #include "storage/host_pool.h"
@@ -72,34 +74,42 @@ inline constexpr size_t kMaxLookupKeys = 1 << 20;
 
 // A committed block. Readers outside the index see it only through the visitor callbacks,
 // under the index's lock.
-struct CommittedBlock {
+//
+// Field order is for Lookup, which walks thousands of blocks scattered over the heap: what
+// it reads to decide a block is in the prefix (key, fingerprint, codec, tier flags) fills
+// the first line, what it updates and emits the next two; the rest comes after. Aligned
+// to a cache line so that this holds for every block.
+struct alignas(64) CommittedBlock {
   BlockKey key;
-  std::optional<BlockKey> parent;
-  uint64_t size = 0;
-  uint64_t checksum = 0;
-  uint32_t codec = kCodecRaw;
   Digest fingerprint{};
+  // -- second line --
+  uint32_t codec = kCodecRaw;
   // Host copy: `space` is valid only while in_host.
   bool in_host = true;
-  PoolAllocation space;
-  // SSD copy (durable, cataloged), if any.
-  std::optional<SsdLocation> ssd;
   // A demotion or promotion of this block is running with the lock released.
   bool moving = false;
   // Its demotion failed (I/O error): it leaves host memory only by eviction.
   bool no_demote = false;
-  uint32_t host_children = 0;  // Committed children with a host copy.
   bool pinned = false;
+  uint64_t size = 0;
+  uint64_t checksum = 0;
+  uint32_t host_children = 0;  // Committed children with a host copy.
   uint32_t readers = 0;   // Read leases, in-flight Gets, and allocations extending it.
   uint32_t children = 0;  // Committed blocks whose parent is this one.
   // Why eviction must keep this block: 1 if it is protected itself (pinned or read), plus
   // one per committed child that is kept. Eviction takes only blocks where this is 0.
   uint32_t kept = 0;
   uint64_t hits = 0;
-  absl::Time committed_at;
-  absl::Time last_access;
-  uint64_t commit_seq = 0;  // Order of commit (ListBlocks paging).
   uint64_t touch_seq = 0;   // Recency (eviction order).
+  // -- third line --
+  absl::Time last_access;
+  PoolAllocation space;
+  // SSD copy (durable, cataloged), if any.
+  std::optional<SsdLocation> ssd;
+  // -- cold --
+  std::optional<BlockKey> parent;
+  absl::Time committed_at;
+  uint64_t commit_seq = 0;  // Order of commit (ListBlocks paging).
 };
 
 struct BlockIndexOptions {
@@ -257,6 +267,14 @@ class BlockIndex {
                                       const std::vector<uint32_t>& accept_codecs, bool lease,
                                       absl::Duration lease_ttl,
                                       absl::FunctionRef<void(const CommittedBlock&)> emit);
+  // The same with the keys concatenated (LookupRequest.keys as received): INVALID_ARGUMENT
+  // when `packed_keys` is not a whole number of 32-byte keys. The fast path: no per-key
+  // allocation, and the probes of later keys are prefetched while earlier ones are handled.
+  absl::StatusOr<LookupResult> LookupPacked(std::string_view packed_keys,
+                                            const std::optional<Digest>& fingerprint,
+                                            const std::vector<uint32_t>& accept_codecs,
+                                            bool lease, absl::Duration lease_ttl,
+                                            absl::FunctionRef<void(const CommittedBlock&)> emit);
   absl::StatusOr<LookupResult> Lookup(const std::vector<std::string>& keys,
                                       const std::optional<Digest>& fingerprint,
                                       const std::vector<uint32_t>& accept_codecs, bool lease,
@@ -386,9 +404,12 @@ class BlockIndex {
   // Releases the allocation's held parents and forgets it.
   void EndAllocation(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Touch(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // admission_->Admit(key) (admission_ must be set).
+  bool AdmitNew(const BlockKey& key) ABSL_LOCKS_EXCLUDED(admission_mu_);
   // Take a block out of / put it back into the eviction orders its state qualifies it for.
   // Every change of touch_seq, children, host_children, in_host or ssd happens between the
-  // two.
+  // two (a block that qualifies for no order, e.g. a host-only block inside a chain, needs
+  // neither: Lookup's recency update relies on this).
   void Unlist(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Relist(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   CommittedBlock* FindParent(const CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -445,12 +466,22 @@ class BlockIndex {
   EventLog* const events_;
   SsdTier* const ssd_;
 
+  // Admission when the host tier is full (null with kAll); the pointer is constant after
+  // construction, the controller guarded by admission_mu_. Lookup counts its keys there
+  // without holding mu_ (so that one caller's counting overlaps another's walk); a holder
+  // of mu_ may take admission_mu_, never the other way round.
+  std::unique_ptr<AdmissionController> admission_;
+  absl::Mutex admission_mu_ ABSL_ACQUIRED_AFTER(mu_);
+
   absl::Mutex mu_;
   // Signalled whenever a demotion or promotion finishes.
   absl::CondVar moved_;
-  // Admission when the host tier is full (null with kAll).
-  std::unique_ptr<AdmissionController> admission_ ABSL_GUARDED_BY(mu_);
-  absl::node_hash_map<BlockKey, CommittedBlock, BlockKeyHash, BlockKeyEq> blocks_ ABSL_GUARDED_BY(mu_);
+  // Committed blocks; the key sits inline in the table (a probe touches no block), the block
+  // behind a stable pointer (the eviction orders point at blocks).
+  absl::flat_hash_map<BlockKey, std::unique_ptr<CommittedBlock>, BlockKeyHash, BlockKeyEq> blocks_
+      ABSL_GUARDED_BY(mu_);
+  // The same blocks, for Lookup's prefetched probes (cache_manager/block_probe_table.h).
+  BlockProbeTable<CommittedBlock> probe_ ABSL_GUARDED_BY(mu_);
   // Parent key -> committed children, whether or not the parent itself is committed.
   absl::flat_hash_map<BlockKey, std::vector<BlockKey>, BlockKeyHash, BlockKeyEq> children_
       ABSL_GUARDED_BY(mu_);

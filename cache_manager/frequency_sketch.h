@@ -8,9 +8,12 @@
 #ifndef TIERKV_CACHE_MANAGER_FREQUENCY_SKETCH_H_
 #define TIERKV_CACHE_MANAGER_FREQUENCY_SKETCH_H_
 
+#include <sys/mman.h>
+
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
-#include <vector>
+#include <memory>
 
 #include "core/block_key.h"
 
@@ -23,12 +26,19 @@ class FrequencySketch {
     width_ = 64;
     while (width_ < width) width_ <<= 1;
     lines_ = kRows * width_ / kLine;
-    counters_.assign(lines_ * kLine, 0);
+    // A sketch of 2 MiB and more is read at random: back it with huge pages where the
+    // kernel allows (one TLB entry instead of 512), aligned so that it can be.
+    const size_t bytes = lines_ * kLine;
+    const size_t align = bytes >= kHugePage ? kHugePage : kLine;
+    counters_.reset(static_cast<uint8_t*>(
+        std::aligned_alloc(align, (bytes + align - 1) / align * align)));
+    if (align == kHugePage) madvise(counters_.get(), bytes, MADV_HUGEPAGE);
+    std::memset(counters_.get(), 0, bytes);
     sample_ = 10 * width_;
   }
 
   void Add(const BlockKey& key) {
-    uint8_t* line = counters_.data() + LineOffset(key);
+    uint8_t* line = counters_.get() + LineOffset(key);
     for (int r = 0; r < kRows; ++r) {
       uint8_t& c = line[Position(key, r)];
       if (c < kMax) ++c;
@@ -36,8 +46,13 @@ class FrequencySketch {
     if (++additions_ >= sample_) Halve();
   }
 
+  // Starts fetching `key`'s counters into the cache (Add and Estimate read them).
+  void Prefetch(const BlockKey& key) const {
+    __builtin_prefetch(counters_.get() + LineOffset(key), 1, 3);
+  }
+
   uint32_t Estimate(const BlockKey& key) const {
-    const uint8_t* line = counters_.data() + LineOffset(key);
+    const uint8_t* line = counters_.get() + LineOffset(key);
     uint32_t m = kMax;
     for (int r = 0; r < kRows; ++r) {
       const uint32_t c = line[Position(key, r)];
@@ -50,6 +65,10 @@ class FrequencySketch {
   static constexpr int kRows = 4;
   static constexpr uint8_t kMax = 15;
   static constexpr uint64_t kLine = 64;
+  static constexpr size_t kHugePage = 2 << 20;
+  struct Free {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
 
   // Keys are SHA-256 outputs: the first word picks the line, the top bits of four disjoint
   // words the counters within it.
@@ -65,7 +84,7 @@ class FrequencySketch {
   }
 
   void Halve() {
-    for (uint8_t& c : counters_) c >>= 1;
+    for (size_t i = 0; i < lines_ * kLine; ++i) counters_[i] >>= 1;
     additions_ /= 2;
   }
 
@@ -73,7 +92,7 @@ class FrequencySketch {
   uint64_t lines_ = 0;
   uint64_t sample_ = 0;
   uint64_t additions_ = 0;
-  std::vector<uint8_t> counters_;
+  std::unique_ptr<uint8_t[], Free> counters_;
 };
 
 }  // namespace tierkv

@@ -40,13 +40,17 @@ struct ServiceContext {
   }
 };
 
-class CacheServiceImpl final : public v1::CacheService::CallbackService {
+// Lookup is served raw (bytes in, bytes out): its response is encoded straight from the
+// index (cache_manager/lookup_response_encoder.h) rather than built as a message and then
+// serialized; the wire format is LookupResponse's, unchanged.
+class CacheServiceImpl final
+    : public v1::CacheService::WithRawCallbackMethod_Lookup<v1::CacheService::CallbackService> {
  public:
   explicit CacheServiceImpl(ServiceContext ctx) : ctx_(std::move(ctx)) {}
 
   grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* context,
-                                   const v1::LookupRequest* request,
-                                   v1::LookupResponse* response) override;
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Allocate(grpc::CallbackServerContext* context,
                                      const v1::AllocateRequest* request,
                                      v1::AllocateResponse* response) override;
