@@ -125,8 +125,8 @@ absl::Status MeasureTransfers(const tierkv::Runtime& runtime, int repeats) {
   auto in_place = [&](bool verify) {
     return [&, verify]() -> absl::Status {
       TIERKV_ASSIGN_OR_RETURN(std::unique_ptr<tierkv::Sequence> s, runtime.NewSequence(tokens));
-      TIERKV_ASSIGN_OR_RETURN(size_t kept, s->AppendBlocksInPlace(spans, [&] {
-        return verify ? tierkv::IntactPrefix(spans, sums) : spans.size();
+      TIERKV_ASSIGN_OR_RETURN(size_t kept, s->AppendBlocksInPlace(spans, [&](auto bytes) {
+        return verify ? tierkv::IntactPrefix(bytes, sums) : spans.size();
       }));
       return kept == spans.size() ? absl::OkStatus() : absl::DataLossError("checksum mismatch");
     };

@@ -1,5 +1,7 @@
 #include "cache_client/cache_client.h"
 
+#include <algorithm>
+
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
@@ -45,6 +47,10 @@ class GrpcCacheClient : public CacheClient {
     absl::Time t0 = absl::Now();
     v1::LookupResponse found;
     TIERKV_RETURN_IF_ERROR(Lookup(spec, keys, /*lease=*/true, &found));
+    if (absl::Status s = CheckLookupShape(found, keys.size()); !s.ok()) {
+      ReleaseLease(found.lease_id());
+      return s;
+    }
     out.lookup_time = absl::Now() - t0;
     t0 = absl::Now();
     out.blocks.reserve(found.found());
@@ -93,7 +99,20 @@ class GrpcCacheClient : public CacheClient {
     v1::LookupResponse found;
     TIERKV_RETURN_IF_ERROR(Lookup(spec, keys, /*lease=*/true, &found));
     out.lookup_time = absl::Now() - t0;
+    if (absl::Status s = CheckLookupShape(found, keys.size()); !s.ok()) {
+      ReleaseLease(found.lease_id());
+      return s;
+    }
     out.found = found.found();
+    // Reading in place needs the lease for the whole read: none, or one about to run out,
+    // and nothing is read.
+    constexpr absl::Duration kLeaseMargin = absl::Seconds(2);
+    if (out.found > 0 &&
+        (found.lease_id() == 0 ||
+         absl::FromUnixMillis(found.lease_expires_unix_ms()) < absl::Now() + kLeaseMargin)) {
+      ReleaseLease(found.lease_id());
+      return out;
+    }
     // Pieces of every block, then one span per block over them (pieces never reallocates
     // after the first loop).
     std::vector<PayloadPiece> pieces;
@@ -135,7 +154,7 @@ class GrpcCacheClient : public CacheClient {
     t0 = absl::Now();
     out.used = static_cast<uint32_t>(std::min<size_t>(use(blocks, checksums), usable));
     out.use_time = absl::Now() - t0;
-    ReleaseLease(found.lease_id());
+    out.lease_lost = !ReleaseLease(found.lease_id()).ok();
     return out;
   }
 
@@ -169,7 +188,12 @@ class GrpcCacheClient : public CacheClient {
       b->set_codec(v1::CODEC_RAW);
     }
     auto ctx = Context();
-    return FromGrpcStatus(stub_->Allocate(ctx.get(), alloc, allocated));
+    TIERKV_RETURN_IF_ERROR(FromGrpcStatus(stub_->Allocate(ctx.get(), alloc, allocated)));
+    if (absl::Status s = CheckAllocateShape(*allocated, keys, first, count); !s.ok()) {
+      Abort(allocated->allocation_id());
+      return s;
+    }
+    return absl::OkStatus();
   }
 
   // Counts a block Allocate did not hand out for writing; false for one to write.
@@ -245,6 +269,25 @@ class GrpcCacheClient : public CacheClient {
       commit.add_blocks()->set_key(b.key());
     }
     if (indices.empty()) return result;
+    // Space reserved twice would let one block's bytes pass as another's: refuse overlaps.
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;
+    for (const PayloadTarget& p : pieces) {
+      const uint64_t off = static_cast<uint64_t>(static_cast<const uint8_t*>(p.data) - tier.data());
+      ranges.emplace_back(off, off + p.size);
+    }
+    std::sort(ranges.begin(), ranges.end());
+    for (size_t j = 1; j < ranges.size(); ++j) {
+      if (ranges[j].first < ranges[j - 1].second) {
+        Abort(allocated.allocation_id());
+        return absl::InternalError("the cache reserved overlapping space for two blocks");
+      }
+    }
+    // The writes must land while the write lease holds the space.
+    if (allocated.lease_expires_unix_ms() != 0 &&
+        absl::FromUnixMillis(allocated.lease_expires_unix_ms()) < absl::Now() + absl::Seconds(2)) {
+      Abort(allocated.allocation_id());
+      return absl::DeadlineExceededError("the write lease runs out before the blocks can land");
+    }
     first_piece.push_back(pieces.size());
     std::vector<std::span<const PayloadTarget>> targets;
     for (size_t j = 0; j < indices.size(); ++j) {
@@ -396,13 +439,50 @@ class GrpcCacheClient : public CacheClient {
     return absl::OkStatus();
   }
 
-  void ReleaseLease(uint64_t lease_id) {
-    if (lease_id == 0) return;
+  // OK when the lease was still held (NOT_FOUND once it expired). A failed release is
+  // otherwise harmless: expiry frees what the lease held.
+  absl::Status ReleaseLease(uint64_t lease_id) {
+    if (lease_id == 0) return absl::OkStatus();
     v1::ReleaseLeaseRequest release;
     release.set_lease_id(lease_id);
     v1::ReleaseLeaseResponse released;
     auto ctx = Context();
-    stub_->ReleaseLease(ctx.get(), release, &released);  // Expiry covers a failure here.
+    return FromGrpcStatus(stub_->ReleaseLease(ctx.get(), release, &released));
+  }
+
+  // The columns of a Lookup response hold `found` entries, found <= asked, and the extents
+  // add up: nothing below reads past them.
+  static absl::Status CheckLookupShape(const v1::LookupResponse& r, size_t asked) {
+    const int n = static_cast<int>(r.found());
+    bool ok = r.found() <= asked && r.sizes_size() >= n && r.checksums_size() >= n &&
+              r.tiers_size() >= n && r.extent_counts_size() >= n;
+    uint64_t extents = 0;
+    for (int i = 0; ok && i < n; ++i) extents += r.extent_counts(i);
+    ok = ok && static_cast<uint64_t>(r.extent_offsets_size()) >= extents &&
+         static_cast<uint64_t>(r.extent_lengths_size()) >= extents;
+    if (ok) return absl::OkStatus();
+    return absl::InternalError(absl::StrCat("malformed Lookup response: ", r.found(),
+                                            " blocks found for ", asked, " keys, columns of ",
+                                            r.sizes_size(), "/", r.checksums_size(), "/",
+                                            r.tiers_size(), "/", r.extent_counts_size(),
+                                            " entries"));
+  }
+
+  // The blocks of an Allocate response are the ones asked for, in order.
+  static absl::Status CheckAllocateShape(const v1::AllocateResponse& r,
+                                         std::span<const BlockKey> keys, size_t first,
+                                         size_t count) {
+    if (static_cast<size_t>(r.blocks_size()) != count) {
+      return absl::InternalError(absl::StrCat("malformed Allocate response: ", r.blocks_size(),
+                                              " blocks for ", count, " asked"));
+    }
+    for (size_t i = 0; i < count; ++i) {
+      if (r.blocks(static_cast<int>(i)).key() != KeyBytes(keys[first + i])) {
+        return absl::InternalError(
+            absl::StrCat("malformed Allocate response: block ", i, " has another key"));
+      }
+    }
+    return absl::OkStatus();
   }
 
   std::unique_ptr<grpc::ClientContext> Context() const {

@@ -64,6 +64,9 @@ struct FetchedPrefix {
 struct InPlacePrefix {
   uint32_t found = 0;  // Blocks Lookup reported.
   uint32_t used = 0;   // Leading blocks `use` took.
+  // The read lease was not confirmed when released (it expired, or the release failed): the
+  // memory may have changed while `use` read it, so what it took must be discarded.
+  bool lease_lost = false;
   absl::Duration lookup_time;
   absl::Duration use_time;  // Time inside `use`.
 };
@@ -98,9 +101,11 @@ class CacheClient {
   // Looks up `keys` with a read lease and hands `use` the found prefix where it lies in the
   // local host tier: blocks[i] is block i's payload in pieces, checksums[i] the checksum the
   // cache reported for it. `use` must check checksums before trusting a block and returns
-  // how many leading blocks it took; the lease holds until it returns. A block outside the
-  // local tier (or of the wrong size) ends the prefix before it. FAILED_PRECONDITION without
-  // a local host tier (use FetchPrefix); errors of Lookup as FetchPrefix.
+  // how many leading blocks it took; the lease holds until it returns, and a lease that was
+  // lost meanwhile is reported (lease_lost). `use` is not called when the cache gave no
+  // lease, or one about to expire. A block outside the local tier (or of the wrong size)
+  // ends the prefix before it. FAILED_PRECONDITION without a local host tier (use
+  // FetchPrefix); INTERNAL for a malformed Lookup response; errors of Lookup as FetchPrefix.
   using InPlaceUse = absl::FunctionRef<size_t(std::span<const std::span<const PayloadPiece>>,
                                               std::span<const uint64_t>)>;
   virtual absl::StatusOr<InPlacePrefix> UsePrefixInPlace(const ModelSpec& spec,

@@ -530,7 +530,10 @@ absl::StatusOr<std::vector<float>> CudaModel::Prefill(std::span<const uint32_t> 
     }
     done += n;
   }
-  TIERKV_RETURN_IF_ERROR(stream_.Synchronize());
+  if (absl::Status s = stream_.Synchronize(); !s.ok()) {
+    kv->Truncate(start);
+    return s;
+  }
   const float* host = scratch_->host_logits.as<float>();
   return std::vector<float>(host, host + config_.vocab_size);
 }

@@ -1,6 +1,7 @@
 #include "model/runtime.h"
 
 #include <algorithm>
+#include <iostream>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -33,10 +34,20 @@ absl::Status CheckBlockSizes(std::span<const std::string> blocks, const ModelSpe
 
 class CpuSequence : public Sequence {
  public:
-  CpuSequence(KvCache kv, const ModelSpec* spec) : kv_(std::move(kv)), spec_(spec) {}
+  CpuSequence(KvCache kv, const ModelSpec* spec, int64_t capacity)
+      : kv_(std::move(kv)), spec_(spec), capacity_(capacity) {}
   int64_t tokens() const override { return kv_.tokens(); }
+  // RESOURCE_EXHAUSTED when `more` tokens do not fit, as on the GPU.
+  absl::Status CheckRoom(int64_t more) const {
+    if (kv_.tokens() + more <= capacity_) return absl::OkStatus();
+    return absl::ResourceExhaustedError(absl::StrCat(more, " more tokens do not fit after ",
+                                                     kv_.tokens(), " in a sequence of ",
+                                                     capacity_));
+  }
   absl::Status AppendBlocks(std::span<const std::string> blocks) override {
     TIERKV_RETURN_IF_ERROR(CheckBlockSizes(blocks, *spec_));
+    TIERKV_RETURN_IF_ERROR(
+        CheckRoom(static_cast<int64_t>(blocks.size()) * spec_->block_tokens));
     const int64_t before = kv_.tokens();
     for (const std::string& b : blocks) {
       absl::Status s = AppendBlock(&kv_, b, *spec_);
@@ -49,7 +60,7 @@ class CpuSequence : public Sequence {
   }
   absl::StatusOr<size_t> AppendBlocksInPlace(
       std::span<const std::span<const PayloadPiece>> blocks,
-      absl::FunctionRef<size_t()> verify) override {
+      VerifyFn verify) override {
     for (size_t i = 0; i < blocks.size(); ++i) {
       size_t sum = 0;
       for (const PayloadPiece& p : blocks[i]) sum += p.size;
@@ -58,22 +69,29 @@ class CpuSequence : public Sequence {
             "block ", i, " is ", sum, " bytes; a block of this model is ", spec_->RawBlockBytes()));
       }
     }
-    // The CPU converts as it copies, so only intact blocks are read at all.
-    const size_t good = std::min(verify(), blocks.size());
-    const int64_t before = kv_.tokens();
-    std::string joined;
-    for (size_t i = 0; i < good; ++i) {
-      std::span<const uint8_t> bytes;
-      if (blocks[i].size() == 1) {
-        bytes = {static_cast<const uint8_t*>(blocks[i][0].data), blocks[i][0].size};
-      } else {
-        joined.clear();
-        for (const PayloadPiece& p : blocks[i]) {
-          joined.append(static_cast<const char*>(p.data), p.size);
-        }
-        bytes = {reinterpret_cast<const uint8_t*>(joined.data()), joined.size()};
+    TIERKV_RETURN_IF_ERROR(
+        CheckRoom(static_cast<int64_t>(blocks.size()) * spec_->block_tokens));
+    // Copy first, then check the copies: the checksums cover exactly the bytes converted,
+    // whatever happens to the source afterwards.
+    const size_t bytes = spec_->RawBlockBytes();
+    std::string copies(blocks.size() * bytes, '\0');
+    std::vector<PayloadPiece> own(blocks.size());
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      size_t at = i * bytes;
+      for (const PayloadPiece& p : blocks[i]) {
+        std::memcpy(copies.data() + at, p.data, p.size);
+        at += p.size;
       }
-      absl::Status s = AppendBlock(&kv_, bytes, *spec_);
+      own[i] = {copies.data() + i * bytes, bytes};
+    }
+    std::vector<std::span<const PayloadPiece>> own_blocks;
+    for (const PayloadPiece& p : own) own_blocks.emplace_back(&p, 1);
+    const size_t good = std::min(verify(own_blocks), blocks.size());
+    const int64_t before = kv_.tokens();
+    for (size_t i = 0; i < good; ++i) {
+      absl::Status s = AppendBlock(
+          &kv_, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(own[i].data), bytes),
+          *spec_);
       if (!s.ok()) {
         kv_.Truncate(before);
         return s;
@@ -127,6 +145,7 @@ class CpuSequence : public Sequence {
  private:
   KvCache kv_;
   const ModelSpec* spec_;  // The runtime's; outlives the sequence.
+  const int64_t capacity_;
 };
 
 class CpuRuntime : public Runtime {
@@ -145,11 +164,13 @@ class CpuRuntime : public Runtime {
       return absl::InvalidArgumentError(absl::StrCat("a sequence holds 1 to ", max_positions(),
                                                      " tokens; asked for ", max_tokens));
     }
-    return std::make_unique<CpuSequence>(model_->NewKvCache(), &model_->spec());
+    return std::make_unique<CpuSequence>(model_->NewKvCache(), &model_->spec(), max_tokens);
   }
   absl::StatusOr<std::vector<float>> Prefill(std::span<const uint32_t> tokens,
                                              Sequence* seq) const override {
-    return model_->Prefill(tokens, static_cast<CpuSequence*>(seq)->kv());
+    auto* cpu = static_cast<CpuSequence*>(seq);
+    TIERKV_RETURN_IF_ERROR(cpu->CheckRoom(static_cast<int64_t>(tokens.size())));
+    return model_->Prefill(tokens, cpu->kv());
   }
 
  private:
@@ -219,6 +240,12 @@ class KvMemoryCache {
     }
     return {};
   }
+  // Frees every kept buffer (when the device runs out of memory).
+  void Clear() {
+    absl::MutexLock lock(&mu_);
+    free_.clear();
+    held_ = 0;
+  }
   void Give(cu::DeviceBuffer b) {
     if (b.size() == 0) return;
     absl::MutexLock lock(&mu_);
@@ -255,19 +282,19 @@ class GpuSequence : public Sequence {
     std::vector<std::span<const PayloadPiece>> spans;
     spans.reserve(blocks.size());
     for (const PayloadPiece& p : pieces) spans.emplace_back(&p, 1);
-    return AppendBlocksInPlace(spans, [&] { return blocks.size(); }).status();
+    return AppendBlocksInPlace(spans, [&](auto) { return blocks.size(); }).status();
   }
 
   absl::StatusOr<size_t> AppendBlocksInPlace(
       std::span<const std::span<const PayloadPiece>> blocks,
-      absl::FunctionRef<size_t()> verify) override {
+      VerifyFn verify) override {
     const ModelSpec& spec = model_->spec();
     const int64_t before = kv_.tokens();
     absl::MutexLock lock(&staging_->mu());
     absl::Status s = kv_.AppendBlocksFromHost(blocks, spec, staging_->device().data(),
                                               staging_->device().size(), model_->stream());
     // Checksums are checked while the copies run; nothing reads the new KV before both end.
-    const size_t good = s.ok() ? std::min(verify(), blocks.size()) : 0;
+    const size_t good = s.ok() ? std::min(verify(blocks), blocks.size()) : 0;
     // Wait even after an error: copies already queued still read the caller's memory.
     absl::Status synced = cu::StreamSynchronize(model_->stream());
     if (s.ok()) s = synced;
@@ -376,6 +403,10 @@ class GpuRuntime : public Runtime {
     cu::DeviceBuffer reuse = memory_.Take(model_->KvCacheBytes(max_tokens));
     absl::StatusOr<CudaKvCache> kv = model_->NewKvCache(max_tokens, &reuse);
     memory_.Give(std::move(reuse));  // Still here only when it was not used.
+    if (kv.status().code() == absl::StatusCode::kResourceExhausted) {
+      memory_.Clear();  // Buffers kept for reuse may be what is missing: try once more.
+      kv = model_->NewKvCache(max_tokens);
+    }
     if (!kv.ok()) return kv.status();
     return std::make_unique<GpuSequence>(*std::move(kv), model_.get(), &staging_, &memory_);
   }
@@ -441,10 +472,18 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Load(const std::string& name_o
     CudaModelOptions o;
     o.model_id = options.model_id;
     o.block_tokens = options.block_tokens;
-    TIERKV_ASSIGN_OR_RETURN(std::unique_ptr<CudaModel> model, CudaModel::Load(name_or_dir, o));
-    auto runtime = std::make_unique<GpuRuntime>(std::move(model));
-    TIERKV_RETURN_IF_ERROR(runtime->Init());
-    return runtime;
+    absl::StatusOr<std::unique_ptr<CudaModel>> model = CudaModel::Load(name_or_dir, o);
+    // "auto" falls back to the CPU for a model the GPU runtime cannot run (its shape); a
+    // missing file or a full device is an error either way.
+    const bool unsupported = !model.ok() && model.status().code() == absl::StatusCode::kInvalidArgument;
+    if (model.ok() || options.device == "cuda" || !unsupported) {
+      if (!model.ok()) return model.status();
+      auto runtime = std::make_unique<GpuRuntime>(*std::move(model));
+      TIERKV_RETURN_IF_ERROR(runtime->Init());
+      return runtime;
+    }
+    std::cerr << "tierkv: " << name_or_dir << " runs on the CPU: " << model.status().message()
+              << "\n";
 #else
     return absl::UnavailableError(
         "device cuda: this build has no CUDA (configure with a CUDA toolkit, TIERKV_CUDA=ON)");
@@ -452,7 +491,6 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Load(const std::string& name_o
   }
   ModelOptions o;
   o.num_threads = options.num_threads;
-  o.kv_dtype = options.kv_dtype;
   o.model_id = options.model_id;
   o.block_tokens = options.block_tokens;
   TIERKV_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Load(name_or_dir, o));

@@ -3,8 +3,8 @@
 // model (model/cuda_model.h). A Sequence is one prompt's KV on that device.
 //
 // The two runtimes compute different KV (fp32 or bf16 arithmetic), so their specs differ
-// (kv_dtype, hence the block keys' model fingerprint): blocks of one are never served to the
-// other by mistake.
+// (kv_dtype fp32 or bf16, hence the block keys' model fingerprint): blocks of one are never
+// served to the other by mistake.
 #ifndef TIERKV_MODEL_RUNTIME_H_
 #define TIERKV_MODEL_RUNTIME_H_
 
@@ -24,13 +24,14 @@
 namespace tierkv {
 
 struct RuntimeOptions {
-  // "auto" (the GPU when this build has CUDA and an sm_90 device is present, else the CPU),
-  // "cpu" or "cuda" (an error when no usable GPU is present).
+  // "auto" (the GPU when this build has CUDA, an sm_90 device is present and the GPU runtime
+  // supports the model's shape, else the CPU), "cpu" or "cuda" (an error when no usable GPU
+  // is present or the model's shape is not supported there).
   std::string device = "auto";
-  // CPU only: kernel threads (0: one per core) and KV dtype ("fp32", "bf16", "fp16"). The
-  // GPU keeps bf16 KV.
+  // CPU only: kernel threads (0: one per core). The CPU keeps fp32 KV and the GPU bf16 KV,
+  // and nothing else is offered: a CPU runtime with bf16 KV would have the GPU's spec while
+  // computing other bits.
   int num_threads = 0;
-  std::string kv_dtype = "fp32";
   std::string model_id;
   uint32_t block_tokens = kDefaultBlockTokens;
 };
@@ -47,13 +48,16 @@ class Sequence {
   // Nothing is appended on error.
   virtual absl::Status AppendBlocks(std::span<const std::string> blocks) = 0;
   // Appends blocks whose payloads lie in this process's memory in pieces (block i is the
-  // concatenation of blocks[i]), typically in the cache manager's host tier. `verify` runs
-  // while the bytes move and returns how many leading blocks are intact (their checksums
-  // matched); only those are kept, and their count is returned. The memory must stay valid
-  // until this returns. Errors as AppendBlocks (nothing appended).
+  // concatenation of blocks[i]), typically in the cache manager's host tier. `verify` gets
+  // the bytes to check (the source itself when the device reads it directly, as the GPU's
+  // DMA does; the sequence's own copies otherwise), runs while the bytes move, and returns
+  // how many leading blocks are intact (their checksums matched); only those are kept, and
+  // their count is returned. The memory must stay valid and unchanged until this returns
+  // (a read lease). Errors as AppendBlocks (nothing appended).
+  using VerifyFn =
+      absl::FunctionRef<size_t(std::span<const std::span<const PayloadPiece>> blocks)>;
   virtual absl::StatusOr<size_t> AppendBlocksInPlace(
-      std::span<const std::span<const PayloadPiece>> blocks,
-      absl::FunctionRef<size_t()> verify) = 0;
+      std::span<const std::span<const PayloadPiece>> blocks, VerifyFn verify) = 0;
   // Block `index` as a block object. OUT_OF_RANGE when the sequence does not hold all of it.
   virtual absl::StatusOr<std::string> ExtractBlock(uint64_t index) const = 0;
   // Writes blocks [first, first + blocks.size()) as block objects into memory of this

@@ -138,7 +138,7 @@ TEST_P(RuntimeOnDevice, BlocksMovedBetweenSequencesContinueTheSequence) {
   absl::StatusOr<std::unique_ptr<Sequence>> d = r.NewSequence(128);
   ASSERT_TRUE(d.ok());
   absl::StatusOr<size_t> kept =
-      (*d)->AppendBlocksInPlace(split, [&] { return IntactPrefix(split, checksums); });
+      (*d)->AppendBlocksInPlace(split, [&](auto bytes) { return IntactPrefix(bytes, checksums); });
   ASSERT_TRUE(kept.ok()) << kept.status();
   EXPECT_EQ(*kept, 3u);
   EXPECT_EQ((*d)->tokens(), 48);

@@ -46,9 +46,9 @@ absl::StatusOr<PreparedSequence> PrepareSequence(const Runtime& model, CacheClie
                                                  bool cache_required, int64_t extra_tokens) {
   const ModelSpec& spec = model.spec();
   PreparedSequence out;
-  TIERKV_ASSIGN_OR_RETURN(
-      out.seq, model.NewSequence(std::min<int64_t>(
-                   model.max_positions(), static_cast<int64_t>(tokens.size()) + extra_tokens)));
+  const int64_t capacity = std::min<int64_t>(model.max_positions(),
+                                             static_cast<int64_t>(tokens.size()) + extra_tokens);
+  TIERKV_ASSIGN_OR_RETURN(out.seq, model.NewSequence(capacity));
   absl::Time t0 = absl::Now();
   TIERKV_ASSIGN_OR_RETURN(out.keys, ComputeBlockKeys(spec, salt, tokens));
   // Reuse at most the blocks before the last prompt token.
@@ -70,8 +70,8 @@ absl::StatusOr<PreparedSequence> PrepareSequence(const Runtime& model, CacheClie
         [&](std::span<const std::span<const PayloadPiece>> blocks,
             std::span<const uint64_t> checksums) -> size_t {
           offered = static_cast<uint32_t>(blocks.size());
-          auto kept = out.seq->AppendBlocksInPlace(blocks, [&] {
-            intact = static_cast<uint32_t>(IntactPrefix(blocks, checksums));
+          auto kept = out.seq->AppendBlocksInPlace(blocks, [&](auto bytes) {
+            intact = static_cast<uint32_t>(IntactPrefix(bytes, checksums));
             return intact;
           });
           return kept.ok() ? *kept : 0;
@@ -81,9 +81,15 @@ absl::StatusOr<PreparedSequence> PrepareSequence(const Runtime& model, CacheClie
     } else {
       out.lookup_time = used->lookup_time;
       out.fetch_time = used->use_time;
-      out.cached_blocks = used->used;
-      // A block whose bytes did not match (or that could not be used) ends the prefix.
-      if (intact < offered || used->used < used->found) ++out.checksum_failures;
+      out.cached_blocks = std::min<uint32_t>(used->used, static_cast<uint32_t>(reusable));
+      // A block whose bytes did not match ends the prefix (a checksum failure).
+      if (intact < offered) ++out.checksum_failures;
+      if (used->lease_lost && out.cached_blocks > 0) {
+        // The blocks may have changed under the read: start over and compute everything.
+        out.seq.reset();  // Its device memory goes back before the new one is taken.
+        TIERKV_ASSIGN_OR_RETURN(out.seq, model.NewSequence(capacity));
+        out.cached_blocks = 0;
+      }
     }
   } else if (cache != nullptr && reusable > 0) {
     auto fetched = cache->FetchPrefix(spec, std::span(out.keys).first(reusable));

@@ -18,6 +18,9 @@ namespace tierkv::kernels::cuda {
 // usable device or driver; INTERNAL otherwise. `what` names the call.
 inline absl::Status CudaStatus(cudaError_t err, std::string_view what) {
   if (err == cudaSuccess) return absl::OkStatus();
+  // A failed call also sets this thread's last error, which the next launch's check would
+  // report as its own; the error is returned here, so clear it (sticky errors stay).
+  cudaGetLastError();
   const std::string msg = absl::StrCat(std::string(what), ": ", cudaGetErrorName(err), " (",
                                        cudaGetErrorString(err), ")");
   switch (err) {
