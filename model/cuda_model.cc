@@ -225,7 +225,8 @@ absl::Status CudaKvCache::AppendBlocksFromHost(
 
 absl::Status CudaKvCache::ExtractBlocksToHost(
     int64_t first_block, std::span<const std::span<const PayloadTarget>> blocks,
-    const ModelSpec& spec, void* staging, size_t staging_bytes, cu::Stream stream) const {
+    const ModelSpec& spec, void* staging, size_t staging_bytes, cu::Stream stream,
+    uint64_t* device_checksums) const {
   TIERKV_RETURN_IF_ERROR(CheckSpec(spec));
   const int64_t t = spec.block_tokens;
   const int64_t n = static_cast<int64_t>(blocks.size());
@@ -259,6 +260,10 @@ absl::Status CudaKvCache::ExtractBlocksToHost(
     gp.capacity = capacity_;
     gp.row0 = (first_block + done) * t;
     TIERKV_RETURN_IF_ERROR(cu::GatherKvBlocks(gp, static_cast<Bf16*>(staging), stream));
+    if (device_checksums != nullptr) {
+      TIERKV_RETURN_IF_ERROR(
+          cu::BlockChecksums(staging, bytes, m, device_checksums + done, stream));
+    }
     for (int64_t i = 0; i < m; ++i) {
       size_t at = static_cast<size_t>(i) * bytes;
       for (const PayloadTarget& p : blocks[done + i]) {

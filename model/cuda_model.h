@@ -91,11 +91,14 @@ class CudaKvCache {
   // memory in pieces (block i into the concatenation of blocks[i]): gathered on the device
   // into `staging`, then one copy per piece. Asynchronous on `stream` like
   // AppendBlocksFromHost; OUT_OF_RANGE when the cache does not hold the blocks,
-  // INVALID_ARGUMENT when pieces do not add up to a block.
+  // INVALID_ARGUMENT when pieces do not add up to a block. With `device_checksums` (device
+  // memory, one uint64 per block), also the XXH3 checksum of each block as gathered, before
+  // it leaves the device: the checksum of what was meant to be written, not of what landed.
   absl::Status ExtractBlocksToHost(int64_t first_block,
                                    std::span<const std::span<const PayloadTarget>> blocks,
                                    const ModelSpec& spec, void* staging, size_t staging_bytes,
-                                   kernels::cuda::Stream stream) const;
+                                   kernels::cuda::Stream stream,
+                                   uint64_t* device_checksums = nullptr) const;
   // Copies blocks [first_block, first_block + num_blocks) to host memory `out` as block
   // objects (the layout AppendBlocks reads). OUT_OF_RANGE when tokens() does not cover them.
   absl::Status ExtractBlocks(int64_t first_block, int64_t num_blocks, const ModelSpec& spec,

@@ -102,9 +102,13 @@ class CpuSequence : public Sequence {
   absl::StatusOr<std::string> ExtractBlock(uint64_t index) const override {
     return tierkv::ExtractBlock(kv_, index, *spec_);
   }
-  absl::Status WriteBlocksInPlace(
-      uint64_t first, std::span<const std::span<const PayloadTarget>> blocks) const override {
+  absl::Status WriteBlocksInPlace(uint64_t first,
+                                  std::span<const std::span<const PayloadTarget>> blocks,
+                                  std::span<uint64_t> checksums) const override {
     const size_t bytes = spec_->RawBlockBytes();
+    if (!checksums.empty() && checksums.size() != blocks.size()) {
+      return absl::InvalidArgumentError("one checksum slot per block, or none");
+    }
     std::string joined;
     for (size_t i = 0; i < blocks.size(); ++i) {
       size_t sum = 0;
@@ -128,6 +132,8 @@ class CpuSequence : public Sequence {
         at += p.size;
       }
     }
+    // The CPU wrote every byte itself, so the written bytes are the sequence's own.
+    if (!checksums.empty()) ChecksumsOf(blocks, checksums);
     return absl::OkStatus();
   }
   absl::StatusOr<std::vector<std::string>> ExtractBlocks(uint64_t first,
@@ -190,10 +196,13 @@ class Staging {
  public:
   static constexpr size_t kDeviceBytes = 256 << 20;
   static constexpr size_t kPinnedBytes = 32 << 20;
+  static constexpr size_t kMaxChecksums = 65536;
 
   absl::Status Init() {
     TIERKV_ASSIGN_OR_RETURN(device_, cu::DeviceBuffer::Allocate(kDeviceBytes));
     TIERKV_ASSIGN_OR_RETURN(pinned_, cu::PinnedBuffer::Allocate(kPinnedBytes));
+    TIERKV_ASSIGN_OR_RETURN(sums_device_, cu::DeviceBuffer::Allocate(kMaxChecksums * 8));
+    TIERKV_ASSIGN_OR_RETURN(sums_pinned_, cu::PinnedBuffer::Allocate(kMaxChecksums * 8));
     for (cu::EventOwner& e : events_) {
       TIERKV_ASSIGN_OR_RETURN(e, cu::EventOwner::Create());
     }
@@ -204,12 +213,17 @@ class Staging {
   absl::Mutex& mu() { return mu_; }
   cu::DeviceBuffer& device() { return device_; }
   cu::PinnedBuffer& pinned() { return pinned_; }
+  // Block checksums computed on the device, and their way to the host.
+  uint64_t* sums_device() { return sums_device_.as<uint64_t>(); }
+  uint64_t* sums_pinned() { return sums_pinned_.as<uint64_t>(); }
 
  private:
   absl::Mutex mu_;
   cu::DeviceBuffer device_;
   cu::PinnedBuffer pinned_;
   cu::EventOwner events_[2];
+  cu::DeviceBuffer sums_device_;  // kMaxChecksums block checksums.
+  cu::PinnedBuffer sums_pinned_;
 };
 
 class GpuHostRegistration : public HostMemoryRegistration {
@@ -321,15 +335,34 @@ class GpuSequence : public Sequence {
     return std::string(buf.as<char>(), bytes);
   }
 
-  absl::Status WriteBlocksInPlace(
-      uint64_t first, std::span<const std::span<const PayloadTarget>> blocks) const override {
+  absl::Status WriteBlocksInPlace(uint64_t first,
+                                  std::span<const std::span<const PayloadTarget>> blocks,
+                                  std::span<uint64_t> checksums) const override {
+    if (!checksums.empty() && checksums.size() != blocks.size()) {
+      return absl::InvalidArgumentError("one checksum slot per block, or none");
+    }
     absl::MutexLock lock(&staging_->mu());
-    absl::Status s = kv_.ExtractBlocksToHost(static_cast<int64_t>(first), blocks, model_->spec(),
-                                             staging_->device().data(),
-                                             staging_->device().size(), model_->stream());
-    // Wait even after an error: copies already queued still write the caller's memory.
-    absl::Status synced = cu::StreamSynchronize(model_->stream());
-    return s.ok() ? synced : s;
+    absl::Status s;
+    // In batches of at most Staging::kMaxChecksums blocks when checksums are wanted.
+    const size_t step = checksums.empty() ? blocks.size() : Staging::kMaxChecksums;
+    for (size_t at = 0; s.ok() && at < blocks.size(); at += step) {
+      const size_t n = std::min(step, blocks.size() - at);
+      s = kv_.ExtractBlocksToHost(static_cast<int64_t>(first + at), blocks.subspan(at, n),
+                                  model_->spec(), staging_->device().data(),
+                                  staging_->device().size(), model_->stream(),
+                                  checksums.empty() ? nullptr : staging_->sums_device());
+      if (s.ok() && !checksums.empty()) {
+        s = cu::CopyAsync(staging_->sums_pinned(), staging_->sums_device(), n * 8,
+                          model_->stream());
+      }
+      // Wait even after an error: copies already queued still write the caller's memory.
+      absl::Status synced = cu::StreamSynchronize(model_->stream());
+      if (s.ok()) s = synced;
+      if (s.ok() && !checksums.empty()) {
+        std::memcpy(checksums.data() + at, staging_->sums_pinned(), n * 8);
+      }
+    }
+    return s;
   }
   absl::StatusOr<std::vector<std::string>> ExtractBlocks(uint64_t first,
                                                          uint64_t count) const override {

@@ -64,9 +64,12 @@ class Sequence {
   // process in pieces (block i into the concatenation of blocks[i]), such as space the cache
   // manager's host tier reserved for them. Returns once the bytes are there. OUT_OF_RANGE
   // when the sequence does not hold the blocks; INVALID_ARGUMENT when pieces do not add up
-  // to a block.
-  virtual absl::Status WriteBlocksInPlace(
-      uint64_t first, std::span<const std::span<const PayloadTarget>> blocks) const = 0;
+  // to a block. `checksums`, when not empty (one per block), receives each block's
+  // BlockChecksum computed from the sequence's own bytes (on the GPU, before they leave the
+  // device), so that a write that landed wrong cannot pass for the right block.
+  virtual absl::Status WriteBlocksInPlace(uint64_t first,
+                                          std::span<const std::span<const PayloadTarget>> blocks,
+                                          std::span<uint64_t> checksums = {}) const = 0;
   // Blocks [first, first + count) as block objects, in one pass (the GPU moves them in large
   // copies). OUT_OF_RANGE when the sequence does not hold all of them.
   virtual absl::StatusOr<std::vector<std::string>> ExtractBlocks(uint64_t first,

@@ -150,15 +150,15 @@ absl::StatusOr<v1::PrefillResponse> RunPrefill(const Runtime& model, CacheClient
         [&](std::span<const size_t> indices,
             std::span<const std::span<const PayloadTarget>> targets,
             std::span<uint64_t> checksums) -> absl::Status {
-          // One write per run of consecutive blocks (skipped blocks split runs).
+          // One write per run of consecutive blocks (skipped blocks split runs). The
+          // checksums come from the sequence's own bytes, not from where they landed.
           for (size_t j = 0; j < indices.size();) {
             size_t k = j + 1;
             while (k < indices.size() && indices[k] == indices[k - 1] + 1) ++k;
-            TIERKV_RETURN_IF_ERROR(
-                seq.seq->WriteBlocksInPlace(first + indices[j], targets.subspan(j, k - j)));
+            TIERKV_RETURN_IF_ERROR(seq.seq->WriteBlocksInPlace(
+                first + indices[j], targets.subspan(j, k - j), checksums.subspan(j, k - j)));
             j = k;
           }
-          ChecksumsOf(targets, checksums);
           return absl::OkStatus();
         });
     if (stored.ok()) response.set_stored_blocks(stored->stored);

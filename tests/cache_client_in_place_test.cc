@@ -144,10 +144,9 @@ absl::StatusOr<StoreResult> StoreAsTheWorkerDoes(CacheClient& client, const Runt
       [&](std::span<const size_t> idx, std::span<const std::span<const PayloadTarget>> t,
           std::span<uint64_t> sums) -> absl::Status {
         for (size_t j = 0; j < idx.size(); ++j) {
-          absl::Status s = seq.WriteBlocksInPlace(idx[j], t.subspan(j, 1));
+          absl::Status s = seq.WriteBlocksInPlace(idx[j], t.subspan(j, 1), sums.subspan(j, 1));
           if (!s.ok()) return s;
         }
-        ChecksumsOf(t, sums);
         return absl::OkStatus();
       });
 }

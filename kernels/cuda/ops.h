@@ -220,6 +220,22 @@ struct AttentionParams {
 size_t AttentionWorkspaceBytes(const AttentionParams& p);
 absl::Status Attention(const AttentionParams& p, Stream stream);
 
+// ---------------------------------------------------------------------------------------
+// Checksums
+
+// out[i] = XXH3-64 (seed 0) of bytes [i * block_bytes, (i + 1) * block_bytes) of `data`: what
+// core's BlockChecksum gives for the same bytes (bit for bit: integer arithmetic only, so
+// the bf16 tolerance above does not apply). block_bytes must be more than 240 (XXH3's
+// long inputs; KV blocks always are). data 8-byte aligned, out in device memory.
+// INVALID_ARGUMENT naming the field for num_blocks < 0 or > 2^31 - 1, block_bytes <= 240,
+// num_blocks * block_bytes overflowing size_t, a null or misaligned data / out (when
+// num_blocks > 0); num_blocks == 0 is OK and launches nothing. Fastest when data and
+// block_bytes are multiples of 16 (16-byte loads); any multiple of 8 uses 8-byte loads and
+// other sizes byte loads. Each block is hashed by one warp, so a few hundred blocks or more
+// are needed to reach the device's memory bandwidth.
+absl::Status BlockChecksums(const void* data, size_t block_bytes, int64_t num_blocks,
+                            uint64_t* out, Stream stream);
+
 }  // namespace tierkv::kernels::cuda
 
 #endif  // TIERKV_KERNELS_CUDA_OPS_H_
