@@ -11,6 +11,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kernels/cuda/gpu_test_support.h"
 #include "kernels/dtype.h"
 #include "model/model.h"
 
@@ -19,15 +20,6 @@ namespace {
 
 namespace cu = kernels::cuda;
 
-#define REQUIRE_GPU()                                                                   \
-  do {                                                                                  \
-    if (!cu::Available()) {                                                             \
-      absl::StatusOr<cu::DeviceInfo> info = cu::CurrentDevice();                        \
-      GTEST_SKIP() << "no usable sm_90 CUDA device: "                                   \
-                   << (info.ok() ? std::string(info->name) + " is not compute capability 9.0" \
-                                 : info.status().ToString());                           \
-    }                                                                                   \
-  } while (0)
 
 std::vector<uint32_t> RandomTokens(size_t n, int64_t vocab, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -117,7 +109,7 @@ constexpr double kLogitsTolerance = 3e-2;
 constexpr double kKvTolerance = 2e-2;
 
 TEST(CudaModel, BuiltinTinyMatchesTheCpuModelOnItsBf16Weights) {
-  REQUIRE_GPU();
+  TIERKV_REQUIRE_GPU();
   absl::StatusOr<std::unique_ptr<CudaModel>> gpu = CudaModel::Load("builtin:tiny");
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   const ModelConfig config = BuiltinTinyConfig();
@@ -154,7 +146,7 @@ TEST(CudaModel, BuiltinTinyMatchesTheCpuModelOnItsBf16Weights) {
 }
 
 TEST(CudaModel, SeededOnTheDeviceMatchesTheCpuModelWithBiasesGqaAndWindow) {
-  REQUIRE_GPU();
+  TIERKV_REQUIRE_GPU();
   const ModelConfig config = GqaConfig();
   CudaModelOptions o;
   o.prefill_chunk_tokens = 128;  // Several chunks, each reading the ones before from the KV.
@@ -179,7 +171,7 @@ TEST(CudaModel, SeededOnTheDeviceMatchesTheCpuModelWithBiasesGqaAndWindow) {
 }
 
 TEST(CudaModel, BlocksMovedOutAndBackContinueBitForBit) {
-  REQUIRE_GPU();
+  TIERKV_REQUIRE_GPU();
   absl::StatusOr<std::unique_ptr<CudaModel>> gpu = CudaModel::Load("builtin:tiny");
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   const ModelSpec spec = (*gpu)->spec();
@@ -257,7 +249,7 @@ TEST(CudaModel, BlocksMovedOutAndBackContinueBitForBit) {
 }
 
 TEST(CudaModel, BadInputGetsItsOwnStatusAndChangesNothing) {
-  REQUIRE_GPU();
+  TIERKV_REQUIRE_GPU();
   absl::StatusOr<std::unique_ptr<CudaModel>> gpu = CudaModel::Load("builtin:tiny");
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   absl::StatusOr<CudaKvCache> kv = (*gpu)->NewKvCache(64);

@@ -12,21 +12,13 @@
 
 #include "core/block_key.h"
 #include "gtest/gtest.h"
+#include "kernels/cuda/gpu_test_support.h"
 #include "kernels/cuda/memory.h"
 #include "kernels/cuda/ops.h"
 
 namespace tierkv::kernels::cuda {
 namespace {
 
-#define REQUIRE_GPU()                                                                         \
-  do {                                                                                        \
-    if (!Available()) {                                                                       \
-      absl::StatusOr<DeviceInfo> info = CurrentDevice();                                      \
-      GTEST_SKIP() << "no usable sm_90 CUDA device: "                                         \
-                   << (info.ok() ? std::string(info->name) + " is not compute capability 9.0" \
-                                 : info.status().ToString());                                 \
-    }                                                                                         \
-  } while (0)
 
 constexpr size_t kMiB = size_t{1} << 20;
 constexpr int kPoison = 0xa5;
@@ -78,7 +70,7 @@ void CheckBlocks(size_t block_bytes, int64_t num_blocks, size_t offset) {
 }
 
 TEST(BlockChecksumsGpu, MatchesBlockChecksumForEverySize) {
-  REQUIRE_GPU();
+  TIERKV_REQUIRE_GPU();
   const size_t sizes[] = {241,        248,        256,       1000,     1023,
                           1024,       1025,       1088,      4096 + 8, 65536,
                           65536 + 16, 65536 + 17, kMiB + 64, 2 * kMiB, 2 * kMiB + 40};
@@ -96,7 +88,7 @@ TEST(BlockChecksumsGpu, MatchesBlockChecksumForEverySize) {
 }
 
 TEST(BlockChecksumsGpu, MatchesBlockChecksumOnConstantBlocks) {
-  REQUIRE_GPU();
+  TIERKV_REQUIRE_GPU();
   for (int fill : {0x00, 0xff}) {
     const size_t block_bytes = 65536;
     const int64_t num_blocks = 5;
@@ -121,7 +113,7 @@ TEST(BlockChecksumsGpu, MatchesBlockChecksumOnConstantBlocks) {
 // Not an assertion: prints GB/s of 2048 blocks of 2 MiB (4 GiB), beside a device-to-device
 // copy of 2 GiB (4 GiB of memory traffic) measured in the same run as the baseline.
 TEST(BlockChecksumsGpu, PrintsThroughputOf2048BlocksOf2MiB) {
-  REQUIRE_GPU();
+  TIERKV_REQUIRE_GPU();
   const size_t block_bytes = 2 * kMiB;
   const int64_t num_blocks = 2048;
   const size_t bytes = block_bytes * num_blocks;

@@ -9,6 +9,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kernels/cuda/gpu_test_support.h"
 #include "kernels/cuda/memory.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/dtype.h"
@@ -18,15 +19,6 @@
 namespace tierkv::kernels::cuda {
 namespace {
 
-#define REQUIRE_GPU()                                                                      \
-  do {                                                                                     \
-    if (!Available()) {                                                                    \
-      absl::StatusOr<DeviceInfo> info = CurrentDevice();                                   \
-      GTEST_SKIP() << "no usable sm_90 CUDA device: "                                      \
-                   << (info.ok() ? std::string(info->name) + " is not compute capability 9.0" \
-                                 : info.status().ToString());                              \
-    }                                                                                      \
-  } while (0)
 
 constexpr uint16_t kPoisonBf16 = 0xffff;  // A NaN.
 
@@ -100,7 +92,7 @@ double RelativeError(const std::vector<float>& got, const std::vector<float>& wa
 constexpr double kBf16Tolerance = 1e-2;
 
 TEST(CudaGemm, MatchesReferenceOverShapesForBothOutputTypes) {
-  REQUIRE_GPU();
+  TIERKV_REQUIRE_GPU();
   struct Shape {
     int64_t m, n, k;
   };
@@ -174,7 +166,7 @@ TEST(CudaGemm, MatchesReferenceOverShapesForBothOutputTypes) {
 }
 
 TEST(CudaRmsNorm, MatchesReferenceOverShapes) {
-  REQUIRE_GPU();
+  TIERKV_REQUIRE_GPU();
   for (const int64_t dim : {1, 64, 100, 4096, 5120}) {
     for (const int64_t rows : {1, 3, 129}) {
       SCOPED_TRACE(testing::Message() << "rows=" << rows << " dim=" << dim);
@@ -202,7 +194,7 @@ TEST(CudaRmsNorm, MatchesReferenceOverShapes) {
 }
 
 TEST(CudaRopeQkv, RotatesQAndKAndStoresKvAtTheCacheRows) {
-  REQUIRE_GPU();
+  TIERKV_REQUIRE_GPU();
   for (const int head_dim : {64, 128}) {
     for (const auto& [nq, nkv] : {std::pair{4, 4}, std::pair{8, 2}, std::pair{32, 8}}) {
       const int64_t rows = 37, position0 = 1000, cache_row0 = 5, capacity = 50;
@@ -271,7 +263,7 @@ TEST(CudaRopeQkv, RotatesQAndKAndStoresKvAtTheCacheRows) {
 }
 
 TEST(CudaSwiGlu, MatchesReference) {
-  REQUIRE_GPU();
+  TIERKV_REQUIRE_GPU();
   for (const int64_t inter : {1, 100, 14336}) {
     const int64_t rows = 9, ld = 2 * inter + 4;
     std::vector<float> gf;
@@ -288,7 +280,7 @@ TEST(CudaSwiGlu, MatchesReference) {
 }
 
 TEST(CudaEmbedding, CopiesRowsAndMarksBadIdsWithNaN) {
-  REQUIRE_GPU();
+  TIERKV_REQUIRE_GPU();
   const int64_t vocab = 1000, dim = 96, rows = 6;
   std::vector<float> tf;
   const std::vector<uint16_t> table = RandomBf16(vocab * dim, 1.0f, &tf);
@@ -309,7 +301,7 @@ TEST(CudaEmbedding, CopiesRowsAndMarksBadIdsWithNaN) {
 }
 
 TEST(CudaConvert, F32ToBf16RoundsLikeTheCpuBitForBit) {
-  REQUIRE_GPU();
+  TIERKV_REQUIRE_GPU();
   std::vector<float> v = RandomF32(100000, 1e4f);
   // Ties, specials and the edges of the range.
   for (uint32_t bits : {0x3f808000u, 0x3f818000u, 0x7f800000u, 0xff800000u, 0x7fc00000u,
@@ -335,7 +327,7 @@ TEST(CudaConvert, F32ToBf16RoundsLikeTheCpuBitForBit) {
 }
 
 TEST(CudaFillSeeded, EqualsTheCpuFormulaRoundedToBf16) {
-  REQUIRE_GPU();
+  TIERKV_REQUIRE_GPU();
   const uint64_t key = StreamKey(1234, Fnv1a64("model.layers.0.mlp.up_proj.weight"));
   const int64_t count = 300001, offset = 77;
   for (const auto& [scale, shift] : {std::pair{0.015625f, 0.0f}, std::pair{0.125f, 1.0f}}) {
@@ -352,7 +344,7 @@ TEST(CudaFillSeeded, EqualsTheCpuFormulaRoundedToBf16) {
 }
 
 TEST(CudaArgMax, PicksTheLowestIndexOfTheLargestAndNeverNaN) {
-  REQUIRE_GPU();
+  TIERKV_REQUIRE_GPU();
   const int64_t cols = 128256, rows = 4;
   std::vector<float> logits = RandomF32(rows * cols, 10.0f);
   logits[0 * cols + 5000] = 50.0f;  // Row 0: a clear winner.
@@ -369,7 +361,7 @@ TEST(CudaArgMax, PicksTheLowestIndexOfTheLargestAndNeverNaN) {
 }
 
 TEST(CudaScatterKvBlocks, PutsEveryPartOfEveryBlockAtItsRows) {
-  REQUIRE_GPU();
+  TIERKV_REQUIRE_GPU();
   const int layers = 3;
   const int64_t t = 16, row = 64, capacity = 100, row0 = 32, blocks = 4;
   const int64_t part = t * row;
