@@ -195,7 +195,7 @@ namespace cu = kernels::cuda;
 class Staging {
  public:
   static constexpr size_t kDeviceBytes = 256 << 20;
-  static constexpr size_t kPinnedBytes = 32 << 20;
+  static constexpr size_t kPinnedBytes = 64 << 20;
   static constexpr size_t kMaxChecksums = 65536;
 
   absl::Status Init() {
@@ -288,15 +288,48 @@ class GpuSequence : public Sequence {
   }
   int64_t tokens() const override { return kv_.tokens(); }
 
+  // Blocks in ordinary (pageable) memory, as a worker that fetched them over UCX holds them:
+  // all CPU threads copy a batch into one half of the pinned staging while the other half's
+  // batch crosses PCIe (the driver would otherwise stage pageable memory one thread at a time).
   absl::Status AppendBlocks(std::span<const std::string> blocks) override {
-    TIERKV_RETURN_IF_ERROR(CheckBlockSizes(blocks, model_->spec()));
-    std::vector<PayloadPiece> pieces;
-    pieces.reserve(blocks.size());
-    for (const std::string& b : blocks) pieces.push_back({b.data(), b.size()});
-    std::vector<std::span<const PayloadPiece>> spans;
-    spans.reserve(blocks.size());
-    for (const PayloadPiece& p : pieces) spans.emplace_back(&p, 1);
-    return AppendBlocksInPlace(spans, [&](auto) { return blocks.size(); }).status();
+    const ModelSpec& spec = model_->spec();
+    TIERKV_RETURN_IF_ERROR(CheckBlockSizes(blocks, spec));
+    const size_t bytes = spec.RawBlockBytes();
+    const size_t half = Staging::kPinnedBytes / 2;
+    if (bytes > half) {
+      return absl::InternalError(
+          absl::StrCat("blocks of ", bytes, " bytes exceed the staging buffer"));
+    }
+    const size_t per = half / bytes;
+    const int64_t before = kv_.tokens();
+    absl::MutexLock lock(&staging_->mu());
+    cu::EventOwner* done = staging_->events();
+    uint8_t* pinned = staging_->pinned().as<uint8_t>();
+    absl::Status s;
+    for (size_t at = 0, b = 0; s.ok() && at < blocks.size(); at += per, ++b) {
+      const size_t n = std::min(per, blocks.size() - at);
+      uint8_t* buf = pinned + (b % 2) * half;
+      s = done[b % 2].Synchronize();  // The copy that read this half two batches ago.
+      if (!s.ok()) break;
+      kernels::ParallelFor(kernels::ThreadPool::Default(), static_cast<int64_t>(n),
+                           [&](int64_t i) {
+                             std::memcpy(buf + i * bytes, blocks[at + i].data(), bytes);
+                           });
+      std::vector<PayloadPiece> pieces(n);
+      std::vector<std::span<const PayloadPiece>> spans;
+      for (size_t i = 0; i < n; ++i) {
+        pieces[i] = {buf + i * bytes, bytes};
+        spans.emplace_back(&pieces[i], 1);
+      }
+      s = kv_.AppendBlocksFromHost(spans, spec, staging_->device().data(),
+                                   staging_->device().size(), model_->stream());
+      if (s.ok()) s = done[b % 2].Record(model_->stream());
+    }
+    // Wait even after an error: copies already queued still read the staging.
+    absl::Status synced = cu::StreamSynchronize(model_->stream());
+    if (s.ok()) s = synced;
+    if (!s.ok()) kv_.Truncate(before);
+    return s;
   }
 
   absl::StatusOr<size_t> AppendBlocksInPlace(
@@ -397,10 +430,14 @@ class GpuSequence : public Sequence {
         const uint64_t p = b - 1;
         TIERKV_RETURN_IF_ERROR(done[p % 2].Synchronize());
         const uint64_t n = std::min(per, count - p * per);
-        for (uint64_t i = 0; i < n; ++i) {
-          out[p * per + i].assign(reinterpret_cast<const char*>(pinned + (p % 2) * half + i * bytes),
-                                  bytes);
-        }
+        // New strings fault their pages in as they are written: spread that over the CPUs.
+        kernels::ParallelFor(kernels::ThreadPool::Default(), static_cast<int64_t>(n),
+                             [&](int64_t i) {
+                               out[p * per + i].assign(
+                                   reinterpret_cast<const char*>(pinned + (p % 2) * half +
+                                                                 i * bytes),
+                                   bytes);
+                             });
       }
     }
     return out;
