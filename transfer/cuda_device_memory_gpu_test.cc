@@ -60,6 +60,9 @@ class DeviceBuffer {
   }
   void Write(const void* src) {
     EXPECT_EQ(cudaMemcpy(p_, src, bytes_, cudaMemcpyHostToDevice), cudaSuccess);
+    // A copy from pageable memory may return before it lands; the engine's lanes are
+    // non-blocking streams that would not wait for it.
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   }
 
  private:

@@ -128,7 +128,8 @@ struct EngineOptions {
   // engine keeps a reference; the object must be usable from the engine's threads.
   std::shared_ptr<DeviceMemory> device_memory;
   // With device_memory: the pinned host memory for bounce buffers, split in up to four
-  // equal slots (fewer when that would make slots below 4 KiB). At least 8 KiB.
+  // equal slots (fewer when that would make slots below 4 KiB). At least 8 KiB. The device
+  // memory must offer a copy lane per slot (Create: INVALID_ARGUMENT otherwise).
   size_t bounce_bytes = 64 << 20;
 };
 
@@ -250,7 +251,8 @@ class TransferEngine {
   // Writes every op's op.local bytes into the peer's range; OK means the bytes have
   // landed in the peer's memory (visible to the peer's reads). Errors as for Get, without
   // DATA_LOSS (checksum is ignored); on an error the peer's range may hold any bytes.
-  // op.local must stay unchanged until the call returns.
+  // op.local must stay unchanged until the call returns. Device memory is read on the
+  // DeviceMemory's own streams: finish (synchronize) the work that produces it first.
   virtual std::vector<absl::Status> Put(Endpoint& ep, std::span<const TransferOp> ops) = 0;
 
   // Asynchronous forms: return at once; `done` runs on the progress thread when every op

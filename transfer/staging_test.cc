@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "core/block_key.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "transfer/device_memory.h"
 #include "transfer/engine.h"
@@ -672,6 +673,43 @@ std::string ParamName(const TestParamInfo<StagingTest::ParamType>& info) {
   return testing::TransportPathName(std::get<0>(info.param), std::get<1>(info.param));
 }
 
+// A callback that runs while the engine is being destroyed and calls back into it gets
+// CANCELLED at once (it used to reach the inner engine through a pointer already reset).
+TEST_P(StagingTest, CallbackThatSubmitsDuringDestructionIsCancelled) {
+  if (!two_sided()) GTEST_SKIP() << "needs a GET the owner serves, to keep one in flight";
+  // Stall the owner's progress thread so that the reader's host GET stays in flight.
+  absl::Notification stalled;
+  owner_->GetAsync(nullptr, {}, [&](std::vector<absl::Status>) {
+    stalled.Notify();
+    absl::SleepFor(absl::Milliseconds(1500));
+  });
+  stalled.WaitForNotification();
+  std::unique_ptr<TransferEngine> reader = MakeReader(device_);
+  ASSERT_NE(reader, nullptr);
+  absl::StatusOr<std::shared_ptr<Endpoint>> ep = reader->Connect(owner_->worker_address());
+  ASSERT_TRUE(ep.ok());
+  std::vector<char> host(4096);
+  std::vector<TransferOp> ops = {{region_->remote_key(), addr(0), host.data(), 4096}};
+  TransferEngine* raw = reader.get();
+  std::shared_ptr<Endpoint> shared = *ep;
+  std::atomic<int> calls{0}, inner_calls{0};
+  absl::Status resubmitted;
+  reader->GetAsync(shared, ops, [&, raw](std::vector<absl::Status> s) {
+    ++calls;
+    raw->GetAsync(shared, ops, [&](std::vector<absl::Status> s2) {
+      ++inner_calls;
+      resubmitted = s2[0];
+    });
+  });
+  absl::SleepFor(absl::Milliseconds(100));
+  shared.reset();
+  ep->reset();
+  reader.reset();
+  EXPECT_EQ(calls.load(), 1);
+  EXPECT_EQ(inner_calls.load(), 1);
+  EXPECT_EQ(resubmitted.code(), absl::StatusCode::kCancelled) << resubmitted;
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, StagingTest,
                          Combine(Values("tcp", "shm"),
                                  Values(PathPolicy::kOneSided, PathPolicy::kTwoSided)),
@@ -684,12 +722,22 @@ TEST(StagingEngine, TooSmallBounceBuffersAreInvalidArgument) {
   EXPECT_EQ(TransferEngine::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(StagingEngine, FewerCopyLanesThanSlotsIsInvalidArgument) {
+  // Slots sharing a lane would blame each other's failed copies (and PUT stale bytes).
+  EngineOptions options = OptionsFor("tcp", PathPolicy::kAuto);
+  options.device_memory = std::make_shared<FakeDeviceMemory>(1 << 20, 1, absl::ZeroDuration());
+  options.bounce_bytes = 8192;  // Two slots.
+  absl::Status s = TransferEngine::Create(options).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("lane"));
+}
+
 TEST(StagingEngine, EngineWithoutDeviceOpsBehavesAsBefore) {
   // Host-only batches go straight to the UCX engine, callbacks on its progress thread.
-  auto device = std::make_shared<FakeDeviceMemory>(1 << 20, 1, absl::ZeroDuration());
+  auto device = std::make_shared<FakeDeviceMemory>(1 << 20, 2, absl::ZeroDuration());
   EngineOptions options = OptionsFor("tcp", PathPolicy::kAuto);
   options.device_memory = device;
-  options.bounce_bytes = 8192;  // Two slots of 4 KiB.
+  options.bounce_bytes = 8192;  // Two slots of 4 KiB, a lane each.
   auto owner = MakeEngine(OptionsFor("tcp", PathPolicy::kAuto));
   auto reader = MakeEngine(options);
   ASSERT_TRUE(owner && reader);

@@ -125,33 +125,46 @@ class StagingEngine final : public TransferEngine {
 
   absl::Status Start();
 
-  const std::string& worker_address() const override { return inner_->worker_address(); }
+  // Once the destructor has begun (closing_), no entry point touches inner_: callbacks that
+  // run during the teardown and call back in get CANCELLED at once, as the UCX engine does.
+  const std::string& worker_address() const override { return worker_address_; }
   absl::StatusOr<std::unique_ptr<MemoryRegion>> Register(void* base, size_t length) override {
+    if (closing_.load()) return Closing();
     return inner_->Register(base, length);
   }
   absl::StatusOr<std::unique_ptr<MemoryRegion>> Allocate(size_t length) override {
+    if (closing_.load()) return Closing();
     return inner_->Allocate(length);
   }
   absl::StatusOr<std::shared_ptr<Endpoint>> Connect(std::string_view peer_address) override {
+    if (closing_.load()) return Closing();
     return inner_->Connect(peer_address);
   }
   std::vector<absl::Status> Get(Endpoint& ep, std::span<const TransferOp> ops) override {
+    if (closing_.load()) return std::vector<absl::Status>(ops.size(), Closing());
     return RunBatch(/*is_get=*/true, ep, ops);
   }
   std::vector<absl::Status> Put(Endpoint& ep, std::span<const TransferOp> ops) override {
+    if (closing_.load()) return std::vector<absl::Status>(ops.size(), Closing());
     return RunBatch(/*is_get=*/false, ep, ops);
   }
   void GetAsync(std::shared_ptr<Endpoint> ep, std::span<const TransferOp> ops,
                 BatchCallback done) override {
+    if (closing_.load()) {
+      return std::move(done)(std::vector<absl::Status>(ops.size(), Closing()));
+    }
     if (!HasDeviceOp(ops)) return inner_->GetAsync(std::move(ep), ops, std::move(done));
     Submit(/*is_get=*/true, std::move(ep), ops, std::move(done), /*host_checksums=*/true);
   }
   void PutAsync(std::shared_ptr<Endpoint> ep, std::span<const TransferOp> ops,
                 BatchCallback done) override {
+    if (closing_.load()) {
+      return std::move(done)(std::vector<absl::Status>(ops.size(), Closing()));
+    }
     if (!HasDeviceOp(ops)) return inner_->PutAsync(std::move(ep), ops, std::move(done));
     Submit(/*is_get=*/false, std::move(ep), ops, std::move(done), /*host_checksums=*/false);
   }
-  EngineStats stats() const override { return inner_->stats(); }
+  EngineStats stats() const override { return closing_.load() ? EngineStats{} : inner_->stats(); }
 
  private:
   struct Job {
@@ -196,8 +209,14 @@ class StagingEngine final : public TransferEngine {
   }
   bool NoDeviceParts() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return device_parts_ == 0; }
 
+  static absl::Status Closing() {
+    return absl::CancelledError("the transfer engine is shutting down");
+  }
+
   // Constant after Start() (inner_ is reset by the destructor only).
   std::unique_ptr<TransferEngine> inner_;
+  std::string worker_address_;
+  std::atomic<bool> closing_{false};
   const std::shared_ptr<DeviceMemory> device_;
   const std::string name_;
   const size_t slots_;
@@ -220,6 +239,7 @@ class StagingEngine final : public TransferEngine {
 };
 
 absl::Status StagingEngine::Start() {
+  worker_address_ = inner_->worker_address();
   int lanes = device_->lanes();
   lanes_ = lanes > 0 ? static_cast<size_t>(lanes) : 1;
   absl::StatusOr<void*> bounce = device_->AllocatePinned(slots_ * slot_bytes_);
@@ -245,6 +265,7 @@ absl::Status StagingEngine::Start() {
 }
 
 StagingEngine::~StagingEngine() {
+  closing_.store(true);
   if (thread_.joinable()) {
     {
       // From here on device parts are cancelled without touching inner_; wait for the one
@@ -609,6 +630,13 @@ absl::StatusOr<std::unique_ptr<TransferEngine>> NewStagingEngine(
   }
   size_t slots = std::min<size_t>(kMaxSlots, options.bounce_bytes / kMinSlotBytes);
   size_t slot_bytes = options.bounce_bytes / slots / kMinSlotBytes * kMinSlotBytes;
+  // Each slot's device copies are waited for, and their failures blamed, by lane: two slots
+  // on one lane would each see the other's copies (and errors) as their own.
+  if (options.device_memory->lanes() < static_cast<int>(slots)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "device_memory offers ", options.device_memory->lanes(), " copy lanes; staging through ",
+        slots, " bounce slots needs one lane per slot"));
+  }
   auto engine = std::make_unique<StagingEngine>(std::move(inner), options.device_memory,
                                                 options.name, static_cast<int>(slots), slot_bytes);
   if (absl::Status status = engine->Start(); !status.ok()) return status;
