@@ -56,8 +56,13 @@
 // Put, Register, Allocate, Connect) called on the progress thread, and Get and Put called
 // on the staging thread, fail with FAILED_PRECONDITION instead of deadlocking, and a
 // MemoryRegion destroyed on the progress thread is unregistered without waiting for the
-// transfers in flight on it. Endpoint and MemoryRegion
-// objects are immutable and thread-safe; they must not outlive the engine that made them.
+// transfers in flight on it. Endpoint and MemoryRegion objects are immutable and
+// thread-safe; they must not outlive the engine that made them. The engine must not be
+// destroyed from one of its own callbacks.
+//
+// Device ops run one batch at a time on the staging thread, in submission order: a batch
+// waiting on a dead peer (up to op_timeout per slot-sized piece) delays the device ops of
+// later batches, so op_timeout bounds each piece's transfer, not a device op's whole wait.
 #ifndef TIERKV_TRANSFER_ENGINE_H_
 #define TIERKV_TRANSFER_ENGINE_H_
 
