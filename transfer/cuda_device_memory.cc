@@ -126,11 +126,15 @@ class CudaDeviceMemory final : public DeviceMemory {
 
   bool IsDevice(const void* p) const override {
     cudaPointerAttributes attributes;
-    if (cudaPointerGetAttributes(&attributes, p) != cudaSuccess) {
-      cudaGetLastError();  // Not a pointer CUDA knows; leave no error behind.
+    const cudaError_t err = cudaPointerGetAttributes(&attributes, p);
+    if (err == cudaSuccess) return attributes.type == cudaMemoryTypeDevice;
+    if (err == cudaErrorInvalidValue) {
+      cudaGetLastError();  // Not a pointer CUDA knows: host memory. Leave no error behind.
       return false;
     }
-    return attributes.type == cudaMemoryTypeDevice;
+    // CUDA itself is failing (a sticky error, say): take the staging path, where the copy
+    // fails with a status, rather than hand what may be device memory to UCX.
+    return true;
   }
 
   int lanes() const override { return static_cast<int>(lanes_.size()); }
