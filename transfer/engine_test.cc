@@ -27,15 +27,6 @@ using ::testing::Values;
 constexpr size_t kPool = 32 << 20;
 constexpr size_t kGuard = 1 << 20;  // Unregistered bytes on each side of the region.
 
-EngineOptions OptionsFor(const std::string& transport, PathPolicy path) {
-  EngineOptions options;
-  options.transports = transport;
-  if (transport == "tcp") options.net_devices = "lo";
-  options.path = path;
-  options.op_timeout = absl::Seconds(10);
-  return options;
-}
-
 std::unique_ptr<TransferEngine> MakeEngine(const EngineOptions& options) {
   absl::StatusOr<std::unique_ptr<TransferEngine>> engine = TransferEngine::Create(options);
   EXPECT_TRUE(engine.ok()) << engine.status();
@@ -47,7 +38,7 @@ class EngineTest : public ::testing::TestWithParam<std::tuple<std::string, PathP
   const std::string& transport() const { return std::get<0>(GetParam()); }
   PathPolicy path() const { return std::get<1>(GetParam()); }
   bool two_sided() const { return path() == PathPolicy::kTwoSided; }
-  EngineOptions Options() const { return OptionsFor(transport(), path()); }
+  EngineOptions Options() const { return testing::LoopbackOptions(transport(), path()); }
 
   void SetUp() override {
     owner_ = MakeEngine(Options());
@@ -417,8 +408,8 @@ TEST(TransferEngine, AutoPathIsTwoSidedOverTcpAndOneSidedOverSharedMemory) {
   for (auto [transport, expected, lane] :
        {std::tuple{"tcp", TransferPath::kTwoSided, "tcp/lo"},
         std::tuple{"shm", TransferPath::kOneSided, "cma/memory"}}) {
-    auto owner = MakeEngine(OptionsFor(transport, PathPolicy::kAuto));
-    auto reader = MakeEngine(OptionsFor(transport, PathPolicy::kAuto));
+    auto owner = MakeEngine(testing::LoopbackOptions(transport, PathPolicy::kAuto));
+    auto reader = MakeEngine(testing::LoopbackOptions(transport, PathPolicy::kAuto));
     auto ep = reader->Connect(owner->worker_address());
     ASSERT_TRUE(ep.ok()) << ep.status();
     EXPECT_EQ((*ep)->path(), expected) << transport;
@@ -429,7 +420,7 @@ TEST(TransferEngine, AutoPathIsTwoSidedOverTcpAndOneSidedOverSharedMemory) {
 TEST(TransferEngine, TcpStaysTwoSidedWithoutPeerFailureDetection) {
   // Without peer error handling UCX offers tcp's own put_zcopy as an RMA lane; it is still
   // the socket, not RMA the owner's CPU stays out of.
-  EngineOptions options = OptionsFor("tcp", PathPolicy::kAuto);
+  EngineOptions options = testing::LoopbackOptions("tcp", PathPolicy::kAuto);
   options.detect_peer_failure = false;
   auto owner = MakeEngine(options);
   auto reader = MakeEngine(options);
@@ -445,8 +436,8 @@ TEST(TransferEngine, TcpStaysTwoSidedWithoutPeerFailureDetection) {
 }
 
 TEST(TransferEngine, ConnectReturnsTheCachedEndpointAndRejectsGarbage) {
-  auto owner = MakeEngine(OptionsFor("tcp", PathPolicy::kAuto));
-  auto reader = MakeEngine(OptionsFor("tcp", PathPolicy::kAuto));
+  auto owner = MakeEngine(testing::LoopbackOptions("tcp", PathPolicy::kAuto));
+  auto reader = MakeEngine(testing::LoopbackOptions("tcp", PathPolicy::kAuto));
   auto first = reader->Connect(owner->worker_address());
   auto second = reader->Connect(owner->worker_address());
   ASSERT_TRUE(first.ok() && second.ok());
@@ -457,7 +448,7 @@ TEST(TransferEngine, ConnectReturnsTheCachedEndpointAndRejectsGarbage) {
 }
 
 TEST(TransferEngine, RegisterRejectsNullEmptyAndOverlappingRanges) {
-  auto engine = MakeEngine(OptionsFor("tcp", PathPolicy::kAuto));
+  auto engine = MakeEngine(testing::LoopbackOptions("tcp", PathPolicy::kAuto));
   std::vector<char> memory(1 << 16);
   EXPECT_EQ(engine->Register(nullptr, 10).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(engine->Register(memory.data(), 0).status().code(),

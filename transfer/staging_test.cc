@@ -196,15 +196,6 @@ class FakeDeviceMemory final : public DeviceMemory {
   std::vector<std::thread> threads_;
 };
 
-EngineOptions OptionsFor(const std::string& transport, PathPolicy path) {
-  EngineOptions options;
-  options.transports = transport;
-  if (transport == "tcp") options.net_devices = "lo";
-  options.path = path;
-  options.op_timeout = absl::Seconds(10);
-  return options;
-}
-
 std::unique_ptr<TransferEngine> MakeEngine(const EngineOptions& options) {
   absl::StatusOr<std::unique_ptr<TransferEngine>> engine = TransferEngine::Create(options);
   EXPECT_TRUE(engine.ok()) << engine.status();
@@ -219,7 +210,7 @@ class StagingTest : public ::testing::TestWithParam<std::tuple<std::string, Path
 
   // A reader over `device` (the fixture's fake unless given).
   std::unique_ptr<TransferEngine> MakeReader(std::shared_ptr<FakeDeviceMemory> device) {
-    EngineOptions options = OptionsFor(transport(), path());
+    EngineOptions options = testing::LoopbackOptions(transport(), path());
     options.device_memory = std::move(device);
     options.bounce_bytes = kBounce;
     return MakeEngine(options);
@@ -227,7 +218,7 @@ class StagingTest : public ::testing::TestWithParam<std::tuple<std::string, Path
 
   void SetUp() override {
     device_ = std::make_shared<FakeDeviceMemory>(kArena, 4, absl::ZeroDuration());
-    owner_ = MakeEngine(OptionsFor(transport(), path()));
+    owner_ = MakeEngine(testing::LoopbackOptions(transport(), path()));
     reader_ = MakeReader(device_);
     ASSERT_NE(owner_, nullptr);
     ASSERT_NE(reader_, nullptr);
@@ -404,14 +395,14 @@ TEST_P(StagingTest, ChecksumMismatchIsDataLossAndNeverReachesTheDevice) {
 }
 
 TEST_P(StagingTest, CorruptedByteInFlightIsCaughtBeforeTheDevice) {
-  EngineOptions faulty = OptionsFor(transport(), path());
+  EngineOptions faulty = testing::LoopbackOptions(transport(), path());
   faulty.fault_corrupt_every_n = 4;
-  EngineOptions reader_options = OptionsFor(transport(), path());
+  EngineOptions reader_options = testing::LoopbackOptions(transport(), path());
   if (!two_sided()) reader_options = faulty;
   reader_options.device_memory = device_;
   reader_options.bounce_bytes = kBounce;
   std::unique_ptr<TransferEngine> owner =
-      two_sided() ? MakeEngine(faulty) : MakeEngine(OptionsFor(transport(), path()));
+      two_sided() ? MakeEngine(faulty) : MakeEngine(testing::LoopbackOptions(transport(), path()));
   std::unique_ptr<TransferEngine> reader = MakeEngine(reader_options);
   ASSERT_TRUE(owner != nullptr && reader != nullptr);
   absl::StatusOr<std::unique_ptr<MemoryRegion>> region = owner->Register(pool(), kPool);
@@ -716,7 +707,7 @@ INSTANTIATE_TEST_SUITE_P(Transports, StagingTest,
                          ParamName);
 
 TEST(StagingEngine, TooSmallBounceBuffersAreInvalidArgument) {
-  EngineOptions options = OptionsFor("tcp", PathPolicy::kAuto);
+  EngineOptions options = testing::LoopbackOptions("tcp", PathPolicy::kAuto);
   options.device_memory = std::make_shared<FakeDeviceMemory>(1 << 20, 2, absl::ZeroDuration());
   options.bounce_bytes = 4096;
   EXPECT_EQ(TransferEngine::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
@@ -724,7 +715,7 @@ TEST(StagingEngine, TooSmallBounceBuffersAreInvalidArgument) {
 
 TEST(StagingEngine, FewerCopyLanesThanSlotsIsInvalidArgument) {
   // Slots sharing a lane would blame each other's failed copies (and PUT stale bytes).
-  EngineOptions options = OptionsFor("tcp", PathPolicy::kAuto);
+  EngineOptions options = testing::LoopbackOptions("tcp", PathPolicy::kAuto);
   options.device_memory = std::make_shared<FakeDeviceMemory>(1 << 20, 1, absl::ZeroDuration());
   options.bounce_bytes = 8192;  // Two slots.
   absl::Status s = TransferEngine::Create(options).status();
@@ -735,10 +726,10 @@ TEST(StagingEngine, FewerCopyLanesThanSlotsIsInvalidArgument) {
 TEST(StagingEngine, EngineWithoutDeviceOpsBehavesAsBefore) {
   // Host-only batches go straight to the UCX engine, callbacks on its progress thread.
   auto device = std::make_shared<FakeDeviceMemory>(1 << 20, 2, absl::ZeroDuration());
-  EngineOptions options = OptionsFor("tcp", PathPolicy::kAuto);
+  EngineOptions options = testing::LoopbackOptions("tcp", PathPolicy::kAuto);
   options.device_memory = device;
   options.bounce_bytes = 8192;  // Two slots of 4 KiB, a lane each.
-  auto owner = MakeEngine(OptionsFor("tcp", PathPolicy::kAuto));
+  auto owner = MakeEngine(testing::LoopbackOptions("tcp", PathPolicy::kAuto));
   auto reader = MakeEngine(options);
   ASSERT_TRUE(owner && reader);
   std::vector<char> memory(1 << 16), local(1 << 16);

@@ -25,6 +25,17 @@ inline std::string TransportPathName(const std::string& transport, PathPolicy pa
                                                       : "_auto");
 }
 
+// Options of an engine for tests on this host: `transport` ("tcp": over lo only, or "shm"),
+// the given path policy, and a 10 s op timeout that bounds any hang.
+inline EngineOptions LoopbackOptions(const std::string& transport, PathPolicy path) {
+  EngineOptions options;
+  options.transports = transport;
+  if (transport == "tcp") options.net_devices = "lo";
+  options.path = path;
+  options.op_timeout = absl::Seconds(10);
+  return options;
+}
+
 }  // namespace tierkv::transfer::testing
 
 #endif  // TIERKV_TRANSFER_TESTING_BLOCKS_H_
