@@ -6,6 +6,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "core/status.h"
 
@@ -66,8 +67,8 @@ std::string_view InspectStateName(InspectState state) {
 }
 
 BlockIndex::BlockIndex(const BlockIndexOptions& options, HostPool* pool, Clock* clock,
-                       EventLog* events, SsdTier* ssd)
-    : options_(options), pool_(pool), clock_(clock), events_(events), ssd_(ssd) {
+                       EventLog* events, SsdTier* ssd, DeviceTier* gpu)
+    : options_(options), pool_(pool), clock_(clock), events_(events), ssd_(ssd), gpu_(gpu) {
   if (options_.admission != BlockIndexOptions::Admission::kAll) {
     admission_ = std::make_unique<AdmissionController>(
         options_.admission == BlockIndexOptions::Admission::kSecondUse
@@ -82,8 +83,9 @@ BlockIndex::~BlockIndex() {
   for (auto& [key, block_ptr] : blocks_) {
     CommittedBlock& block = *block_ptr;
     if (block.in_host) pool_->Free(block.space);
+    if (block.in_gpu) gpu_->pool().Free(block.gpu_space);
   }
-  for (auto& [key, block] : pending_) pool_->Free(block.space);
+  for (auto& [key, block] : pending_) (block.on_gpu ? gpu_->pool() : *pool_).Free(block.space);
 }
 
 absl::Status BlockIndex::CheckLeaseTtl(absl::Duration ttl, const char* what) const {
@@ -102,13 +104,15 @@ absl::Status BlockIndex::CheckLeaseTtl(absl::Duration ttl, const char* what) con
 void BlockIndex::Unlist(CommittedBlock& b) {
   if (b.children == 0) leaves_.erase(b.touch_seq);
   if (b.in_host && b.host_children == 0) host_leaves_.erase(b.touch_seq);
-  if (b.ssd && (b.in_host || b.children == 0)) ssd_order_.erase(b.touch_seq);
+  if (b.ssd && (b.in_host || b.in_gpu || b.children == 0)) ssd_order_.erase(b.touch_seq);
+  if (b.in_gpu) gpu_order_.erase(b.touch_seq);
 }
 
 void BlockIndex::Relist(CommittedBlock& b) {
   if (b.children == 0) leaves_.emplace(b.touch_seq, &b);
   if (b.in_host && b.host_children == 0) host_leaves_.emplace(b.touch_seq, &b);
-  if (b.ssd && (b.in_host || b.children == 0)) ssd_order_.emplace(b.touch_seq, &b);
+  if (b.ssd && (b.in_host || b.in_gpu || b.children == 0)) ssd_order_.emplace(b.touch_seq, &b);
+  if (b.in_gpu) gpu_order_.emplace(b.touch_seq, &b);
 }
 
 bool BlockIndex::AdmitNew(const BlockKey& key) {
@@ -250,18 +254,19 @@ absl::StatusOr<SsdLocation> BlockIndex::ReserveSsd(uint64_t size, bool drop_host
     if (location.ok() || location.status().code() != absl::StatusCode::kResourceExhausted) {
       return location;
     }
-    // Coldest SSD copy that may go: one also in host memory (the block stays cached), or
-    // an unprotected leaf (the block leaves the cache).
+    // Coldest SSD copy that may go: one also in host or GPU memory (the block stays
+    // cached), or an unprotected leaf (the block leaves the cache).
     CommittedBlock* victim = nullptr;
     for (auto& [seq, b] : ssd_order_) {
-      if (!b->moving && ((b->in_host && drop_host_copies_ssd) || (!b->in_host && b->kept == 0))) {
+      const bool in_memory = b->in_host || b->in_gpu;
+      if (!b->moving && ((in_memory && drop_host_copies_ssd) || (!in_memory && b->kept == 0))) {
         victim = b;
         break;
       }
     }
     if (victim == nullptr) return location.status();
     ++counters_.ssd_evictions;
-    if (victim->in_host) {
+    if (victim->in_host || victim->in_gpu) {
       DropSsdCopy(*victim);
     } else {
       RemoveBlock(*victim, "ssd capacity", false);
@@ -314,7 +319,7 @@ bool BlockIndex::MakeHostRoom(uint64_t bytes) {
           ++it;
           continue;
         }
-        if (b->ssd) {
+        if (b->ssd || b->in_gpu) {
           ++counters_.host_drops;
           DropHostCopy(*b);
           progress = true;
@@ -361,7 +366,7 @@ bool BlockIndex::MakeHostRoom(uint64_t bytes) {
       // that is in host memory.
       for (CommittedBlock* b : cold) {
         if (pool_->free_bytes() + planned >= bytes) break;
-        if (b->ssd) {
+        if (b->ssd || b->in_gpu) {
           ++counters_.host_drops;
           DropHostCopy(*b);
         } else {
@@ -420,6 +425,86 @@ void BlockIndex::RunDemotions(const std::vector<Demotion>& demotions) {
     if (!IsProtected(block)) DropHostCopy(block);
   }
   moved_.SignalAll();
+}
+
+void BlockIndex::DropGpuCopy(CommittedBlock& block) {
+  Unlist(block);
+  gpu_->pool().Free(block.gpu_space);
+  block.gpu_space = PoolAllocation();
+  block.in_gpu = false;
+  --gpu_blocks_;
+  gpu_bytes_ -= block.size;
+  Relist(block);
+}
+
+bool BlockIndex::DemoteFromGpu(const BlockKey& key) {
+  CommittedBlock* block = blocks_.at(key).get();
+  // `moving` keeps others from dropping or moving it while the lock is released, the
+  // reader hold keeps it (and its chain) in the cache.
+  block->moving = true;
+  AddReader(*block);
+  const uint64_t size = block->size;
+  const bool room = MakeHostRoom(pool_->PagesFor(size) * pool_->page_bytes());
+  absl::StatusOr<PoolAllocation> space =
+      room ? pool_->Allocate(size) : absl::ResourceExhaustedError("host tier full");
+  block = blocks_.at(key).get();  // Held: still there.
+  absl::Status copied = space.status();
+  if (space.ok()) {
+    const PoolAllocation source = block->gpu_space;
+    mu_.Unlock();
+    copied = gpu_->CopyToHost(source, Pieces<uint8_t>(*pool_, *space));
+    mu_.Lock();
+    block = blocks_.at(key).get();
+  }
+  block->moving = false;
+  bool demoted = false;
+  if (space.ok() && !copied.ok()) {
+    pool_->Free(*space);
+    ++counters_.gpu_copy_failures;
+  } else if (space.ok()) {
+    SetHostCopy(*block, *std::move(space));
+    ++counters_.gpu_demotions;
+    Publish(EventType::kMoved, *block, "demoted", kTierHost);
+    demoted = true;
+  }
+  RemoveReader(key);
+  // Leased or pinned meanwhile: a reader may use the GPU copy, so it stays as well.
+  if (demoted && block->in_gpu && !IsProtected(*block)) DropGpuCopy(*block);
+  moved_.SignalAll();
+  return demoted;
+}
+
+bool BlockIndex::MakeGpuRoom(uint64_t bytes) {
+  HostPool& gpu_pool = gpu_->pool();
+  // Blocks that could not be demoted this time (host memory full, a failed copy).
+  absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> stuck;
+  while (gpu_pool.free_bytes() < bytes) {
+    CommittedBlock* victim = nullptr;
+    for (auto& [seq, b] : gpu_order_) {
+      if (!b->moving && !IsProtected(*b) && !stuck.contains(b->key)) {
+        victim = b;
+        break;
+      }
+    }
+    if (victim == nullptr) return false;
+    if (victim->in_host || victim->ssd) {
+      ++counters_.gpu_drops;
+      DropGpuCopy(*victim);
+      continue;
+    }
+    const BlockKey key = victim->key;
+    if (DemoteFromGpu(key)) continue;
+    stuck.insert(key);
+    // Host memory cannot take it: a leaf nobody keeps leaves the cache, as it would from
+    // the host tier. (The lock was released: find it again.)
+    auto it = blocks_.find(key);
+    if (it == blocks_.end()) continue;
+    CommittedBlock& b = *it->second;
+    if (b.in_gpu && !b.in_host && !b.ssd && !b.moving && b.children == 0 && b.kept == 0) {
+      RemoveBlock(b, "capacity", false);
+    }
+  }
+  return true;
 }
 
 BlockIndex::FlushResult BlockIndex::FlushToSsd(size_t batch) {
@@ -501,8 +586,18 @@ void BlockIndex::Promote(const std::vector<BlockKey>& keys) {
     moved_.SignalAll();
     return;
   }
-  std::vector<SsdRecord> records;
-  for (size_t i = 0; i < spaces.size(); ++i) records.push_back(RecordOf(*blocks[i], *blocks[i]->ssd));
+  // A GPU copy is the faster source; blocks without one come from SSD.
+  std::vector<SsdRecord> records(spaces.size());
+  std::vector<PoolAllocation> gpu_sources(spaces.size());
+  std::vector<bool> from_gpu(spaces.size());
+  for (size_t i = 0; i < spaces.size(); ++i) {
+    from_gpu[i] = blocks[i]->in_gpu;
+    if (from_gpu[i]) {
+      gpu_sources[i] = blocks[i]->gpu_space;
+    } else {
+      records[i] = RecordOf(*blocks[i], *blocks[i]->ssd);
+    }
+  }
   mu_.Unlock();
   // Several reads in flight (one thread reads at about half the disk's speed). The chain
   // ends at the first block that fails: what comes after it is not used.
@@ -513,7 +608,8 @@ void BlockIndex::Promote(const std::vector<BlockKey>& keys) {
     for (size_t i; (i = next.fetch_add(1)) < spaces.size();) {
       if (i > first_failure.load()) continue;
       auto pieces = Pieces<uint8_t>(*pool_, spaces[i]);
-      read[i] = ssd_->Read(records[i], pieces);
+      read[i] = from_gpu[i] ? gpu_->CopyToHost(gpu_sources[i], pieces)
+                            : ssd_->Read(records[i], pieces);
       if (!read[i].ok()) {
         size_t f = first_failure.load();
         while (i < f && !first_failure.compare_exchange_weak(f, i)) {
@@ -537,6 +633,13 @@ void BlockIndex::Promote(const std::vector<BlockKey>& keys) {
       RemoveReader(block.key);
       continue;
     }
+    if (!read[i].ok() && from_gpu[i]) {
+      // A device error, not bad bytes: the GPU copy was verified at commit and stays.
+      pool_->Free(spaces[i]);
+      ++counters_.gpu_copy_failures;
+      RemoveReader(block.key);
+      continue;
+    }
     if (!read[i].ok()) {
       pool_->Free(spaces[i]);
       ++counters_.ssd_read_failures;
@@ -544,10 +647,15 @@ void BlockIndex::Promote(const std::vector<BlockKey>& keys) {
       continue;
     }
     SetHostCopy(block, std::move(spaces[i]));
-    ++counters_.promotions;
-    ++counters_.ssd_hits;
-    Publish(EventType::kMoved, block, "promoted", kTierHost);
-    touched.push_back(records[i]);
+    if (from_gpu[i]) {
+      ++counters_.gpu_to_host;
+      Publish(EventType::kMoved, block, "copied from gpu", kTierHost);
+    } else {
+      ++counters_.promotions;
+      ++counters_.ssd_hits;
+      Publish(EventType::kMoved, block, "promoted", kTierHost);
+      touched.push_back(records[i]);
+    }
     RemoveReader(block.key);
   }
   if (!touched.empty()) {
@@ -615,7 +723,13 @@ void BlockIndex::RemoveBlock(CommittedBlock& block, const std::string& reason,
   } else {
     ++counters_.evicted_ssd_capacity;
   }
-  Publish(EventType::kEvicted, block, reason, block.in_host ? kTierHost : kTierSsd);
+  Publish(EventType::kEvicted, block, reason,
+          block.in_host ? kTierHost : (block.in_gpu ? kTierGpu : kTierSsd));
+  if (block.in_gpu) {
+    gpu_->pool().Free(block.gpu_space);
+    --gpu_blocks_;
+    gpu_bytes_ -= block.size;
+  }
   if (block.in_host) {
     committed_reserved_ -= block.space.reserved_bytes;
     --host_blocks_;
@@ -681,7 +795,7 @@ void BlockIndex::Publish(EventType type, const CommittedBlock& block, const std:
 absl::StatusOr<LookupResult> BlockIndex::Lookup(
     const std::vector<std::string_view>& keys, const std::optional<Digest>& fingerprint,
     const std::vector<uint32_t>& accept_codecs, bool lease, absl::Duration lease_ttl,
-    absl::FunctionRef<void(const CommittedBlock&)> emit) {
+    absl::FunctionRef<void(const CommittedBlock&)> emit, bool accept_gpu) {
   if (keys.size() > kMaxLookupKeys) {
     return absl::InvalidArgumentError(
         absl::StrCat("Lookup of ", keys.size(), " keys; at most ", kMaxLookupKeys));
@@ -697,7 +811,7 @@ absl::StatusOr<LookupResult> BlockIndex::Lookup(
   std::string packed;
   packed.reserve(keys.size() * kDigestBytes);
   for (std::string_view key : keys) packed.append(key);
-  return LookupPacked(packed, fingerprint, accept_codecs, lease, lease_ttl, emit);
+  return LookupPacked(packed, fingerprint, accept_codecs, lease, lease_ttl, emit, accept_gpu);
 }
 
 namespace {
@@ -732,7 +846,7 @@ void PrefetchForUpdate(const CommittedBlock* block) {
 absl::StatusOr<LookupResult> BlockIndex::LookupPacked(
     std::string_view packed_keys, const std::optional<Digest>& fingerprint,
     const std::vector<uint32_t>& accept_codecs, bool lease, absl::Duration lease_ttl,
-    absl::FunctionRef<void(const CommittedBlock&)> emit) {
+    absl::FunctionRef<void(const CommittedBlock&)> emit, bool accept_gpu) {
   if (packed_keys.size() % kDigestBytes != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "keys is ", packed_keys.size(), " bytes, not a whole number of ", kDigestBytes,
@@ -802,7 +916,7 @@ absl::StatusOr<LookupResult> BlockIndex::LookupPacked(
       CommittedBlock& block = *found_block;
       if (fingerprint && !BlockKeyEq()(block.fingerprint, *fingerprint)) break;
       if (!codec_ok(block.codec)) break;
-      if (!block.in_host) {
+      if (!block.in_host && !(accept_gpu && block.in_gpu)) {
         const BlockKey key = block.key;
         if (round >= kMaxPromotionRounds) break;
         if (!promoting.insert(key).second) {
@@ -853,7 +967,7 @@ absl::StatusOr<LookupResult> BlockIndex::LookupPacked(
     ++block.hits;
     block.no_demote = false;  // A failed demotion is retried after the block's next use.
     block.last_access = now;
-    if (block.children != 0 && block.host_children != 0 && !block.ssd) {
+    if (block.children != 0 && block.host_children != 0 && !block.ssd && !block.in_gpu) {
       // Inside a chain, in host memory only: in no eviction order, so Touch's Unlist and
       // Relist would do nothing but this.
       block.touch_seq = next_seq_++;
@@ -867,6 +981,9 @@ absl::StatusOr<LookupResult> BlockIndex::LookupPacked(
     emit(block);
   }
   result.found = found.size();
+  if (accept_gpu && gpu_ != nullptr) {
+    for (const CommittedBlock* b : found) counters_.gpu_hits += b->in_gpu;
+  }
   counters_.hits += result.found;
   counters_.misses += n - result.found;
   if (lease && !leased.empty()) {
@@ -895,7 +1012,7 @@ absl::Status BlockIndex::ReleaseLease(uint64_t lease_id) {
 
 absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
                                                     const std::vector<AllocateBlockSpec>& blocks,
-                                                    absl::Duration lease_ttl) {
+                                                    absl::Duration lease_ttl, bool prefer_gpu) {
   TIERKV_RETURN_IF_ERROR(model.Validate());
   TIERKV_RETURN_IF_ERROR(CheckLeaseTtl(lease_ttl, "write lease"));
   if (blocks.empty()) return absl::InvalidArgumentError("Allocate of no blocks");
@@ -966,12 +1083,9 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
   };
   AllocateResult result;
   result.blocks.resize(blocks.size());
-  // Making room may release the lock (demotions write to SSD), so the blocks' states are
-  // taken again after it; the reservation below follows a check under the same hold.
-  constexpr int kMaxRoomRounds = 8;
-  uint64_t bytes_needed = 0;
-  for (int round = 0;; ++round) {
-    uint64_t pages_needed = 0;
+  // Pages of `pool` the blocks not committed or pending yet need; sets their states.
+  auto take_states = [&](const HostPool& pool) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    uint64_t pages = 0;
     for (size_t i = 0; i < blocks.size(); ++i) {
       result.blocks[i].key = parsed[i].key;
       if (blocks_.contains(parsed[i].key)) {
@@ -980,9 +1094,34 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
         result.blocks[i].state = AllocateState::kInProgress;
       } else {
         result.blocks[i].state = AllocateState::kAllocated;
-        pages_needed += pool_->PagesFor(blocks[i].size);
+        pages += pool.PagesFor(blocks[i].size);
       }
     }
+    return pages;
+  };
+  // Making room may release the lock (demotions write to SSD or copy from the GPU), so the
+  // blocks' states are taken again after it; the reservation below follows a check under
+  // the same hold.
+  constexpr int kMaxRoomRounds = 8;
+  bool on_gpu = false;
+  if (prefer_gpu && gpu_ != nullptr && !options_.ssd_write_through) {
+    // The GPU tier when all of the new blocks fit there (after making room); the host tier
+    // otherwise. Admission does not apply: GPU blocks reach host memory only by demotion.
+    HostPool& gpu_pool = gpu_->pool();
+    for (int round = 0; round < kMaxRoomRounds; ++round) {
+      const uint64_t gpu_bytes = take_states(gpu_pool) * gpu_pool.page_bytes();
+      if (gpu_bytes == 0 || gpu_bytes > gpu_pool.capacity_bytes()) break;
+      if (gpu_pool.free_bytes() >= gpu_bytes) {
+        on_gpu = true;
+        break;
+      }
+      if (!MakeGpuRoom(gpu_bytes)) break;
+    }
+    if (!on_gpu && take_states(gpu_pool) > 0) ++counters_.gpu_fallbacks;
+  }
+  uint64_t bytes_needed = 0;
+  for (int round = 0; !on_gpu; ++round) {
+    uint64_t pages_needed = take_states(*pool_);
     if (admission_ != nullptr && pool_->free_bytes() < pages_needed * pool_->page_bytes()) {
       // The tier is full: only blocks asked for twice lately come in, and a block whose
       // parent in this request stays out stays out too (its chain would be cut).
@@ -1053,9 +1192,10 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
   allocation.held_parents = std::move(held);
   allocation.expires =
       now + (lease_ttl == absl::ZeroDuration() ? options_.write_lease_ttl : lease_ttl);
+  HostPool& target = on_gpu ? gpu_->pool() : *pool_;
   for (size_t i = 0; i < blocks.size(); ++i) {
     if (result.blocks[i].state != AllocateState::kAllocated) continue;
-    auto space = pool_->Allocate(blocks[i].size);
+    auto space = target.Allocate(blocks[i].size);
     if (!space.ok()) {
       // Unreachable while the pool's free bytes were checked above; fail safe regardless.
       ++counters_.allocation_failures;
@@ -1063,7 +1203,7 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
       EndAllocation(id);
       return space.status();
     }
-    if (admission_ != nullptr) {
+    if (admission_ != nullptr && !on_gpu) {
       absl::MutexLock admission_lock(&admission_mu_);
       admission_->NoteBlockPages(pool_->PagesFor(blocks[i].size));
     }
@@ -1073,9 +1213,11 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
     p.size = blocks[i].size;
     p.codec = blocks[i].codec == 0 ? kCodecRaw : blocks[i].codec;
     p.space = *space;
+    p.on_gpu = on_gpu;
     p.allocation_id = id;
     allocation.keys.insert(p.key);
     result.blocks[i].space = *space;
+    result.blocks[i].on_gpu = on_gpu;
   }
   if (known_models_.size() < kMaxKnownModels) known_models_.emplace(fingerprint, model);
   result.allocation_id = id;
@@ -1110,7 +1252,7 @@ void BlockIndex::DropPending(const BlockKey& key) {
     it->second.doomed = true;
     return;
   }
-  pool_->Free(it->second.space);
+  (it->second.on_gpu ? gpu_->pool() : *pool_).Free(it->second.space);
   pending_.erase(it);
 }
 
@@ -1162,6 +1304,11 @@ absl::Status BlockIndex::Write(uint64_t allocation_id, const std::string& raw_ke
       return absl::FailedPreconditionError(
           absl::StrCat("block ", ShortKey(key), "... is being committed; it cannot change"));
     }
+    if (p.on_gpu) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "block ", ShortKey(key), "... was allocated in the GPU tier, which only a writer "
+          "sharing the node's GPU can fill (in place); Allocate without the GPU tier to Put"));
+    }
     ++p.writers;
     space = p.space;
   }
@@ -1193,6 +1340,7 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
     keys.push_back(key);
   }
   std::vector<PoolAllocation> spaces;
+  std::vector<bool> on_gpu;
   const bool write_through = ssd_ != nullptr && options_.ssd_write_through;
   std::vector<SsdTier::WriteItem> ssd_items;
   {
@@ -1242,13 +1390,29 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
       p.committing = true;
       ++p.writers;
       spaces.push_back(p.space);
+      on_gpu.push_back(p.on_gpu);
     }
   }
   // Checksums of large payloads (and write-through to SSD) run outside the lock; `writers`
-  // keeps the space alive.
+  // keeps the space alive. Blocks on the GPU are hashed there, in one batch.
   std::vector<uint64_t> actual(keys.size());
-  for (size_t i = 0; i < keys.size(); ++i) actual[i] = pool_->Checksum(spaces[i]);
-  bool sums_match = true;
+  std::vector<PoolAllocation> gpu_spaces;
+  std::vector<size_t> gpu_index;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (on_gpu[i]) {
+      gpu_spaces.push_back(spaces[i]);
+      gpu_index.push_back(i);
+    } else {
+      actual[i] = pool_->Checksum(spaces[i]);
+    }
+  }
+  absl::Status gpu_hashed;
+  if (!gpu_spaces.empty()) {
+    std::vector<uint64_t> sums(gpu_spaces.size());
+    gpu_hashed = gpu_->Checksums(gpu_spaces, sums);
+    for (size_t j = 0; j < sums.size(); ++j) actual[gpu_index[j]] = sums[j];
+  }
+  bool sums_match = gpu_hashed.ok();
   for (size_t i = 0; i < keys.size(); ++i) sums_match = sums_match && actual[i] == blocks[i].second;
   std::vector<absl::Status> ssd_written;
   if (write_through && sums_match) ssd_written = ssd_->Write(ssd_items);
@@ -1303,6 +1467,11 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
                                      ssd_written[i].message(),
                                      "; nothing was committed: commit again or abort"));
   }
+  if (!gpu_hashed.ok()) {
+    return absl::UnavailableError(absl::StrCat(
+        "checksums of the blocks written to the GPU tier could not be computed (",
+        gpu_hashed.message(), "); nothing was committed: commit again or abort"));
+  }
   if (bad != keys.size()) {
     undo_ssd();
     ++counters_.checksum_failures;
@@ -1335,8 +1504,19 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
     block.checksum = blocks[i].second;
     block.codec = p.codec;
     block.fingerprint = fingerprint;
-    block.space = p.space;
-    block.in_host = true;
+    if (p.on_gpu) {
+      block.gpu_space = p.space;
+      block.in_gpu = true;
+      block.in_host = false;
+      ++gpu_blocks_;
+      gpu_bytes_ += block.size;
+    } else {
+      block.space = p.space;
+      block.in_host = true;
+      ++host_blocks_;
+      host_bytes_ += block.size;
+      committed_reserved_ += block.space.reserved_bytes;
+    }
     if (write_through) {
       block.ssd = ssd_items[i].record.location;
       ++ssd_blocks_;
@@ -1358,9 +1538,6 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
       }
     }
     Relist(block);
-    ++host_blocks_;
-    host_bytes_ += block.size;
-    committed_reserved_ += block.space.reserved_bytes;
     // Kept children make this block kept too.
     if (kept_children > 0) AdjustKept(&block, static_cast<int>(kept_children));
     by_commit_.emplace(block.commit_seq, &block);
@@ -1369,13 +1546,13 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
       if (CommittedBlock* parent = FindParent(block)) {
         Unlist(*parent);
         ++parent->children;
-        ++parent->host_children;
+        parent->host_children += block.in_host;
         Relist(*parent);
       }
     }
     committed_bytes_ += block.size;
     evicted_.erase(block.key);
-    Publish(EventType::kStored, block, "");
+    Publish(EventType::kStored, block, "", block.in_gpu ? kTierGpu : kTierHost);
   }
   counters_.commits += keys.size();
   FinishAllocationIfEmpty(allocation_id);
@@ -1503,6 +1680,7 @@ absl::StatusOr<EvictResult> BlockIndex::Evict(const std::vector<std::string>& ra
     if (block == blocks_.end()) continue;
     result.bytes_freed += block->second->space.reserved_bytes;
     if (block->second->ssd) result.bytes_freed += block->second->ssd->reserved;
+    if (block->second->in_gpu) result.bytes_freed += block->second->gpu_space.reserved_bytes;
     ++result.evicted;
     RemoveBlock(*block->second, "requested", false);
   }
@@ -1536,8 +1714,9 @@ absl::StatusOr<BlockIndex::ReadHold> BlockIndex::Hold(
   }
   if (!it->second->in_host) {
     return absl::UnavailableError(absl::StrCat(
-        "block ", ToHex(key), " is on SSD and could not be brought into host memory (the "
-        "host tier is full of pinned, leased or pending blocks); retry later"));
+        "block ", ToHex(key), " is on ", it->second->in_gpu ? "the GPU" : "SSD",
+        " and could not be brought into host memory (the host tier is full of pinned, "
+        "leased or pending blocks); retry later"));
   }
   AddReader(*it->second);
   it->second->last_access = clock_->Now();
@@ -1601,14 +1780,16 @@ absl::StatusOr<std::vector<InspectEntry>> BlockIndex::Inspect(
       const CommittedBlock& block = *it->second;
       if (reachable) {
         e.state = InspectState::kFound;
-        std::string where;
-        if (block.in_host && block.ssd) {
-          where = "in host memory and on SSD";
-        } else if (block.in_host) {
-          where = "in host memory";
-        } else {
+        std::vector<std::string> copies;
+        if (block.in_gpu) copies.push_back("in GPU memory");
+        if (block.in_host) copies.push_back("in host memory");
+        if (block.ssd && (block.in_host || block.in_gpu)) copies.push_back("on SSD");
+        std::string where = absl::StrJoin(copies, " and ");
+        if (!block.in_host && !block.in_gpu) {
           where = absl::StrCat("on SSD (slab ", block.ssd->slab, ", offset ", block.ssd->offset,
                                "; promoted to host memory on the next read)");
+        } else if (!block.in_host) {
+          absl::StrAppend(&where, " (copied to host memory for readers outside the GPU)");
         }
         e.detail = absl::StrCat(where, ", ", block.size, " bytes, ", block.hits, " hits",
                                 block.pinned ? ", pinned" : "",
@@ -1728,6 +1909,14 @@ IndexStats BlockIndex::Stats() {
     s.ssd_used_bytes = t.reserved_bytes;
     s.ssd_capacity_bytes = t.capacity_bytes;
   }
+  if (gpu_ != nullptr) {
+    s.has_gpu = true;
+    s.gpu_device = gpu_->Describe();
+    s.gpu_blocks = gpu_blocks_;
+    s.gpu_bytes = gpu_bytes_;
+    s.gpu_used_bytes = gpu_->pool().used_bytes();
+    s.gpu_capacity_bytes = gpu_->pool().capacity_bytes();
+  }
   return s;
 }
 
@@ -1797,6 +1986,10 @@ absl::Status BlockIndex::CheckInvariants() {
   uint64_t ssd_blocks = 0;
   uint64_t ssd_bytes = 0;
   uint64_t host_blocks = 0;
+  uint64_t gpu_blocks = 0;
+  uint64_t gpu_bytes = 0;
+  uint64_t gpu_reserved = 0;
+  size_t gpu_listed = 0;
   size_t leaves = 0;
   size_t host_leaves = 0;
   size_t ssd_listed = 0;
@@ -1807,8 +2000,23 @@ absl::Status BlockIndex::CheckInvariants() {
   };
   for (auto& [key, block_ptr] : blocks_) {
     CommittedBlock& block = *block_ptr;
-    if (!block.in_host && !block.ssd) {
+    if (!block.in_host && !block.ssd && !block.in_gpu) {
       return absl::InternalError(absl::StrCat("block ", ShortKey(key), " is in no tier"));
+    }
+    if (block.in_gpu && gpu_ == nullptr) {
+      return absl::InternalError(absl::StrCat("block ", ShortKey(key), " on a GPU without a tier"));
+    }
+    if (!block.in_gpu && !block.gpu_space.extents.empty()) {
+      return absl::InternalError(absl::StrCat("block ", ShortKey(key), " keeps GPU space"));
+    }
+    if (block.in_gpu != listed(gpu_order_, block)) {
+      return absl::InternalError(absl::StrCat("block ", ShortKey(key), " misplaced in the GPU order"));
+    }
+    if (block.in_gpu) {
+      ++gpu_blocks;
+      gpu_bytes += block.size;
+      gpu_reserved += block.gpu_space.reserved_bytes;
+      ++gpu_listed;
     }
     if (block.ssd && ssd_ == nullptr) {
       return absl::InternalError(absl::StrCat("block ", ShortKey(key), " on SSD without a tier"));
@@ -1824,7 +2032,7 @@ absl::Status BlockIndex::CheckInvariants() {
       ++ssd_blocks;
       ssd_bytes += block.size;
     }
-    if (!block.in_host && block.readers > 0 && !block.moving) {
+    if (!block.in_host && !block.in_gpu && block.readers > 0 && !block.moving) {
       // Only allocations extending an SSD-only block hold it without a host copy.
       bool by_allocation = false;
       for (auto& [id, a] : allocations_) {
@@ -1849,7 +2057,8 @@ absl::Status BlockIndex::CheckInvariants() {
     }
     const bool leaf = block.children == 0;
     const bool host_leaf = block.in_host && block.host_children == 0;
-    const bool ssd_candidate = block.ssd && (block.in_host || block.children == 0);
+    const bool ssd_candidate =
+        block.ssd && (block.in_host || block.in_gpu || block.children == 0);
     if (leaf != listed(leaves_, block) || host_leaf != listed(host_leaves_, block) ||
         ssd_candidate != listed(ssd_order_, block)) {
       return absl::InternalError(absl::StrCat("block ", ShortKey(key),
@@ -1864,6 +2073,19 @@ absl::Status BlockIndex::CheckInvariants() {
     return absl::InternalError(absl::StrCat(
         "eviction orders hold ", leaves_.size(), "/", host_leaves_.size(), "/",
         ssd_order_.size(), " blocks; there are ", leaves, "/", host_leaves, "/", ssd_listed));
+  }
+  if (gpu_listed != gpu_order_.size() || gpu_blocks != gpu_blocks_ || gpu_bytes != gpu_bytes_) {
+    return absl::InternalError(absl::StrCat("GPU order/blocks/bytes ", gpu_order_.size(), "/",
+                                            gpu_blocks_, "/", gpu_bytes_, ", recomputed ",
+                                            gpu_listed, "/", gpu_blocks, "/", gpu_bytes));
+  }
+  if (gpu_ != nullptr) {
+    for (auto& [key, p] : pending_) gpu_reserved += p.on_gpu ? p.space.reserved_bytes : 0;
+    if (gpu_reserved != gpu_->pool().used_bytes()) {
+      return absl::InternalError(absl::StrCat("GPU blocks reserve ", gpu_reserved,
+                                              " bytes; the GPU pool says ",
+                                              gpu_->pool().used_bytes()));
+    }
   }
   uint64_t host_bytes = 0;
   for (auto& [key, block_ptr] : blocks_) {
@@ -1903,7 +2125,7 @@ absl::Status BlockIndex::CheckInvariants() {
         "reserved/kept bytes ", committed_reserved_, "/", kept_bytes_, ", recomputed ",
         committed_reserved, "/", kept_bytes));
   }
-  for (auto& [key, p] : pending_) reserved += p.space.reserved_bytes;
+  for (auto& [key, p] : pending_) reserved += p.on_gpu ? 0 : p.space.reserved_bytes;
   if (reserved != pool_->used_bytes()) {
     return absl::InternalError(absl::StrCat("blocks reserve ", reserved, " bytes; the pool says ",
                                             pool_->used_bytes()));

@@ -5,7 +5,13 @@
 // and from these calls.
 //
 // Tiers. A committed block has a host copy (pool pages), an SSD copy (a durable catalog
-// record), or both. New blocks are written to the host tier. When the host tier needs room,
+// record), a GPU copy (pages of the device tier), or several of them. New blocks are written
+// to the host tier, or, when the writer asks for it and the node has a GPU tier (its writers
+// share the process and the GPU), to the GPU tier; the GPU tier makes room by demoting its
+// coldest blocks to host memory (a device-to-host copy with the lock released) or dropping
+// GPU copies that have another copy, and evicts a GPU-only leaf only when host memory cannot
+// take it. Only callers that share the GPU get GPU locations from Lookup; for anyone else a
+// GPU-only block is first copied into host memory, as an SSD-only one is promoted. When the host tier needs room,
 // the coldest host blocks without host-resident children go first: a block that also has an
 // SSD copy just drops its host copy; one the admission rule accepts (used again since its
 // commit, or a parent of blocks already on SSD) is demoted, written to SSD with the lock
@@ -17,6 +23,9 @@
 // checksum is dropped and remembered as a checksum failure.
 //
 // Invariants (checked by CheckInvariants() in tests):
+// - every GPU-resident committed block and every pending GPU block owns one allocation of
+//   the device tier's pool, whose used bytes equal their reservations; gpu_order_ holds
+//   exactly the GPU-resident blocks;
 // - every host-resident committed block and every pending block owns exactly one pool
 //   allocation, and the pool's used bytes equal the sum of their reservations (plus
 //   allocations whose release waits for an in-flight copy); every committed block is in at
@@ -28,7 +37,7 @@
 //   its ancestors may be demoted (the chain stays whole on SSD);
 // - the eviction orders hold exactly: all committed blocks without committed children
 //   (leaves_), host-resident blocks without host-resident children (host_leaves_), and
-//   SSD-resident blocks that are in host memory too or are leaves (ssd_order_).
+//   SSD-resident blocks that are in host or GPU memory too or are leaves (ssd_order_).
 //
 // Thread-safe: every public method takes the index's mutex; checksums, byte copies of large
 // payloads and SSD I/O run outside it, and so does Lookup's counting of its keys for
@@ -60,6 +69,7 @@
 #include "cache_manager/block_probe_table.h"
 #include "core/block_key.h"
 #include "core/clock.h"
+#include "storage/device_tier.h"
 #include "storage/host_pool.h"
 #include "storage/ssd_tier.h"
 
@@ -91,6 +101,8 @@ struct alignas(64) CommittedBlock {
   // Its demotion failed (I/O error): it leaves host memory only by eviction.
   bool no_demote = false;
   bool pinned = false;
+  // GPU copy: `gpu_space` (pages of the device tier) is valid only while in_gpu.
+  bool in_gpu = false;
   uint64_t size = 0;
   uint64_t checksum = 0;
   uint32_t host_children = 0;  // Committed children with a host copy.
@@ -107,6 +119,7 @@ struct alignas(64) CommittedBlock {
   // SSD copy (durable, cataloged), if any.
   std::optional<SsdLocation> ssd;
   // -- cold --
+  PoolAllocation gpu_space;
   std::optional<BlockKey> parent;
   absl::Time committed_at;
   uint64_t commit_seq = 0;  // Order of commit (ListBlocks paging).
@@ -153,6 +166,7 @@ struct AllocateResult {
     BlockKey key;
     AllocateState state;
     PoolAllocation space;  // kAllocated only.
+    bool on_gpu = false;   // `space` is in the GPU tier's region (else the host tier's).
   };
   std::vector<Block> blocks;
 };
@@ -230,13 +244,27 @@ struct IndexStats {
   uint64_t evicted_requested = 0;
   uint64_t evicted_ssd_capacity = 0;
   uint64_t dropped_corrupt = 0;
+  // GPU tier (zero without one).
+  bool has_gpu = false;
+  std::string gpu_device;
+  uint64_t gpu_blocks = 0;
+  uint64_t gpu_bytes = 0;
+  uint64_t gpu_used_bytes = 0;
+  uint64_t gpu_capacity_bytes = 0;
+  uint64_t gpu_hits = 0;          // Lookup hits handed out as GPU locations.
+  uint64_t gpu_demotions = 0;     // GPU-only blocks copied down to host memory for room.
+  uint64_t gpu_drops = 0;         // GPU copies dropped for room (another copy existed).
+  uint64_t gpu_to_host = 0;       // GPU-only blocks copied to host memory for a host reader.
+  uint64_t gpu_copy_failures = 0; // Device-to-host copies that failed.
+  uint64_t gpu_fallbacks = 0;     // Allocations that asked for the GPU tier and got host.
 };
 
 class BlockIndex {
  public:
-  // `pool`, `clock`, `events` and `ssd` (null: no SSD tier) must outlive the index.
+  // `pool`, `clock`, `events`, `ssd` (null: no SSD tier) and `gpu` (null: no GPU tier) must
+  // outlive the index.
   BlockIndex(const BlockIndexOptions& options, HostPool* pool, Clock* clock, EventLog* events,
-             SsdTier* ssd = nullptr);
+             SsdTier* ssd = nullptr, DeviceTier* gpu = nullptr);
 
   // Writes every host block without an SSD copy to SSD (write-back mode's graceful
   // shutdown), most recently used first, in batches of `batch` blocks, until all are there
@@ -261,12 +289,16 @@ class BlockIndex {
   // with a codec outside `accept_codecs` (raw only when empty), ends the prefix. With
   // `lease`, the found blocks are held until ReleaseLease or `lease_ttl` (zero: the default).
   // INVALID_ARGUMENT for a malformed key, too many keys or a lease longer than the maximum.
-  // `keys` view the caller's buffers (no copy of large key lists on the hot path).
+  // `keys` view the caller's buffers (no copy of large key lists on the hot path). With
+  // `accept_gpu` (the caller shares the GPU tier's memory) blocks with a GPU copy are
+  // emitted as they are (the caller reads gpu_space); otherwise every emitted block has a
+  // host copy.
   absl::StatusOr<LookupResult> Lookup(const std::vector<std::string_view>& keys,
                                       const std::optional<Digest>& fingerprint,
                                       const std::vector<uint32_t>& accept_codecs, bool lease,
                                       absl::Duration lease_ttl,
-                                      absl::FunctionRef<void(const CommittedBlock&)> emit);
+                                      absl::FunctionRef<void(const CommittedBlock&)> emit,
+                                      bool accept_gpu = false);
   // The same with the keys concatenated (LookupRequest.keys as received): INVALID_ARGUMENT
   // when `packed_keys` is not a whole number of 32-byte keys. The fast path: no per-key
   // allocation, and the probes of later keys are prefetched while earlier ones are handled.
@@ -274,18 +306,22 @@ class BlockIndex {
                                             const std::optional<Digest>& fingerprint,
                                             const std::vector<uint32_t>& accept_codecs,
                                             bool lease, absl::Duration lease_ttl,
-                                            absl::FunctionRef<void(const CommittedBlock&)> emit);
+                                            absl::FunctionRef<void(const CommittedBlock&)> emit,
+                                            bool accept_gpu = false);
   absl::StatusOr<LookupResult> Lookup(const std::vector<std::string>& keys,
                                       const std::optional<Digest>& fingerprint,
                                       const std::vector<uint32_t>& accept_codecs, bool lease,
                                       absl::Duration lease_ttl,
-                                      absl::FunctionRef<void(const CommittedBlock&)> emit) {
+                                      absl::FunctionRef<void(const CommittedBlock&)> emit,
+                                      bool accept_gpu = false) {
     return Lookup(std::vector<std::string_view>(keys.begin(), keys.end()), fingerprint,
-                  accept_codecs, lease, lease_ttl, emit);
+                  accept_codecs, lease, lease_ttl, emit, accept_gpu);
   }
 
   // Reserves space for the blocks not committed or pending yet, evicting cold blocks when
-  // needed; with kSecondUse admission and a full tier, blocks not asked for twice lately
+  // needed. With `prefer_gpu` and a GPU tier (and no SSD write-through), the space is in the
+  // GPU tier when it has or can make room for all of them (the results say on_gpu), else in
+  // the host tier as without it; with kSecondUse admission and a full tier, blocks not asked for twice lately
   // (and the rest of their chain in the request) come back kNotAdmitted. With an SSD tier
   // that cannot take demotions (full of protected blocks, or failing), a RESOURCE_EXHAUSTED
   // Allocate may already have evicted cold blocks; otherwise all or nothing: INVALID_ARGUMENT (bad spec, key, size, codec, duplicate keys,
@@ -293,10 +329,11 @@ class BlockIndex {
   // UNAVAILABLE (draining).
   absl::StatusOr<AllocateResult> Allocate(const ModelSpec& model,
                                           const std::vector<AllocateBlockSpec>& blocks,
-                                          absl::Duration lease_ttl);
+                                          absl::Duration lease_ttl, bool prefer_gpu = false);
 
   // Writes `data` at `offset` of a pending block. NOT_FOUND (unknown allocation),
-  // FAILED_PRECONDITION (lease expired), INVALID_ARGUMENT (key not in the allocation),
+  // FAILED_PRECONDITION (lease expired, or the block's space is on the GPU: its writer
+  // writes it in place), INVALID_ARGUMENT (key not in the allocation),
   // OUT_OF_RANGE (past the declared size; nothing written).
   absl::Status Write(uint64_t allocation_id, const std::string& key, uint64_t offset,
                      std::string_view data);
@@ -366,6 +403,7 @@ class BlockIndex {
     uint64_t size = 0;
     uint32_t codec = kCodecRaw;
     PoolAllocation space;
+    bool on_gpu = false;  // `space` is in the GPU tier.
     uint64_t allocation_id = 0;
     uint32_t writers = 0;      // In-flight Write / Commit checksums.
     bool committing = false;
@@ -430,8 +468,18 @@ class BlockIndex {
   // False when what may leave does not free enough.
   bool MakeHostRoom(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RunDemotions(const std::vector<Demotion>& demotions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Brings SSD-only blocks (a chain, in order) into host memory, releasing the lock for the
-  // reads; stops at the first that cannot come. Blocks must exist and not be moving.
+  // Frees `bytes` of the GPU tier: drops GPU copies of blocks that have another copy,
+  // demotes GPU-only blocks to host memory (releasing the lock for the copy), and evicts a
+  // GPU-only leaf that host memory cannot take; coldest first, never a protected or moving
+  // block. False when that does not free enough.
+  bool MakeGpuRoom(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Copies GPU-only block `key` into host memory (making room there) and drops its GPU copy
+  // unless it is protected. False when host memory had no room or the copy failed.
+  bool DemoteFromGpu(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DropGpuCopy(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Brings blocks without a host copy (a chain, in order) into host memory from their GPU
+  // copy or else their SSD copy, releasing the lock for the copies; stops at the first that
+  // cannot come. Blocks must exist and not be moving.
   void Promote(const std::vector<BlockKey>& keys) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Waits (releasing the lock) until no move of `key` is running.
   void WaitForMove(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -465,6 +513,7 @@ class BlockIndex {
   Clock* const clock_;
   EventLog* const events_;
   SsdTier* const ssd_;
+  DeviceTier* const gpu_;
 
   // Admission when the host tier is full (null with kAll); the pointer is constant after
   // construction, the controller guarded by admission_mu_. Lookup counts its keys there
@@ -489,8 +538,11 @@ class BlockIndex {
   absl::btree_map<uint64_t, CommittedBlock*> leaves_ ABSL_GUARDED_BY(mu_);
   // Host-resident blocks without host-resident children: the host tier's eviction order.
   absl::btree_map<uint64_t, CommittedBlock*> host_leaves_ ABSL_GUARDED_BY(mu_);
-  // SSD-resident blocks that are in host memory too or are leaves: the SSD tier's order.
+  // SSD-resident blocks that are in host or GPU memory too or are leaves: the SSD order.
   absl::btree_map<uint64_t, CommittedBlock*> ssd_order_ ABSL_GUARDED_BY(mu_);
+  // GPU-resident blocks by touch_seq: the GPU tier's order (demotion keeps chains whole,
+  // so it needs no prefix order).
+  absl::btree_map<uint64_t, CommittedBlock*> gpu_order_ ABSL_GUARDED_BY(mu_);
   absl::btree_map<uint64_t, CommittedBlock*> by_commit_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<BlockKey, PendingBlock, BlockKeyHash, BlockKeyEq> pending_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Allocation> allocations_ ABSL_GUARDED_BY(mu_);
@@ -519,6 +571,8 @@ class BlockIndex {
   uint64_t ssd_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t host_blocks_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t host_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t gpu_blocks_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t gpu_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   IndexStats counters_ ABSL_GUARDED_BY(mu_);
 };

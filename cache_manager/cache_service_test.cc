@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <cstring>
 #include <random>
 #include <map>
 #include <filesystem>
@@ -16,6 +17,7 @@
 #include "core/block_key.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "storage/fake_device_tier.h"
 #include "tierkv/v1/admin_service.grpc.pb.h"
 #include "tierkv/v1/cache_service.grpc.pb.h"
 
@@ -42,7 +44,8 @@ class CacheServiceTest : public ::testing::Test {
  protected:
   // With `data_dir`, an SSD tier of `ssd_capacity` bytes there.
   void StartServer(uint64_t capacity = 4 << 20, uint32_t event_buffer = 4096,
-                   const std::string& data_dir = "", uint64_t ssd_capacity = 0) {
+                   const std::string& data_dir = "", uint64_t ssd_capacity = 0,
+                   DeviceTier* gpu = nullptr) {
     CacheManagerOptions options;
     options.listen_address = "127.0.0.1:0";
     options.host_capacity_bytes = capacity;
@@ -51,6 +54,7 @@ class CacheServiceTest : public ::testing::Test {
     options.data_dir = data_dir;
     options.ssd_capacity_bytes = ssd_capacity;
     options.ssd_slab_bytes = 1 << 20;
+    options.gpu_tier = gpu;
     auto server = CacheManagerServer::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(server).value();
@@ -629,6 +633,86 @@ void CacheServiceTest::ConcurrentClients() {
     EXPECT_TRUE(evicted.count(key)) << "block " << ToHex(key) << " vanished without eviction: "
                                     << why;
   }
+}
+
+// The GPU tier through the API: TIER_GPU allocations, GPU locations only for callers that
+// say they share the GPU, host copies for everyone else, Put refused, Stats and BlockInfo.
+TEST_F(CacheServiceTest, GpuTierOverGrpc) {
+  TearDown();
+  auto gpu = FakeDeviceTier::Create(64 * 4096, 4096);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  StartServer(4 << 20, 4096, "", 0, gpu->get());
+  auto chain = Chain(3, 5);
+  constexpr size_t kSize = 8192;
+
+  v1::AllocateRequest req;
+  SpecToProto(BuiltinTinyModelSpec(), req.mutable_model());
+  for (size_t i = 0; i < chain.size(); ++i) {
+    auto* b = req.add_blocks();
+    b->set_key(std::string(KeyBytes(chain[i])));
+    if (i > 0) b->set_parent_key(std::string(KeyBytes(chain[i - 1])));
+    b->set_size(kSize);
+  }
+  // SSD is not a place to write new blocks.
+  req.set_tier(v1::TIER_SSD);
+  v1::AllocateResponse a;
+  grpc::Status status = cache_->Allocate(Ctx().get(), req, &a);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("TIER_HOST or TIER_GPU"));
+
+  req.set_tier(v1::TIER_GPU);
+  ASSERT_TRUE(cache_->Allocate(Ctx().get(), req, &a).ok());
+  ASSERT_EQ(a.blocks_size(), 3);
+  std::vector<std::pair<BlockKey, uint64_t>> sums;
+  for (const auto& b : a.blocks()) {
+    ASSERT_EQ(b.location().tier(), v1::TIER_GPU);
+    EXPECT_EQ(b.location().remote_base(), 0u);  // Peers cannot reach it.
+    BlockKey key = *BlockKeyFromBytes(b.key());
+    std::string data = Payload(key, kSize);
+    // Put cannot fill GPU space.
+    grpc::Status put = Put(a.allocation_id(), key, data);
+    EXPECT_EQ(put.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << put.error_message();
+    // The in-process writer writes it in place.
+    size_t at = 0;
+    for (const auto& e : b.location().extents()) {
+      std::memcpy((*gpu)->device_bytes() + e.offset(), data.data() + at, e.length());
+      at += e.length();
+    }
+    sums.emplace_back(key, BlockChecksum(data.data(), data.size()));
+  }
+  ASSERT_TRUE(Commit(a.allocation_id(), sums).ok());
+
+  // Sharing the GPU: GPU locations, nothing copied.
+  v1::LookupRequest lookup;
+  for (auto& k : chain) lookup.mutable_keys()->append(KeyBytes(k));
+  lookup.set_accept_gpu(true);
+  v1::LookupResponse r;
+  ASSERT_TRUE(cache_->Lookup(Ctx().get(), lookup, &r).ok());
+  ASSERT_EQ(r.found(), 3u);
+  for (int t : r.tiers()) EXPECT_EQ(t, v1::TIER_GPU);
+  EXPECT_EQ((*gpu)->copies(), 0u);
+  // Anyone else: host locations, with the same bytes as a Get returns.
+  ASSERT_TRUE(Lookup(chain, &r).ok());
+  ASSERT_EQ(r.found(), 3u);
+  for (int t : r.tiers()) EXPECT_EQ(t, v1::TIER_HOST);
+  std::string got;
+  v1::BlockInfo info;
+  ASSERT_TRUE(Get(chain[2], &got, &info).ok());
+  EXPECT_TRUE(got == Payload(chain[2], kSize));
+  EXPECT_THAT(info.tiers(), ::testing::ElementsAre(v1::TIER_GPU, v1::TIER_HOST));
+
+  v1::StatsResponse stats;
+  ASSERT_TRUE(admin_->Stats(Ctx().get(), v1::StatsRequest(), &stats).ok());
+  ASSERT_EQ(stats.tiers_size(), 2);
+  EXPECT_EQ(stats.tiers(0).tier(), v1::TIER_GPU);
+  EXPECT_EQ(stats.tiers(0).blocks(), 3u);
+  EXPECT_EQ(stats.tiers(0).hits(), 3u);
+  EXPECT_EQ(stats.tiers(1).tier(), v1::TIER_HOST);
+  EXPECT_EQ(stats.tiers(1).blocks(), 3u);
+  EXPECT_EQ(stats.gpu_device(), "fake device");
+  EXPECT_EQ(stats.gpu_to_host(), 3u);
+  TearDown();
+  server_.reset();  // Before the GPU tier it uses.
 }
 
 }  // namespace

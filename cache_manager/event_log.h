@@ -26,6 +26,7 @@ namespace tierkv {
 enum class EventType { kStored = 1, kEvicted = 2, kMoved = 4 };
 
 // Tier numbers as in v1::Tier.
+inline constexpr uint32_t kTierGpu = 1;
 inline constexpr uint32_t kTierHost = 2;
 inline constexpr uint32_t kTierSsd = 3;
 

@@ -89,8 +89,16 @@ class ServerImpl : public CacheManagerServer {
       }
       ssd_ = std::move(ssd).value();
     }
+    gpu_ = options.gpu_tier;
+    if (gpu_ != nullptr) {
+      absl::StrAppend(&tier_summary_, "\nGPU tier ", FormatBytes(gpu_->pool().capacity_bytes()),
+                      " on ", gpu_->Describe(),
+                      options.ssd_write_through
+                          ? " (unused: SSD write-through needs every block in host memory)"
+                          : "");
+    }
     index_ = std::make_unique<BlockIndex>(index_options, pool_.get(), clock_, events_.get(),
-                                          ssd_.get());
+                                          ssd_.get(), gpu_);
     if (ssd_ != nullptr) {
       const absl::Time start = absl::Now();
       index_->Recover(recovery);
@@ -157,6 +165,10 @@ class ServerImpl : public CacheManagerServer {
     if (pool_ == nullptr) return {};
     return {pool_->base(), static_cast<size_t>(pool_->capacity_bytes())};
   }
+  std::span<uint8_t> GpuTierRegion() const override {
+    if (gpu_ == nullptr) return {};
+    return {gpu_->region_base(), static_cast<size_t>(gpu_->pool().capacity_bytes())};
+  }
 
  private:
   // Starts the UCX engine and takes the host tier's memory from it, so that peers on this
@@ -209,6 +221,7 @@ class ServerImpl : public CacheManagerServer {
   std::unique_ptr<SsdTier> ssd_;  // Outlives the index that uses it.
   std::unique_ptr<BlockIndex> index_;
   std::string tier_summary_;
+  DeviceTier* gpu_ = nullptr;  // Not owned.
   bool flush_on_shutdown_ = false;
   std::atomic<const std::string*> node_ptr_{nullptr};
   std::unique_ptr<CacheServiceImpl> cache_service_;

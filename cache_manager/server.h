@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "cache_manager/block_index.h"
 #include "core/clock.h"
+#include "storage/device_tier.h"
 #include "storage/ssd_tier.h"
 
 namespace tierkv {
@@ -64,6 +65,10 @@ struct CacheManagerOptions {
   // More services served on the same port (`tierkv up` adds the workers'). Not owned; they
   // must outlive the server.
   std::vector<grpc::Service*> extra_services;
+  // The GPU tier (DeviceTier's memory on the process's GPU), or null for none. Only a process
+  // whose workers share the GPU has one (`tierkv up` on a GPU). Not owned; it must outlive
+  // the server.
+  DeviceTier* gpu_tier = nullptr;
 };
 
 class CacheManagerServer {
@@ -82,6 +87,9 @@ class CacheManagerServer {
   // Checks the block index's invariants (pool accounting, eviction order, leases): OK or
   // INTERNAL naming the first violation. For tests and operators' health checks.
   virtual absl::Status CheckInvariants() = 0;
+  // The GPU tier's device memory in this process (TIER_GPU extents are offsets into it), or
+  // empty without a GPU tier.
+  virtual std::span<uint8_t> GpuTierRegion() const = 0;
   // The host tier's memory in this process: extents of Lookup responses are offsets into it.
   // For readers in the same process (tierkv up's workers); empty without a host tier.
   virtual std::span<uint8_t> HostTierRegion() const = 0;

@@ -39,9 +39,9 @@ uint64_t RemoteBase(const ServiceContext& ctx) {
 }
 
 void FillLocation(const ServiceContext& ctx, const PoolAllocation& space,
-                  v1::BlockLocation* location) {
-  location->set_tier(v1::TIER_HOST);
-  location->set_remote_base(RemoteBase(ctx));
+                  v1::BlockLocation* location, bool on_gpu = false) {
+  location->set_tier(on_gpu ? v1::TIER_GPU : v1::TIER_HOST);
+  location->set_remote_base(on_gpu ? 0 : RemoteBase(ctx));
   for (const PoolExtent& e : space.extents) {
     auto* extent = location->add_extents();
     extent->set_offset(e.offset);
@@ -58,9 +58,12 @@ void FillBlockInfo(const ServiceContext& ctx, const CommittedBlock& block, v1::B
   info->set_fingerprint(std::string(KeyBytes(block.fingerprint)));
   auto* location = info->mutable_location();
   location->set_node(ctx.node_name());
+  if (block.in_gpu) info->add_tiers(v1::TIER_GPU);
   if (block.in_host) {
     FillLocation(ctx, block.space, location);
     info->add_tiers(v1::TIER_HOST);
+  } else if (block.in_gpu) {
+    FillLocation(ctx, block.gpu_space, location, /*on_gpu=*/true);
   } else {
     location->set_tier(v1::TIER_SSD);
   }
@@ -344,12 +347,19 @@ grpc::ServerUnaryReactor* CacheServiceImpl::Lookup(grpc::CallbackServerContext* 
   // fresh large allocations on every call).
   thread_local LookupResponseEncoder encoder;
   encoder.Reset(std::min(n, kMaxLookupKeys));
+  const bool accept_gpu = request->accept_gpu();
   auto result = ctx_.index->LookupPacked(
       packed, fingerprint, codecs, request->lease(), TtlFromMs(request->lease_ttl_ms()),
       [&](const CommittedBlock& block) {
-        encoder.AddBlock(block.size, block.checksum, block.codec, v1::TIER_HOST,
-                         block.space.extents);
-      });
+        if (accept_gpu && block.in_gpu) {
+          encoder.AddBlock(block.size, block.checksum, block.codec, v1::TIER_GPU,
+                           block.gpu_space.extents);
+        } else {
+          encoder.AddBlock(block.size, block.checksum, block.codec, v1::TIER_HOST,
+                           block.space.extents);
+        }
+      },
+      accept_gpu);
   if (!result.ok()) return Done(context, result.status());
   LookupResponseEncoder::Header header;
   header.found = static_cast<uint32_t>(result->found);
@@ -377,13 +387,21 @@ grpc::ServerUnaryReactor* CacheServiceImpl::Allocate(grpc::CallbackServerContext
     return Done(context, absl::InvalidArgumentError(
                              "Allocate needs the model spec the blocks belong to"));
   }
+  const v1::Tier tier = request->tier();
+  if (tier != v1::TIER_UNSPECIFIED && tier != v1::TIER_HOST && tier != v1::TIER_GPU) {
+    return Done(context, absl::InvalidArgumentError(absl::StrCat(
+                             "tier ", static_cast<int>(tier),
+                             ": new blocks go to TIER_HOST or TIER_GPU; SSD copies are made "
+                             "by demotion")));
+  }
   std::vector<AllocateBlockSpec> blocks;
   blocks.reserve(request->blocks_size());
   for (const auto& b : request->blocks()) {
     blocks.push_back({b.key(), b.parent_key(), b.size(), static_cast<uint32_t>(b.codec())});
   }
   auto result = ctx_.index->Allocate(ModelSpecFromProto(request->model()), blocks,
-                                     TtlFromMs(request->lease_ttl_ms()));
+                                     TtlFromMs(request->lease_ttl_ms()),
+                                     /*prefer_gpu=*/tier == v1::TIER_GPU);
   if (!result.ok()) return Done(context, result.status());
   response->set_allocation_id(result->allocation_id);
   if (result->allocation_id != 0) {
@@ -396,7 +414,7 @@ grpc::ServerUnaryReactor* CacheServiceImpl::Allocate(grpc::CallbackServerContext
       case AllocateState::kAllocated:
         out->set_state(v1::AllocateResponse::STATE_ALLOCATED);
         out->mutable_location()->set_node(ctx_.node_name());
-        FillLocation(ctx_, b.space, out->mutable_location());
+        FillLocation(ctx_, b.space, out->mutable_location(), b.on_gpu);
         break;
       case AllocateState::kAlreadyCommitted:
         out->set_state(v1::AllocateResponse::STATE_ALREADY_COMMITTED);
@@ -509,7 +527,7 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Stats(grpc::CallbackServerContext* c
   host->set_bytes(s.host_bytes);
   host->set_used_bytes(s.used_bytes);
   host->set_capacity_bytes(s.capacity_bytes);
-  host->set_hits(s.hits - s.ssd_hits);
+  host->set_hits(s.hits - s.ssd_hits - s.gpu_hits);
   host->set_misses(s.misses);
   host->set_evictions(s.evictions);
   if (s.has_ssd) {
@@ -523,6 +541,26 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Stats(grpc::CallbackServerContext* c
     ssd->set_misses(s.misses);
     ssd->set_evictions(s.ssd_evictions);
     response->set_ssd_mode(s.ssd_write_through ? "write-through" : "write-back");
+  }
+  if (s.has_gpu) {
+    // Fastest first: the GPU tier leads the list.
+    v1::TierStats* gpu = response->add_tiers();
+    gpu->set_tier(v1::TIER_GPU);
+    gpu->set_blocks(s.gpu_blocks);
+    gpu->set_bytes(s.gpu_bytes);
+    gpu->set_used_bytes(s.gpu_used_bytes);
+    gpu->set_capacity_bytes(s.gpu_capacity_bytes);
+    gpu->set_hits(s.gpu_hits);
+    gpu->set_misses(s.misses);
+    gpu->set_evictions(s.gpu_demotions + s.gpu_drops);
+    auto* tiers = response->mutable_tiers();
+    for (int i = tiers->size() - 1; i > 0; --i) tiers->SwapElements(i, i - 1);
+    response->set_gpu_device(s.gpu_device);
+    response->set_gpu_demotions(s.gpu_demotions);
+    response->set_gpu_drops(s.gpu_drops);
+    response->set_gpu_to_host(s.gpu_to_host);
+    response->set_gpu_copy_failures(s.gpu_copy_failures);
+    response->set_gpu_fallbacks(s.gpu_fallbacks);
   }
   response->set_demotions(s.demotions);
   response->set_promotions(s.promotions);

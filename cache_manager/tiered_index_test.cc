@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "cache_manager/block_index.h"
+#include "cache_manager/index_test_util.h"
 #include "core/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -20,14 +21,8 @@ using ::testing::HasSubstr;
 constexpr uint64_t kPage = 4096;
 constexpr uint64_t kBlock = 4 * kPage;  // Every test block is 16 KiB.
 
-std::string Bytes(const BlockKey& k) { return std::string(KeyBytes(k)); }
-
-std::string Payload(const BlockKey& key, uint64_t size) {
-  std::string data(size, '\0');
-  std::mt19937_64 rng(key[0] | key[1] << 8 | uint64_t{key[2]} << 16);
-  for (auto& c : data) c = static_cast<char>(rng());
-  return data;
-}
+using testing_util::Bytes;
+using testing_util::Payload;
 
 class TieredIndexTest : public ::testing::Test {
  protected:
@@ -69,9 +64,7 @@ class TieredIndexTest : public ::testing::Test {
   }
 
   std::vector<BlockKey> Chain(size_t n, uint32_t seed = 0) {
-    std::vector<uint32_t> tokens(n * spec_.block_tokens);
-    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = seed * 1000003 + i;
-    return *ComputeBlockKeys(spec_, "", tokens);
+    return testing_util::TestChain(spec_, n, seed);
   }
 
   absl::Status Store(const std::vector<BlockKey>& chain, size_t from, size_t to) {

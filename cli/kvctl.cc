@@ -260,6 +260,17 @@ int RunStats(Client& client) {
         {"recovered at start", absl::StrCat(resp.ssd_recovered_blocks())},
     });
   }
+  if (!resp.gpu_device().empty()) {
+    out += "\n";
+    out += RenderKeyValues({
+        {"gpu device", resp.gpu_device()},
+        {"gpu demotions", absl::StrCat(resp.gpu_demotions())},
+        {"gpu copies dropped", absl::StrCat(resp.gpu_drops())},
+        {"copied to host", absl::StrCat(resp.gpu_to_host())},
+        {"gpu copy failures", absl::StrCat(resp.gpu_copy_failures())},
+        {"gpu fallbacks", absl::StrCat(resp.gpu_fallbacks())},
+    });
+  }
   Print(out);
   return kOk;
 }
