@@ -81,14 +81,24 @@ class GrpcCacheClient : public CacheClient {
     absl::MutexLock lock(&plane_mu_);
     return !local_tier_.empty();
   }
+  void SetLocalGpuTier(std::span<uint8_t> region) override {
+    absl::MutexLock lock(&plane_mu_);
+    local_gpu_tier_ = region;
+  }
+  bool HasLocalGpuTier() const override {
+    absl::MutexLock lock(&plane_mu_);
+    return !local_gpu_tier_.empty();
+  }
 
   absl::StatusOr<InPlacePrefix> UsePrefixInPlace(const ModelSpec& spec,
                                                  std::span<const BlockKey> keys,
                                                  InPlaceUse use) override {
     std::span<const uint8_t> tier;
+    std::span<uint8_t> gpu_tier;
     {
       absl::MutexLock lock(&plane_mu_);
       tier = local_tier_;
+      gpu_tier = local_gpu_tier_;
     }
     if (tier.empty()) {
       return absl::FailedPreconditionError(
@@ -97,7 +107,8 @@ class GrpcCacheClient : public CacheClient {
     InPlacePrefix out;
     absl::Time t0 = absl::Now();
     v1::LookupResponse found;
-    TIERKV_RETURN_IF_ERROR(Lookup(spec, keys, /*lease=*/true, &found));
+    TIERKV_RETURN_IF_ERROR(
+        Lookup(spec, keys, /*lease=*/true, &found, /*accept_gpu=*/!gpu_tier.empty()));
     out.lookup_time = absl::Now() - t0;
     if (absl::Status s = CheckLookupShape(found, keys.size()); !s.ok()) {
       ReleaseLease(found.lease_id());
@@ -117,21 +128,25 @@ class GrpcCacheClient : public CacheClient {
     // after the first loop).
     std::vector<PayloadPiece> pieces;
     std::vector<size_t> first_piece;
-    const uint64_t tier_bytes = tier.size();
+    std::vector<uint8_t> on_gpu;
     int extent = 0;
     uint32_t usable = 0;
     for (; usable < out.found; ++usable) {
       const uint32_t count = found.extent_counts(usable);
-      if (found.tiers(usable) != v1::TIER_HOST || found.sizes(usable) != spec.RawBlockBytes()) {
+      const bool gpu = found.tiers(usable) == v1::TIER_GPU && !gpu_tier.empty();
+      if ((found.tiers(usable) != v1::TIER_HOST && !gpu) ||
+          found.sizes(usable) != spec.RawBlockBytes()) {
         break;
       }
+      const uint8_t* base = gpu ? gpu_tier.data() : tier.data();
+      const uint64_t tier_bytes = gpu ? gpu_tier.size() : tier.size();
       first_piece.push_back(pieces.size());
       uint64_t sum = 0;
       bool inside = true;
       for (uint32_t j = 0; j < count; ++j, ++extent) {
         const uint64_t off = found.extent_offsets(extent), len = found.extent_lengths(extent);
         inside = inside && off <= tier_bytes && len <= tier_bytes - off;
-        pieces.push_back({tier.data() + (inside ? off : 0), len});
+        pieces.push_back({base + (inside ? off : 0), len});
         sum += len;
       }
       if (!inside || sum != found.sizes(usable)) {
@@ -139,6 +154,7 @@ class GrpcCacheClient : public CacheClient {
         first_piece.pop_back();
         break;
       }
+      on_gpu.push_back(gpu ? 1 : 0);
     }
     first_piece.push_back(pieces.size());
     std::vector<std::span<const PayloadPiece>> blocks;
@@ -152,7 +168,7 @@ class GrpcCacheClient : public CacheClient {
       checksums[options_.fault_corrupt_block] ^= 1;  // As if the bytes had changed.
     }
     t0 = absl::Now();
-    out.used = static_cast<uint32_t>(std::min<size_t>(use(blocks, checksums), usable));
+    out.used = static_cast<uint32_t>(std::min<size_t>(use(blocks, checksums, on_gpu), usable));
     out.use_time = absl::Now() - t0;
     out.lease_lost = !ReleaseLease(found.lease_id()).ok();
     return out;
@@ -171,7 +187,8 @@ class GrpcCacheClient : public CacheClient {
 
   // Allocates blocks keys[first, first + count) (each spec.RawBlockBytes(), raw codec).
   absl::Status AllocateBlocks(const ModelSpec& spec, std::span<const BlockKey> keys, size_t first,
-                              size_t count, v1::AllocateResponse* allocated) {
+                              size_t count, v1::AllocateResponse* allocated,
+                              v1::Tier tier = v1::TIER_HOST) {
     if (first + count > keys.size()) {
       return absl::InvalidArgumentError(absl::StrCat("Store of ", count, " blocks from ", first,
                                                      " runs past the ", keys.size(),
@@ -180,6 +197,7 @@ class GrpcCacheClient : public CacheClient {
     v1::AllocateRequest alloc;
     ModelSpecToProto(spec, alloc.mutable_model());
     alloc.set_lease_ttl_ms(absl::ToInt64Milliseconds(options_.write_lease));
+    alloc.set_tier(tier);
     for (size_t k = first; k < first + count; ++k) {
       auto* b = alloc.add_blocks();
       b->set_key(std::string(KeyBytes(keys[k])));
@@ -229,9 +247,11 @@ class GrpcCacheClient : public CacheClient {
                                            size_t first, size_t count,
                                            InPlaceWrite write) override {
     std::span<const uint8_t> tier;
+    std::span<uint8_t> gpu_tier;
     {
       absl::MutexLock lock(&plane_mu_);
       tier = local_tier_;
+      gpu_tier = local_gpu_tier_;
     }
     if (tier.empty()) {
       return absl::FailedPreconditionError(
@@ -240,7 +260,8 @@ class GrpcCacheClient : public CacheClient {
     StoreResult result;
     if (count == 0) return result;
     v1::AllocateResponse allocated;
-    TIERKV_RETURN_IF_ERROR(AllocateBlocks(spec, keys, first, count, &allocated));
+    TIERKV_RETURN_IF_ERROR(AllocateBlocks(spec, keys, first, count, &allocated,
+                                          gpu_tier.empty() ? v1::TIER_HOST : v1::TIER_GPU));
     std::vector<size_t> indices;
     std::vector<PayloadTarget> pieces;
     std::vector<size_t> first_piece;
@@ -251,13 +272,16 @@ class GrpcCacheClient : public CacheClient {
       if (Skipped(b, &result)) continue;
       first_piece.push_back(pieces.size());
       uint64_t sum = 0;
+      const bool gpu = b.location().tier() == v1::TIER_GPU && !gpu_tier.empty();
+      uint8_t* base = gpu ? gpu_tier.data() : const_cast<uint8_t*>(tier.data());
+      const uint64_t tier_bytes = gpu ? gpu_tier.size() : tier.size();
       for (const auto& e : b.location().extents()) {
-        if (b.location().tier() != v1::TIER_HOST || e.offset() > tier.size() ||
-            e.length() > tier.size() - e.offset()) {
+        if ((b.location().tier() != v1::TIER_HOST && !gpu) || e.offset() > tier_bytes ||
+            e.length() > tier_bytes - e.offset()) {
           Abort(allocated.allocation_id());
-          return absl::InternalError("the cache reserved space outside its host tier");
+          return absl::InternalError("the cache reserved space outside its host and GPU tiers");
         }
-        pieces.push_back({const_cast<uint8_t*>(tier.data()) + e.offset(), e.length()});
+        pieces.push_back({base + e.offset(), e.length()});
         sum += e.length();
       }
       if (sum != spec.RawBlockBytes()) {
@@ -269,11 +293,12 @@ class GrpcCacheClient : public CacheClient {
       commit.add_blocks()->set_key(b.key());
     }
     if (indices.empty()) return result;
-    // Space reserved twice would let one block's bytes pass as another's: refuse overlaps.
-    std::vector<std::pair<uint64_t, uint64_t>> ranges;
+    // Space reserved twice would let one block's bytes pass as another's: refuse overlaps
+    // (compared as addresses: the host and GPU regions do not overlap each other).
+    std::vector<std::pair<uintptr_t, uintptr_t>> ranges;
     for (const PayloadTarget& p : pieces) {
-      const uint64_t off = static_cast<uint64_t>(static_cast<const uint8_t*>(p.data) - tier.data());
-      ranges.emplace_back(off, off + p.size);
+      const auto at = reinterpret_cast<uintptr_t>(p.data);
+      ranges.emplace_back(at, at + p.size);
     }
     std::sort(ranges.begin(), ranges.end());
     for (size_t j = 1; j < ranges.size(); ++j) {
@@ -492,13 +517,14 @@ class GrpcCacheClient : public CacheClient {
   }
 
   absl::Status Lookup(const ModelSpec& spec, std::span<const BlockKey> keys, bool lease,
-                      v1::LookupResponse* found) {
+                      v1::LookupResponse* found, bool accept_gpu = false) {
     v1::LookupRequest request;
     std::string* packed = request.mutable_keys();
     packed->reserve(keys.size() * kDigestBytes);
     for (const BlockKey& k : keys) packed->append(KeyBytes(k));
     request.set_fingerprint(std::string(KeyBytes(ModelFingerprint(spec))));
     request.set_lease(lease);
+    request.set_accept_gpu(accept_gpu);
     auto ctx = Context();
     return FromGrpcStatus(stub_->Lookup(ctx.get(), request, found));
   }
@@ -561,6 +587,7 @@ class GrpcCacheClient : public CacheClient {
   mutable absl::Mutex plane_mu_;
   DataPath path_ ABSL_GUARDED_BY(plane_mu_) = DataPath::kUndecided;
   std::span<const uint8_t> local_tier_ ABSL_GUARDED_BY(plane_mu_);
+  std::span<uint8_t> local_gpu_tier_ ABSL_GUARDED_BY(plane_mu_);  // Device memory.
   // Set once when path_ becomes kUcx, then read without the lock.
   std::unique_ptr<transfer::TransferEngine> engine_;
   std::shared_ptr<transfer::Endpoint> endpoint_;

@@ -97,17 +97,25 @@ class CacheClient {
   // once, before other calls; the region must outlive the client.
   virtual void SetLocalHostTier(std::span<const uint8_t> region) = 0;
   virtual bool HasLocalHostTier() const = 0;
+  // The cache manager's GPU tier lies in this process at `region` (device memory on the
+  // GPU the caller computes on): with a local host tier as well, UsePrefixInPlace asks for
+  // GPU locations and StoreInPlace for GPU space. Call once, before other calls; the region
+  // must outlive the client.
+  virtual void SetLocalGpuTier(std::span<uint8_t> region) = 0;
+  virtual bool HasLocalGpuTier() const = 0;
 
   // Looks up `keys` with a read lease and hands `use` the found prefix where it lies in the
-  // local host tier: blocks[i] is block i's payload in pieces, checksums[i] the checksum the
-  // cache reported for it. `use` must check checksums before trusting a block and returns
+  // local host tier, or in the local GPU tier where one is set and the block has a GPU copy
+  // (on_gpu[i] is 1 then, and the pieces are device memory): blocks[i] is block i's payload
+  // in pieces, checksums[i] the checksum the cache reported for it. `use` must check checksums before trusting a block and returns
   // how many leading blocks it took; the lease holds until it returns, and a lease that was
   // lost meanwhile is reported (lease_lost). `use` is not called when the cache gave no
   // lease, or one about to expire. A block outside the local tier (or of the wrong size)
   // ends the prefix before it. FAILED_PRECONDITION without a local host tier (use
   // FetchPrefix); INTERNAL for a malformed Lookup response; errors of Lookup as FetchPrefix.
   using InPlaceUse = absl::FunctionRef<size_t(std::span<const std::span<const PayloadPiece>>,
-                                              std::span<const uint64_t>)>;
+                                              std::span<const uint64_t>,
+                                              std::span<const uint8_t> on_gpu)>;
   virtual absl::StatusOr<InPlacePrefix> UsePrefixInPlace(const ModelSpec& spec,
                                                          std::span<const BlockKey> keys,
                                                          InPlaceUse use) = 0;
@@ -125,7 +133,9 @@ class CacheClient {
                                             size_t first,
                                             std::span<const std::string> payloads) = 0;
 
-  // Store into the local host tier without copies: Allocate keys[first, first + count),
+  // Store into the local host tier (or the local GPU tier, where one is set and the cache
+  // manager has room there: targets are device memory then) without copies: Allocate
+  // keys[first, first + count),
   // then `write` fills the space reserved for the blocks to write (indices[j] is such a
   // block's position counted from `first`; targets[j] its space in pieces) and sets
   // checksums[j] to each payload's BlockChecksum, then Commit (which checks them). Blocks

@@ -35,11 +35,58 @@ absl::StatusOr<int> FreeLoopbackPort() {
   return ntohs(addr.sin_port);
 }
 
+// The cache manager's GPU tier over device memory of the model's runtime.
+class RuntimeDeviceTier : public DeviceTier {
+ public:
+  static absl::StatusOr<std::unique_ptr<RuntimeDeviceTier>> Create(
+      std::unique_ptr<DeviceArena> arena, uint64_t page_bytes) {
+    auto tier = std::unique_ptr<RuntimeDeviceTier>(new RuntimeDeviceTier(std::move(arena)));
+    TIERKV_RETURN_IF_ERROR(
+        tier->InitPool(tier->arena_->base(), tier->arena_->bytes(), page_bytes));
+    return tier;
+  }
+  std::string Describe() const override { return arena_->Describe(); }
+  absl::Status CopyToHost(const PoolAllocation& src,
+                          std::span<const std::span<uint8_t>> dst) override {
+    return arena_->CopyToHost(PiecesOf(src), dst);
+  }
+  absl::Status Checksums(std::span<const PoolAllocation> blocks,
+                         std::span<uint64_t> out) override {
+    std::vector<std::vector<PayloadPiece>> pieces;
+    pieces.reserve(blocks.size());
+    std::vector<std::span<const PayloadPiece>> spans;
+    for (const PoolAllocation& b : blocks) spans.emplace_back(pieces.emplace_back(PiecesOf(b)));
+    return arena_->Checksums(spans, out);
+  }
+
+ private:
+  explicit RuntimeDeviceTier(std::unique_ptr<DeviceArena> arena) : arena_(std::move(arena)) {}
+  std::vector<PayloadPiece> PiecesOf(const PoolAllocation& a) const {
+    std::vector<PayloadPiece> pieces;
+    for (const PoolExtent& e : a.extents) pieces.push_back({arena_->base() + e.offset, e.length});
+    return pieces;
+  }
+  std::unique_ptr<DeviceArena> arena_;
+};
+
 class AllInOneImpl : public AllInOne {
  public:
   absl::Status Init(const AllInOneOptions& options) {
     TIERKV_ASSIGN_OR_RETURN(model_, Runtime::Load(options.model, options.runtime));
     CacheManagerOptions cache_options = options.cache;
+    if (model_->device() == kernels::Device::kCuda && options.gpu_capacity_bytes > 0) {
+      auto arena = model_->AllocateDeviceArena(options.gpu_capacity_bytes);
+      absl::StatusOr<std::unique_ptr<RuntimeDeviceTier>> tier =
+          arena.ok() ? RuntimeDeviceTier::Create(*std::move(arena), cache_options.page_bytes)
+                     : absl::StatusOr<std::unique_ptr<RuntimeDeviceTier>>(arena.status());
+      if (tier.ok()) {
+        gpu_tier_ = *std::move(tier);
+        cache_options.gpu_tier = gpu_tier_.get();
+      } else {
+        std::cerr << "tierkv: no GPU tier (" << tier.status().message()
+                  << "); new blocks go to host memory\n";
+      }
+    }
     std::string& listen = cache_options.listen_address;
     const size_t colon = listen.rfind(':');
     if (colon == std::string::npos) {
@@ -74,6 +121,10 @@ class AllInOneImpl : public AllInOne {
       }
       cache_client_->SetLocalHostTier(region);
     }
+    // The workers compute on the GPU tier's device: they write new blocks there and read
+    // cached ones where they lie.
+    const std::span<uint8_t> gpu_region = server_->GpuTierRegion();
+    if (!gpu_region.empty()) cache_client_->SetLocalGpuTier(gpu_region);
     return absl::OkStatus();
   }
 
@@ -82,12 +133,17 @@ class AllInOneImpl : public AllInOne {
   int port() const override { return server_->port(); }
   const Runtime& model() const override { return *model_; }
   CacheManagerServer& cache_manager() override { return *server_; }
+  uint64_t gpu_tier_bytes() const override {
+    return gpu_tier_ == nullptr ? 0 : gpu_tier_->pool().capacity_bytes();
+  }
   void Shutdown() override {
     if (server_) server_->Shutdown();
   }
 
  private:
   std::unique_ptr<Runtime> model_;
+  // Outlives the server that hands out its memory.
+  std::unique_ptr<RuntimeDeviceTier> gpu_tier_;
   std::unique_ptr<CacheClient> cache_client_;
   std::unique_ptr<PrefillServiceImpl> prefill_;
   std::unique_ptr<DecodeServiceImpl> decode_;

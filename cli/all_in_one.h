@@ -21,6 +21,10 @@ struct AllInOneOptions {
   std::string model = "builtin:tiny";
   // Device ("auto": the GPU when one is usable), CPU threads, model_id.
   RuntimeOptions runtime;
+  // GPU tier of the cache manager, on the model's GPU (nothing on the CPU runtime): new
+  // blocks of the prefill worker stay there and are demoted to host memory for room. 0: no
+  // GPU tier. When the GPU cannot give it, tierkv runs without one and says so.
+  uint64_t gpu_capacity_bytes = 4ull << 30;
 };
 
 class AllInOne {
@@ -34,6 +38,8 @@ class AllInOne {
   virtual int port() const = 0;
   virtual const Runtime& model() const = 0;
   virtual CacheManagerServer& cache_manager() = 0;
+  // The GPU tier's size (0 without one).
+  virtual uint64_t gpu_tier_bytes() const = 0;
   // Stops serving; idempotent.
   virtual void Shutdown() = 0;
 };

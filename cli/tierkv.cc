@@ -34,6 +34,10 @@ int main(int argc, char** argv) {
                  "where the model runs: auto (the GPU when one is usable), cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
+  std::string gpu_capacity = "4GiB";
+  up->add_option("--gpu-capacity", gpu_capacity,
+                 "GPU tier of the cache on the model's GPU (0: none; unused on the CPU)")
+      ->capture_default_str();
   bool demo = false, exit_after_demo = false;
   up->add_flag("--demo", demo, "send a demo request once serving, then keep serving");
   up->add_flag("--exit-after-demo", exit_after_demo, "with --demo: stop after the demo");
@@ -41,6 +45,12 @@ int main(int argc, char** argv) {
 
   if (absl::Status s = flags.Resolve(&options.cache); !s.ok()) {
     std::cerr << "tierkv up: " << s.message() << "\n";
+    return 2;
+  }
+  if (auto bytes = tierkv::ParseBytes(gpu_capacity); bytes.ok()) {
+    options.gpu_capacity_bytes = *bytes;
+  } else {
+    std::cerr << "tierkv up: --gpu-capacity: " << bytes.status().message() << "\n";
     return 2;
   }
   tierkv::BlockShutdownSignals();

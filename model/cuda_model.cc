@@ -171,7 +171,7 @@ absl::Status CudaKvCache::AppendBlocks(const void* blocks, int64_t num_blocks,
 
 absl::Status CudaKvCache::AppendBlocksFromHost(
     std::span<const std::span<const PayloadPiece>> blocks, const ModelSpec& spec, void* staging,
-    size_t staging_bytes, cu::Stream stream) {
+    size_t staging_bytes, cu::Stream stream, uint64_t* device_checksums) {
   TIERKV_RETURN_IF_ERROR(CheckSpec(spec));
   const int64_t t = spec.block_tokens;
   const size_t bytes = spec.RawBlockBytes();
@@ -206,6 +206,10 @@ absl::Status CudaKvCache::AppendBlocksFromHost(
         TIERKV_RETURN_IF_ERROR(cu::CopyAsync(dst + at, p.data, p.size, stream));
         at += p.size;
       }
+    }
+    if (device_checksums != nullptr) {
+      TIERKV_RETURN_IF_ERROR(
+          cu::BlockChecksums(staging, bytes, m, device_checksums + done, stream));
     }
     cu::ScatterKvBlocksParams sp;
     sp.blocks = static_cast<const Bf16*>(staging);

@@ -84,9 +84,13 @@ class CudaKvCache {
   // valid and unchanged until the stream is synchronized; pinned or registered memory
   // (kernels::cuda::HostRegistration) makes the copies DMA. Errors as AppendBlocks, plus
   // INVALID_ARGUMENT when a block's pieces do not add up to spec.RawBlockBytes().
+  // With `device_checksums` (device memory, one uint64 per block), also the XXH3 checksum
+  // of each block as it landed in `staging`, which is what the KV is made from. The pieces
+  // may lie in device memory too (the cache's GPU tier): the copies are then on the device.
   absl::Status AppendBlocksFromHost(std::span<const std::span<const PayloadPiece>> blocks,
                                     const ModelSpec& spec, void* staging, size_t staging_bytes,
-                                    kernels::cuda::Stream stream);
+                                    kernels::cuda::Stream stream,
+                                    uint64_t* device_checksums = nullptr);
   // Writes blocks [first_block, first_block + blocks.size()) as block objects into host
   // memory in pieces (block i into the concatenation of blocks[i]): gathered on the device
   // into `staging`, then one copy per piece. Asynchronous on `stream` like

@@ -99,6 +99,11 @@ class CpuSequence : public Sequence {
     }
     return good;
   }
+  absl::StatusOr<size_t> AppendDeviceBlocks(std::span<const std::span<const PayloadPiece>>,
+                                            std::span<const uint64_t>) override {
+    return absl::FailedPreconditionError(
+        "the CPU runtime cannot read device memory; its cache has no GPU tier");
+  }
   absl::StatusOr<std::string> ExtractBlock(uint64_t index) const override {
     return tierkv::ExtractBlock(kv_, index, *spec_);
   }
@@ -164,6 +169,9 @@ class CpuRuntime : public Runtime {
   absl::StatusOr<std::unique_ptr<HostMemoryRegistration>> RegisterHostMemory(
       void* base, size_t bytes) const override {
     return std::make_unique<HostMemoryRegistration>();
+  }
+  absl::StatusOr<std::unique_ptr<DeviceArena>> AllocateDeviceArena(size_t) const override {
+    return absl::FailedPreconditionError("the CPU runtime has no device memory for a GPU tier");
   }
   absl::StatusOr<std::unique_ptr<Sequence>> NewSequence(int64_t max_tokens) const override {
     if (max_tokens < 1 || max_tokens > max_positions()) {
@@ -353,6 +361,44 @@ class GpuSequence : public Sequence {
     return good;
   }
 
+  absl::StatusOr<size_t> AppendDeviceBlocks(std::span<const std::span<const PayloadPiece>> blocks,
+                                            std::span<const uint64_t> checksums) override {
+    if (checksums.size() != blocks.size()) {
+      return absl::InvalidArgumentError("one checksum per block");
+    }
+    const ModelSpec& spec = model_->spec();
+    const int64_t before = kv_.tokens();
+    absl::MutexLock lock(&staging_->mu());
+    // In batches of at most kMaxChecksums blocks: copies on the device into the staging,
+    // checksums of what landed there, then the KV; a batch with a bad block ends the run.
+    size_t good = 0;
+    absl::Status s;
+    for (size_t at = 0; s.ok() && at < blocks.size() && good == at;) {
+      const size_t n = std::min(Staging::kMaxChecksums, blocks.size() - at);
+      const int64_t batch_start = kv_.tokens();
+      s = kv_.AppendBlocksFromHost(blocks.subspan(at, n), spec, staging_->device().data(),
+                                   staging_->device().size(), model_->stream(),
+                                   staging_->sums_device());
+      if (s.ok()) {
+        s = cu::CopyAsync(staging_->sums_pinned(), staging_->sums_device(), n * 8,
+                          model_->stream());
+      }
+      absl::Status synced = cu::StreamSynchronize(model_->stream());
+      if (s.ok()) s = synced;
+      if (!s.ok()) break;
+      size_t intact = 0;
+      while (intact < n && staging_->sums_pinned()[intact] == checksums[at + intact]) ++intact;
+      kv_.Truncate(batch_start + static_cast<int64_t>(intact) * spec.block_tokens);
+      good += intact;
+      at += n;
+    }
+    if (!s.ok()) {
+      kv_.Truncate(before);
+      return s;
+    }
+    return good;
+  }
+
   absl::StatusOr<std::string> ExtractBlock(uint64_t index) const override {
     const ModelSpec& spec = model_->spec();
     const size_t bytes = spec.RawBlockBytes();
@@ -452,6 +498,120 @@ class GpuSequence : public Sequence {
   KvMemoryCache* memory_;   // Same.
 };
 
+// The GPU tier's memory: one cudaMalloc'ed region, its own stream for copies out, and a
+// scratch buffer where blocks scattered over the region are gathered (device to device) so
+// that one checksum kernel hashes many of them.
+class GpuDeviceArena : public DeviceArena {
+ public:
+  static constexpr size_t kAlign = 64 << 10;
+  static constexpr size_t kScratchBytes = 256 << 20;  // The largest block the cache takes.
+  static constexpr size_t kMaxSums = 4096;
+
+  static absl::StatusOr<std::unique_ptr<DeviceArena>> Create(size_t bytes) {
+    if (bytes == 0) return absl::InvalidArgumentError("a GPU tier of 0 bytes");
+    auto a = std::unique_ptr<GpuDeviceArena>(new GpuDeviceArena());
+    TIERKV_ASSIGN_OR_RETURN(a->memory_, cu::DeviceBuffer::Allocate(bytes + kAlign));
+    const auto p = reinterpret_cast<uintptr_t>(a->memory_.data());
+    a->base_ = reinterpret_cast<uint8_t*>((p + kAlign - 1) / kAlign * kAlign);
+    a->bytes_ = bytes;
+    TIERKV_ASSIGN_OR_RETURN(a->stream_, cu::StreamOwner::Create());
+    TIERKV_ASSIGN_OR_RETURN(a->scratch_, cu::DeviceBuffer::Allocate(kScratchBytes));
+    TIERKV_ASSIGN_OR_RETURN(a->sums_device_, cu::DeviceBuffer::Allocate(kMaxSums * 8));
+    TIERKV_ASSIGN_OR_RETURN(a->sums_pinned_, cu::PinnedBuffer::Allocate(kMaxSums * 8));
+    absl::StatusOr<cu::DeviceInfo> info = cu::CurrentDevice();
+    a->name_ = info.ok() ? absl::StrCat("cuda:", info->ordinal, " ", info->name) : "cuda";
+    return std::unique_ptr<DeviceArena>(std::move(a));
+  }
+
+  uint8_t* base() const override { return base_; }
+  size_t bytes() const override { return bytes_; }
+  std::string Describe() const override { return name_; }
+
+  absl::Status CopyToHost(std::span<const PayloadPiece> src,
+                          std::span<const std::span<uint8_t>> dst) override {
+    size_t src_total = 0, dst_total = 0;
+    for (const PayloadPiece& p : src) src_total += p.size;
+    for (const auto& d : dst) dst_total += d.size();
+    if (src_total != dst_total) {
+      return absl::InvalidArgumentError(absl::StrCat("copy of ", src_total, " bytes into ",
+                                                     dst_total, " bytes of host memory"));
+    }
+    absl::MutexLock lock(&mu_);
+    size_t si = 0, so = 0, di = 0, doff = 0;
+    absl::Status s;
+    while (s.ok() && si < src.size() && di < dst.size()) {
+      const size_t n = std::min(src[si].size - so, dst[di].size() - doff);
+      if (n > 0) {
+        s = cu::CopyAsync(dst[di].data() + doff, static_cast<const uint8_t*>(src[si].data) + so,
+                          n, stream_.get());
+      }
+      so += n;
+      doff += n;
+      if (so == src[si].size) ++si, so = 0;
+      if (doff == dst[di].size()) ++di, doff = 0;
+    }
+    // Wait even after an error: copies already queued still write the host memory.
+    absl::Status synced = stream_.Synchronize();
+    return s.ok() ? synced : s;
+  }
+
+  absl::Status Checksums(std::span<const std::span<const PayloadPiece>> blocks,
+                         std::span<uint64_t> out) override {
+    if (out.size() < blocks.size()) return absl::InvalidArgumentError("one output per block");
+    absl::MutexLock lock(&mu_);
+    uint8_t* scratch = scratch_.as<uint8_t>();
+    for (size_t at = 0; at < blocks.size();) {
+      // A run of blocks of one size that fits the scratch.
+      size_t size = 0;
+      for (const PayloadPiece& p : blocks[at]) size += p.size;
+      if (size == 0 || size > kScratchBytes) {
+        return absl::InvalidArgumentError(absl::StrCat("block of ", size, " bytes; the GPU "
+                                                       "tier checks blocks of 1 to ",
+                                                       kScratchBytes));
+      }
+      const size_t most = std::min(kMaxSums, kScratchBytes / size);
+      size_t n = 0;
+      absl::Status s;
+      for (; s.ok() && n < most && at + n < blocks.size(); ++n) {
+        size_t this_size = 0;
+        for (const PayloadPiece& p : blocks[at + n]) this_size += p.size;
+        if (this_size != size) break;
+        size_t off = n * size;
+        for (const PayloadPiece& p : blocks[at + n]) {
+          if (!s.ok()) break;
+          s = cu::CopyAsync(scratch + off, p.data, p.size, stream_.get());
+          off += p.size;
+        }
+      }
+      if (s.ok()) {
+        s = cu::BlockChecksums(scratch, size, static_cast<int64_t>(n),
+                               sums_device_.as<uint64_t>(), stream_.get());
+      }
+      if (s.ok()) {
+        s = cu::CopyAsync(sums_pinned_.data(), sums_device_.data(), n * 8, stream_.get());
+      }
+      absl::Status synced = stream_.Synchronize();
+      if (s.ok()) s = synced;
+      if (!s.ok()) return s;
+      std::memcpy(out.data() + at, sums_pinned_.data(), n * 8);
+      at += n;
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  GpuDeviceArena() = default;
+  absl::Mutex mu_;
+  cu::DeviceBuffer memory_;
+  uint8_t* base_ = nullptr;
+  size_t bytes_ = 0;
+  cu::StreamOwner stream_;
+  cu::DeviceBuffer scratch_;
+  cu::DeviceBuffer sums_device_;
+  cu::PinnedBuffer sums_pinned_;
+  std::string name_;
+};
+
 class GpuRuntime : public Runtime {
  public:
   explicit GpuRuntime(std::unique_ptr<CudaModel> model) : model_(std::move(model)) {}
@@ -461,6 +621,9 @@ class GpuRuntime : public Runtime {
       void* base, size_t bytes) const override {
     TIERKV_ASSIGN_OR_RETURN(cu::HostRegistration r, cu::HostRegistration::Register(base, bytes));
     return std::make_unique<GpuHostRegistration>(std::move(r));
+  }
+  absl::StatusOr<std::unique_ptr<DeviceArena>> AllocateDeviceArena(size_t bytes) const override {
+    return GpuDeviceArena::Create(bytes);
   }
   const ModelSpec& spec() const override { return model_->spec(); }
   int64_t vocab_size() const override { return model_->config().vocab_size; }

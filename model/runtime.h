@@ -58,6 +58,14 @@ class Sequence {
       absl::FunctionRef<size_t(std::span<const std::span<const PayloadPiece>> blocks)>;
   virtual absl::StatusOr<size_t> AppendBlocksInPlace(
       std::span<const std::span<const PayloadPiece>> blocks, VerifyFn verify) = 0;
+  // Appends blocks whose payloads lie in device memory of the runtime's GPU (the cache's
+  // GPU tier in this process), checking each against checksums[i] on the device as it lands;
+  // only the leading intact blocks are kept, and their count is returned. The memory must
+  // stay valid and unchanged until this returns (a read lease). FAILED_PRECONDITION on the
+  // CPU runtime (it has no device memory); otherwise errors as AppendBlocks.
+  virtual absl::StatusOr<size_t> AppendDeviceBlocks(
+      std::span<const std::span<const PayloadPiece>> blocks,
+      std::span<const uint64_t> checksums) = 0;
   // Block `index` as a block object. OUT_OF_RANGE when the sequence does not hold all of it.
   virtual absl::StatusOr<std::string> ExtractBlock(uint64_t index) const = 0;
   // Writes blocks [first, first + blocks.size()) as block objects into memory of this
@@ -80,6 +88,25 @@ class Sequence {
 class HostMemoryRegistration {
  public:
   virtual ~HostMemoryRegistration() = default;
+};
+
+// Device memory on the runtime's GPU that the cache manager's GPU tier hands out (tierkv up
+// runs both in one process), with the two things the tier needs done there. Thread-safe.
+class DeviceArena {
+ public:
+  virtual ~DeviceArena() = default;
+  // The region (device memory, 64 KiB-aligned) and its size.
+  virtual uint8_t* base() const = 0;
+  virtual size_t bytes() const = 0;
+  // "cuda:0 NVIDIA H200".
+  virtual std::string Describe() const = 0;
+  // Copies a payload lying in the arena in pieces `src` into host memory `dst` (pieces of
+  // the same total size). Returns once the bytes are there; the CUDA error otherwise.
+  virtual absl::Status CopyToHost(std::span<const PayloadPiece> src,
+                                  std::span<const std::span<uint8_t>> dst) = 0;
+  // out[i] = BlockChecksum of blocks[i] (pieces in the arena), computed on the GPU.
+  virtual absl::Status Checksums(std::span<const std::span<const PayloadPiece>> blocks,
+                                 std::span<uint64_t> out) = 0;
 };
 
 // Immutable after creation; Prefill may be called from several threads on different
@@ -105,6 +132,10 @@ class Runtime {
   // cannot); the CPU runtime needs nothing. The memory must outlive the handle.
   virtual absl::StatusOr<std::unique_ptr<HostMemoryRegistration>> RegisterHostMemory(
       void* base, size_t bytes) const = 0;
+
+  // `bytes` of device memory for the cache's GPU tier. FAILED_PRECONDITION on the CPU
+  // runtime; RESOURCE_EXHAUSTED when the GPU lacks the room.
+  virtual absl::StatusOr<std::unique_ptr<DeviceArena>> AllocateDeviceArena(size_t bytes) const = 0;
 
   // An empty sequence with room for `max_tokens` tokens (the GPU allocates it up front).
   // INVALID_ARGUMENT outside [1, max_positions()]; RESOURCE_EXHAUSTED when device memory

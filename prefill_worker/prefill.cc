@@ -62,19 +62,37 @@ absl::StatusOr<PreparedSequence> PrepareSequence(const Runtime& model, CacheClie
     return absl::OkStatus();
   };
   if (cache != nullptr && reusable > 0 && cache->HasLocalHostTier()) {
-    // The host tier is in this process: the sequence reads blocks where they lie, checking
-    // their checksums while the bytes move.
-    uint32_t intact = 0, offered = 0;
+    // The host tier (and the GPU tier, if any) is in this process: the sequence reads
+    // blocks where they lie, checking their checksums while the bytes move (on the GPU for
+    // blocks in GPU memory). Runs of blocks in one tier go in one call each.
+    bool bad_block = false;
     auto used = cache->UsePrefixInPlace(
         spec, std::span(out.keys).first(reusable),
         [&](std::span<const std::span<const PayloadPiece>> blocks,
-            std::span<const uint64_t> checksums) -> size_t {
-          offered = static_cast<uint32_t>(blocks.size());
-          auto kept = out.seq->AppendBlocksInPlace(blocks, [&](auto bytes) {
-            intact = static_cast<uint32_t>(IntactPrefix(bytes, checksums));
-            return intact;
-          });
-          return kept.ok() ? *kept : 0;
+            std::span<const uint64_t> checksums, std::span<const uint8_t> on_gpu) -> size_t {
+          size_t taken = 0;
+          while (taken < blocks.size()) {
+            size_t end = taken + 1;
+            while (end < blocks.size() && on_gpu[end] == on_gpu[taken]) ++end;
+            const auto run = blocks.subspan(taken, end - taken);
+            const auto sums = checksums.subspan(taken, end - taken);
+            size_t intact = run.size();
+            absl::StatusOr<size_t> kept;
+            if (on_gpu[taken]) {
+              kept = out.seq->AppendDeviceBlocks(run, sums);
+              if (kept.ok()) intact = *kept;
+            } else {
+              kept = out.seq->AppendBlocksInPlace(run, [&](auto bytes) {
+                intact = IntactPrefix(bytes, sums);
+                return intact;
+              });
+            }
+            if (!kept.ok()) break;  // Nothing of the run was kept: compute from here.
+            taken += *kept;
+            if (intact < run.size()) bad_block = true;
+            if (*kept < run.size()) break;
+          }
+          return taken;
         });
     if (!used.ok()) {
       TIERKV_RETURN_IF_ERROR(unreachable(used.status()));
@@ -83,7 +101,7 @@ absl::StatusOr<PreparedSequence> PrepareSequence(const Runtime& model, CacheClie
       out.fetch_time = used->use_time;
       out.cached_blocks = std::min<uint32_t>(used->used, static_cast<uint32_t>(reusable));
       // A block whose bytes did not match ends the prefix (a checksum failure).
-      if (intact < offered) ++out.checksum_failures;
+      if (bad_block) ++out.checksum_failures;
       if (used->lease_lost && out.cached_blocks > 0) {
         // The blocks may have changed under the read: start over and compute everything.
         out.seq.reset();  // Its device memory goes back before the new one is taken.

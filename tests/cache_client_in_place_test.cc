@@ -32,20 +32,25 @@ std::vector<uint32_t> Tokens(size_t n, uint64_t seed) {
 // Commit checksums over the tier bytes like the real BlockIndex::Commit.
 class FakeCache final : public v1::CacheService::Service {
  public:
-  explicit FakeCache(std::vector<uint8_t>* tier) : tier_(tier) {}
+  FakeCache(std::vector<uint8_t>* tier, std::vector<uint8_t>* gpu_tier)
+      : tier_(tier), gpu_tier_(gpu_tier) {}
   v1::LookupResponse lookup;
+  bool last_accept_gpu = false;
+  v1::Tier last_allocate_tier = v1::TIER_UNSPECIFIED;
   v1::AllocateResponse allocate;
   std::map<std::string, uint64_t> committed;  // key -> checksum accepted
   int releases = 0;
   grpc::Status release_status = grpc::Status::OK;
 
-  grpc::Status Lookup(grpc::ServerContext*, const v1::LookupRequest*,
+  grpc::Status Lookup(grpc::ServerContext*, const v1::LookupRequest* req,
                       v1::LookupResponse* r) override {
+    last_accept_gpu = req->accept_gpu();
     *r = lookup;
     return grpc::Status::OK;
   }
-  grpc::Status Allocate(grpc::ServerContext*, const v1::AllocateRequest*,
+  grpc::Status Allocate(grpc::ServerContext*, const v1::AllocateRequest* req,
                         v1::AllocateResponse* r) override {
+    last_allocate_tier = req->tier();
     *r = allocate;
     return grpc::Status::OK;
   }
@@ -58,7 +63,9 @@ class FakeCache final : public v1::CacheService::Service {
       }
       if (a == nullptr) return grpc::Status(grpc::NOT_FOUND, "no such block");
       ChecksumBuilder cb;
-      for (const auto& e : a->location().extents()) cb.Update(tier_->data() + e.offset(), e.length());
+      const uint8_t* base =
+          (a->location().tier() == v1::TIER_GPU ? gpu_tier_ : tier_)->data();
+      for (const auto& e : a->location().extents()) cb.Update(base + e.offset(), e.length());
       if (cb.Finish() != b.checksum()) return grpc::Status(grpc::DATA_LOSS, "checksum mismatch");
     }
     for (const auto& b : req->blocks()) committed[b.key()] = b.checksum();
@@ -76,6 +83,7 @@ class FakeCache final : public v1::CacheService::Service {
 
  private:
   std::vector<uint8_t>* tier_;
+  std::vector<uint8_t>* gpu_tier_;
 };
 
 class CacheClientInPlace : public testing::Test {
@@ -95,7 +103,7 @@ class CacheClientInPlace : public testing::Test {
       std::memcpy(tier_.data() + i * bytes_, b.data(), bytes_);
       blocks_.push_back(b);
     }
-    fake_ = std::make_unique<FakeCache>(&tier_);
+    fake_ = std::make_unique<FakeCache>(&tier_, &gpu_tier_);
     grpc::ServerBuilder builder;
     int port = 0;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
@@ -130,6 +138,8 @@ class CacheClientInPlace : public testing::Test {
   size_t bytes_ = 0;
   std::vector<uint32_t> prompt_;
   std::vector<uint8_t> tier_;
+  // Stands in for the GPU tier's device memory (the CPU runtime reads it like host memory).
+  std::vector<uint8_t> gpu_tier_;
   std::vector<std::string> blocks_;
   std::unique_ptr<FakeCache> fake_;
   std::unique_ptr<grpc::Server> server_;
@@ -174,7 +184,7 @@ TEST_F(CacheClientInPlace, ConsistentAnswersAreUsedAndStored) {
   size_t offered = 0;
   auto used = client_->UsePrefixInPlace(
       rt_->spec(), keys,
-      [&](std::span<const std::span<const PayloadPiece>> b, std::span<const uint64_t> c) {
+      [&](std::span<const std::span<const PayloadPiece>> b, std::span<const uint64_t> c, std::span<const uint8_t>) {
         offered = b.size();
         return IntactPrefix(b, c);
       });
@@ -205,7 +215,7 @@ TEST_F(CacheClientInPlace, MoreBlocksFoundThanAskedForIsAnError) {
   bool called = false;
   auto used = client_->UsePrefixInPlace(
       rt_->spec(), keys,
-      [&](std::span<const std::span<const PayloadPiece>> b, std::span<const uint64_t> c) {
+      [&](std::span<const std::span<const PayloadPiece>> b, std::span<const uint64_t> c, std::span<const uint8_t>) {
         called = true;
         return b.size();
       });
@@ -229,7 +239,7 @@ TEST_F(CacheClientInPlace, ShortColumnsAreAnError) {
   std::vector<BlockKey> keys = *ComputeBlockKeys(rt_->spec(), "", std::span(prompt_).first(64));
   auto used = client_->UsePrefixInPlace(
       rt_->spec(), keys,
-      [&](std::span<const std::span<const PayloadPiece>> b, std::span<const uint64_t> c) {
+      [&](std::span<const std::span<const PayloadPiece>> b, std::span<const uint64_t> c, std::span<const uint8_t>) {
         ADD_FAILURE() << "use called with " << b.size() << " blocks";
         return size_t{0};
       });
@@ -238,7 +248,7 @@ TEST_F(CacheClientInPlace, ShortColumnsAreAnError) {
 
 TEST_F(CacheClientInPlace, NoLeaseMeansNoReadAndALostLeaseIsReported) {
   std::vector<BlockKey> keys = *ComputeBlockKeys(rt_->spec(), "", std::span(prompt_).first(64));
-  auto use = [&](std::span<const std::span<const PayloadPiece>> b, std::span<const uint64_t> c) {
+  auto use = [&](std::span<const std::span<const PayloadPiece>> b, std::span<const uint64_t> c, std::span<const uint8_t>) {
     return b.size();
   };
   v1::LookupResponse r = Found(3);
@@ -314,6 +324,83 @@ TEST_F(CacheClientInPlace, AWriteLeaseAboutToExpireWritesNothing) {
   auto stored = StoreAsTheWorkerDoes(*client_, *rt_, *seq, keys, 2);
   EXPECT_EQ(stored.status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_TRUE(std::all_of(tier_.begin(), tier_.end(), [](uint8_t b) { return b == 0; }));
+}
+
+// GPU locations are read only through a local GPU tier, and only when the client set one;
+// the client asks for them (accept_gpu) only then.
+TEST_F(CacheClientInPlace, GpuLocationsNeedALocalGpuTier) {
+  v1::LookupResponse r = Found(3);
+  // Block 2 lies in the GPU tier, at offset bytes_.
+  gpu_tier_.assign(4 * bytes_, 0);
+  std::memcpy(gpu_tier_.data() + bytes_, tier_.data() + 2 * bytes_, bytes_);
+  r.set_tiers(2, v1::TIER_GPU);
+  r.set_extent_offsets(2, bytes_);
+  fake_->lookup = r;
+  std::vector<BlockKey> keys = *ComputeBlockKeys(rt_->spec(), "", std::span(prompt_).first(64));
+  std::vector<uint8_t> seen_on_gpu;
+  std::vector<const void*> seen_data;
+  auto use = [&](std::span<const std::span<const PayloadPiece>> b, std::span<const uint64_t> c,
+                 std::span<const uint8_t> on_gpu) {
+    seen_on_gpu.assign(on_gpu.begin(), on_gpu.end());
+    seen_data.clear();
+    for (const auto& block : b) seen_data.push_back(block[0].data);
+    return IntactPrefix(b, c);
+  };
+  auto without = client_->UsePrefixInPlace(rt_->spec(), keys, use);
+  ASSERT_TRUE(without.ok()) << without.status();
+  EXPECT_FALSE(fake_->last_accept_gpu);
+  EXPECT_EQ(without->used, 2u);  // The prefix ends before the GPU block.
+  EXPECT_EQ(seen_on_gpu, (std::vector<uint8_t>{0, 0}));
+
+  client_->SetLocalGpuTier(std::span<uint8_t>(gpu_tier_));
+  ASSERT_TRUE(client_->HasLocalGpuTier());
+  auto with = client_->UsePrefixInPlace(rt_->spec(), keys, use);
+  ASSERT_TRUE(with.ok()) << with.status();
+  EXPECT_TRUE(fake_->last_accept_gpu);
+  EXPECT_EQ(with->used, 3u);
+  EXPECT_EQ(seen_on_gpu, (std::vector<uint8_t>{0, 0, 1}));
+  ASSERT_EQ(seen_data.size(), 3u);
+  EXPECT_EQ(seen_data[2], gpu_tier_.data() + bytes_);
+
+  // A GPU extent outside the GPU tier ends the prefix before it.
+  r.set_extent_offsets(2, 4 * bytes_);
+  fake_->lookup = r;
+  auto outside = client_->UsePrefixInPlace(rt_->spec(), keys, use);
+  ASSERT_TRUE(outside.ok());
+  EXPECT_EQ(outside->used, 2u);
+}
+
+TEST_F(CacheClientInPlace, StoreAsksForTheGpuTierAndWritesWhereItLies) {
+  gpu_tier_.assign(4 * bytes_, 0);
+  std::vector<uint32_t> p = Tokens(50, 9);  // 3 full blocks.
+  auto seq = *rt_->NewSequence(64);
+  ASSERT_TRUE(rt_->Prefill(p, seq.get()).ok());
+  std::vector<BlockKey> pk = *ComputeBlockKeys(rt_->spec(), "", p);
+  fake_->allocate = Allocated(pk, {0, 1}, {0, 2 * bytes_}, bytes_);
+  auto host_only = StoreAsTheWorkerDoes(*client_, *rt_, *seq, pk, 2);
+  ASSERT_TRUE(host_only.ok()) << host_only.status();
+  EXPECT_EQ(fake_->last_allocate_tier, v1::TIER_HOST);
+
+  client_->SetLocalGpuTier(std::span<uint8_t>(gpu_tier_));
+  // The cache put block 1 on the GPU tier, block 0 in host memory.
+  v1::AllocateResponse a = Allocated(pk, {0, 1}, {3 * bytes_, 2 * bytes_}, bytes_);
+  a.mutable_blocks(1)->mutable_location()->set_tier(v1::TIER_GPU);
+  fake_->allocate = a;
+  fake_->committed.clear();
+  auto stored = StoreAsTheWorkerDoes(*client_, *rt_, *seq, pk, 2);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(fake_->last_allocate_tier, v1::TIER_GPU);
+  EXPECT_EQ(stored->stored, 2u);
+  const std::string b1 = *seq->ExtractBlock(1);
+  EXPECT_EQ(std::memcmp(gpu_tier_.data() + 2 * bytes_, b1.data(), bytes_), 0);
+  const std::string b0 = *seq->ExtractBlock(0);
+  EXPECT_EQ(std::memcmp(tier_.data() + 3 * bytes_, b0.data(), bytes_), 0);
+
+  // Space outside the GPU tier is refused before anything is written.
+  a.mutable_blocks(1)->mutable_location()->mutable_extents(0)->set_offset(4 * bytes_);
+  fake_->allocate = a;
+  auto outside = StoreAsTheWorkerDoes(*client_, *rt_, *seq, pk, 2);
+  EXPECT_EQ(outside.status().code(), absl::StatusCode::kInternal) << outside.status();
 }
 
 }  // namespace
