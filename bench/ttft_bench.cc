@@ -5,6 +5,7 @@
 //
 //   build/bench/ttft_bench [--tokens 4096,16384] [--repeats 3] [--model builtin:tiny]
 //   ttft_bench --device cuda --model builtin:llama-3-8b-random --tokens 32768 --host-gib 12
+//   ttft_bench --device cuda ... --gpu-gib 16   (warm runs read the cache's GPU tier)
 //
 // On the GPU it also measures block transfers between the host and the device (the
 // runtime's own paths: block objects in host memory to a sequence's KV and back) beside
@@ -152,6 +153,32 @@ absl::Status MeasureTransfers(const tierkv::Runtime& runtime, int repeats) {
                ? absl::OkStatus()
                : absl::DataLossError("checksum mismatch");
   }));
+  // The GPU tier: block objects in device memory (the cache's arena) -> sequence KV, checked
+  // on the device as they land; beside one device-to-device cudaMemcpy of the same bytes.
+  TIERKV_ASSIGN_OR_RETURN(std::unique_ptr<tierkv::DeviceArena> arena,
+                          runtime.AllocateDeviceArena(bytes));
+  TIERKV_RETURN_IF_ERROR(cu::CopyToDevice(arena->base(), pinned.data(), bytes));
+  std::vector<tierkv::PayloadPiece> device_pieces;
+  for (int64_t i = 0; i < blocks; ++i) device_pieces.push_back({arena->base() + i * block, block});
+  std::vector<std::span<const tierkv::PayloadPiece>> device_spans;
+  for (const tierkv::PayloadPiece& p : device_pieces) device_spans.emplace_back(&p, 1);
+  // cudaMemcpy between device buffers returns before the copy ends: wait for it.
+  TIERKV_ASSIGN_OR_RETURN(double d2d, Bandwidth(bytes, repeats, [&]() -> absl::Status {
+    TIERKV_RETURN_IF_ERROR(cu::CopyDeviceToDevice(device.data(), arena->base(), bytes));
+    return cu::SynchronizeDevice();
+  }));
+  TIERKV_ASSIGN_OR_RETURN(double from_gpu_tier, Bandwidth(bytes, repeats, [&]() -> absl::Status {
+    TIERKV_ASSIGN_OR_RETURN(std::unique_ptr<tierkv::Sequence> s, runtime.NewSequence(tokens));
+    TIERKV_ASSIGN_OR_RETURN(size_t kept, s->AppendDeviceBlocks(device_spans, sums));
+    return kept == device_spans.size() ? absl::OkStatus()
+                                       : absl::DataLossError("device checksum mismatch");
+  }));
+  // What the GPU tier's Commit does: checksums of blocks in the arena, on the device.
+  std::vector<uint64_t> arena_sums(blocks);
+  TIERKV_ASSIGN_OR_RETURN(double commit_check, Bandwidth(bytes, repeats, [&]() -> absl::Status {
+    TIERKV_RETURN_IF_ERROR(arena->Checksums(device_spans, arena_sums));
+    return arena_sums == sums ? absl::OkStatus() : absl::DataLossError("arena checksum differs");
+  }));
   std::cout << absl::StrFormat(
       "\n# host <-> GPU, %lld blocks of %s (%.2f GiB), median of %d (each includes a new "
       "sequence's allocation)\n"
@@ -167,10 +194,14 @@ absl::Status MeasureTransfers(const tierkv::Runtime& runtime, int repeats) {
       "| sequence KV -> pinned block objects in place with device checksums (D2H, the store "
       "path) | %.1f | %.1f | "
       "%.2f |\n"
-      "| checksums alone (XXH3 on every CPU thread) | %.1f | - | - |\n",
+      "| checksums alone (XXH3 on every CPU thread) | %.1f | - | - |\n"
+      "| GPU tier block objects -> sequence KV, checked on the device (warm from the GPU "
+      "tier) | %.1f | %.1f (D2D) | %.2f |\n"
+      "| GPU tier checksums on the device (its Commit check) | %.1f | %.1f (D2D) | %.2f |\n",
       static_cast<long long>(blocks), tierkv::FormatBytes(block),
       static_cast<double>(bytes) / (1 << 30), repeats, in, h2d, in / h2d, out, d2h, out / d2h,
-      dma, h2d, dma / h2d, both, h2d, both / h2d, write_back, d2h, write_back / d2h, hash);
+      dma, h2d, dma / h2d, both, h2d, both / h2d, write_back, d2h, write_back / d2h, hash,
+      from_gpu_tier, d2d, from_gpu_tier / d2d, commit_check, d2d, commit_check / d2d);
   return absl::OkStatus();
 }
 #endif
@@ -195,8 +226,15 @@ int main(int argc, char** argv) {
   app.add_option("--host-gib", host_gib, "the cache manager's host tier, GiB")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
+  int gpu_gib = 0;
+  app.add_option("--gpu-gib", gpu_gib,
+                 "the cache manager's GPU tier, GiB (GPU only; 0: none, warm runs read the "
+                 "host tier)")
+      ->check(CLI::Range(0, 1024))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   options.cache.host_capacity_bytes = static_cast<uint64_t>(host_gib) << 30;
+  options.gpu_capacity_bytes = static_cast<uint64_t>(gpu_gib) << 30;
   options.cache.data_dir.clear();  // Host tier only: the warm run reads host memory.
 
   auto all = tierkv::AllInOne::Start(options);
@@ -214,6 +252,11 @@ int main(int argc, char** argv) {
       spec.model_id, tierkv::kernels::DeviceName((*all)->model().device()), spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.kv_dtype,
       static_cast<uint32_t>(spec.RawBlockBytes() / spec.block_tokens), (*all)->address(),
       getenv("UCX_TLS") ? getenv("UCX_TLS") : "unset: UCX picks");
+  std::cout << ((*all)->gpu_tier_bytes() > 0
+                    ? absl::StrFormat("# GPU tier of %s: new blocks stay on the GPU, warm runs "
+                                      "read them there\n",
+                                      tierkv::FormatBytes((*all)->gpu_tier_bytes()))
+                    : std::string("# no GPU tier: warm runs read the host tier\n"));
   // TTFT is the worker's first_token_ms: from the request's arrival to the sampled first
   // token. A cold call then stores its new blocks before it answers; that shows in the RPC
   // column, not in TTFT.

@@ -169,22 +169,28 @@ absl::Status CudaKvCache::AppendBlocks(const void* blocks, int64_t num_blocks,
   return absl::OkStatus();
 }
 
-absl::Status CudaKvCache::AppendBlocksFromHost(
-    std::span<const std::span<const PayloadPiece>> blocks, const ModelSpec& spec, void* staging,
-    size_t staging_bytes, cu::Stream stream, uint64_t* device_checksums) {
+absl::Status CudaKvCache::CheckAppend(int64_t n, const ModelSpec& spec) const {
   TIERKV_RETURN_IF_ERROR(CheckSpec(spec));
   const int64_t t = spec.block_tokens;
-  const size_t bytes = spec.RawBlockBytes();
   if (tokens_ % t != 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "the cache holds ", tokens_, " tokens, not a multiple of the block size ", t));
   }
-  const int64_t n = static_cast<int64_t>(blocks.size());
-  if (tokens_ + n * t > capacity_) {
+  if (n < 0 || tokens_ + n * t > capacity_) {
     return absl::ResourceExhaustedError(absl::StrCat(n, " blocks of ", t,
                                                      " tokens do not fit after ", tokens_,
                                                      " tokens in a cache of ", capacity_));
   }
+  return absl::OkStatus();
+}
+
+absl::Status CudaKvCache::AppendBlocksFromHost(
+    std::span<const std::span<const PayloadPiece>> blocks, const ModelSpec& spec, void* staging,
+    size_t staging_bytes, cu::Stream stream, uint64_t* device_checksums) {
+  const int64_t t = spec.block_tokens;
+  const size_t bytes = spec.RawBlockBytes();
+  const int64_t n = static_cast<int64_t>(blocks.size());
+  TIERKV_RETURN_IF_ERROR(CheckAppend(n, spec));
   if (staging == nullptr || staging_bytes < bytes) {
     return absl::InvalidArgumentError("the device staging buffer does not hold one block");
   }
@@ -223,6 +229,25 @@ absl::Status CudaKvCache::AppendBlocksFromHost(
     TIERKV_RETURN_IF_ERROR(cu::ScatterKvBlocks(sp, stream));
     done += m;
   }
+  tokens_ += n * t;
+  return absl::OkStatus();
+}
+
+absl::Status CudaKvCache::AppendBlocksAt(const void* const* device_starts, int64_t n,
+                                         const ModelSpec& spec, cu::Stream stream) {
+  TIERKV_RETURN_IF_ERROR(CheckAppend(n, spec));
+  const int64_t t = spec.block_tokens;
+  if (n == 0) return absl::OkStatus();
+  cu::ScatterKvBlocksParams sp;
+  sp.block_starts = reinterpret_cast<const Bf16* const*>(device_starts);
+  sp.num_blocks = n;
+  sp.num_layers = num_layers_;
+  sp.block_tokens = t;
+  sp.row_elems = row_elems();
+  sp.kv = storage_.as<Bf16>();
+  sp.capacity = capacity_;
+  sp.row0 = tokens_;
+  TIERKV_RETURN_IF_ERROR(cu::ScatterKvBlocks(sp, stream));
   tokens_ += n * t;
   return absl::OkStatus();
 }

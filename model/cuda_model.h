@@ -91,6 +91,12 @@ class CudaKvCache {
                                     const ModelSpec& spec, void* staging, size_t staging_bytes,
                                     kernels::cuda::Stream stream,
                                     uint64_t* device_checksums = nullptr);
+  // Appends `n` blocks lying whole in device memory (the cache's GPU tier): block i starts
+  // at device_starts[i], a device array of 16-byte-aligned pointers. One scatter kernel
+  // reads them where they lie, no staging. Asynchronous on `stream`; errors as
+  // AppendBlocksFromHost.
+  absl::Status AppendBlocksAt(const void* const* device_starts, int64_t n, const ModelSpec& spec,
+                              kernels::cuda::Stream stream);
   // Writes blocks [first_block, first_block + blocks.size()) as block objects into host
   // memory in pieces (block i into the concatenation of blocks[i]): gathered on the device
   // into `staging`, then one copy per piece. Asynchronous on `stream` like
@@ -111,6 +117,8 @@ class CudaKvCache {
  private:
   friend class CudaModel;
   absl::Status CheckSpec(const ModelSpec& spec) const;
+  // The spec matches, the cache ends at a block boundary and n more blocks fit.
+  absl::Status CheckAppend(int64_t n, const ModelSpec& spec) const;
 
   int num_layers_ = 0;
   int num_kv_heads_ = 0;

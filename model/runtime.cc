@@ -211,6 +211,8 @@ class Staging {
     TIERKV_ASSIGN_OR_RETURN(pinned_, cu::PinnedBuffer::Allocate(kPinnedBytes));
     TIERKV_ASSIGN_OR_RETURN(sums_device_, cu::DeviceBuffer::Allocate(kMaxChecksums * 8));
     TIERKV_ASSIGN_OR_RETURN(sums_pinned_, cu::PinnedBuffer::Allocate(kMaxChecksums * 8));
+    TIERKV_ASSIGN_OR_RETURN(starts_device_, cu::DeviceBuffer::Allocate(kMaxChecksums * 8));
+    TIERKV_ASSIGN_OR_RETURN(starts_pinned_, cu::PinnedBuffer::Allocate(kMaxChecksums * 8));
     for (cu::EventOwner& e : events_) {
       TIERKV_ASSIGN_OR_RETURN(e, cu::EventOwner::Create());
     }
@@ -224,6 +226,9 @@ class Staging {
   // Block checksums computed on the device, and their way to the host.
   uint64_t* sums_device() { return sums_device_.as<uint64_t>(); }
   uint64_t* sums_pinned() { return sums_pinned_.as<uint64_t>(); }
+  // Block start addresses for BlockChecksumsAt, and their way to the device.
+  const void** starts_pinned() { return starts_pinned_.as<const void*>(); }
+  const void** starts_device() { return starts_device_.as<const void*>(); }
 
  private:
   absl::Mutex mu_;
@@ -232,7 +237,35 @@ class Staging {
   cu::EventOwner events_[2];
   cu::DeviceBuffer sums_device_;  // kMaxChecksums block checksums.
   cu::PinnedBuffer sums_pinned_;
+  cu::DeviceBuffer starts_device_;  // kMaxChecksums block start addresses.
+  cu::PinnedBuffer starts_pinned_;
 };
+
+// The widest alignment (16, 8 or 1) of every address in `starts`.
+size_t CommonAlignment(std::span<const void* const> starts) {
+  uintptr_t any = 0;
+  for (const void* p : starts) any |= reinterpret_cast<uintptr_t>(p);
+  return any % 16 == 0 ? 16 : (any % 8 == 0 ? 8 : 1);
+}
+
+// Sets sums[i] to the checksum of the block of `block_bytes` starting at device address
+// starts[i], hashing all of them in one launch on `stream` (starts go through the pinned
+// and device arrays given, of at least starts.size() entries). Waits for the result.
+absl::Status DeviceChecksumsAt(std::span<const void* const> starts, size_t block_bytes,
+                               const void** starts_pinned, const void** starts_device,
+                               uint64_t* sums_device, uint64_t* sums_pinned, cu::Stream stream) {
+  std::memcpy(starts_pinned, starts.data(), starts.size() * sizeof(void*));
+  absl::Status s = cu::CopyAsync(starts_device, starts_pinned, starts.size() * sizeof(void*),
+                                 stream);
+  if (s.ok()) {
+    s = cu::BlockChecksumsAt(starts_device, CommonAlignment(starts), block_bytes,
+                             static_cast<int64_t>(starts.size()), sums_device, stream);
+  }
+  if (s.ok()) s = cu::CopyAsync(sums_pinned, sums_device, starts.size() * 8, stream);
+  // Wait even after an error: copies already queued still use the pinned arrays.
+  absl::Status synced = cu::StreamSynchronize(stream);
+  return s.ok() ? synced : s;
+}
 
 class GpuHostRegistration : public HostMemoryRegistration {
  public:
@@ -369,8 +402,52 @@ class GpuSequence : public Sequence {
     const ModelSpec& spec = model_->spec();
     const int64_t before = kv_.tokens();
     absl::MutexLock lock(&staging_->mu());
-    // In batches of at most kMaxChecksums blocks: copies on the device into the staging,
-    // checksums of what landed there, then the KV; a batch with a bad block ends the run.
+    bool whole = true;  // Every block in one piece, as the GPU tier's pages mostly hold them.
+    for (const auto& b : blocks) whole = whole && b.size() == 1;
+    if (whole) {
+      // All blocks hashed where they lie in one launch per kMaxChecksums (thousands of warps
+      // in flight), then only the intact prefix is copied into the KV. The read lease keeps
+      // the bytes unchanged between the check and the copy.
+      size_t good = 0;
+      for (size_t at = 0; at < blocks.size() && good == at;) {
+        const size_t n = std::min(Staging::kMaxChecksums, blocks.size() - at);
+        std::vector<const void*> starts(n);
+        for (size_t i = 0; i < n; ++i) {
+          if (blocks[at + i][0].size != spec.RawBlockBytes()) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "block ", at + i, " is ", blocks[at + i][0].size,
+                " bytes; a block of this model is ", spec.RawBlockBytes()));
+          }
+          starts[i] = blocks[at + i][0].data;
+        }
+        TIERKV_RETURN_IF_ERROR(DeviceChecksumsAt(
+            starts, spec.RawBlockBytes(), staging_->starts_pinned(), staging_->starts_device(),
+            staging_->sums_device(), staging_->sums_pinned(), model_->stream()));
+        size_t intact = 0;
+        while (intact < n && staging_->sums_pinned()[intact] == checksums[at + intact]) ++intact;
+        // The starts are on the device already: the scatter reads the blocks where they lie
+        // (16-byte loads need 16-byte-aligned starts; the tier's pages are).
+        absl::Status s =
+            CommonAlignment(starts) == 16
+                ? kv_.AppendBlocksAt(staging_->starts_device(), static_cast<int64_t>(intact),
+                                     spec, model_->stream())
+                : kv_.AppendBlocksFromHost(blocks.subspan(at, intact), spec,
+                                           staging_->device().data(),
+                                           staging_->device().size(), model_->stream());
+        absl::Status synced = cu::StreamSynchronize(model_->stream());
+        if (s.ok()) s = synced;
+        if (!s.ok()) {
+          kv_.Truncate(before);
+          return s;
+        }
+        good += intact;
+        at += n;
+      }
+      return good;
+    }
+    // Blocks in pieces: in batches of at most kMaxChecksums blocks, copies on the device
+    // into the staging, checksums of what landed there, then the KV; a batch with a bad
+    // block ends the run.
     size_t good = 0;
     absl::Status s;
     for (size_t at = 0; s.ok() && at < blocks.size() && good == at;) {
@@ -505,7 +582,8 @@ class GpuDeviceArena : public DeviceArena {
  public:
   static constexpr size_t kAlign = 64 << 10;
   static constexpr size_t kScratchBytes = 256 << 20;  // The largest block the cache takes.
-  static constexpr size_t kMaxSums = 4096;
+  static constexpr size_t kMinHashedBytes = 240;       // The checksum kernel's lower bound.
+  static constexpr size_t kMaxSums = 16384;
 
   static absl::StatusOr<std::unique_ptr<DeviceArena>> Create(size_t bytes) {
     if (bytes == 0) return absl::InvalidArgumentError("a GPU tier of 0 bytes");
@@ -518,6 +596,8 @@ class GpuDeviceArena : public DeviceArena {
     TIERKV_ASSIGN_OR_RETURN(a->scratch_, cu::DeviceBuffer::Allocate(kScratchBytes));
     TIERKV_ASSIGN_OR_RETURN(a->sums_device_, cu::DeviceBuffer::Allocate(kMaxSums * 8));
     TIERKV_ASSIGN_OR_RETURN(a->sums_pinned_, cu::PinnedBuffer::Allocate(kMaxSums * 8));
+    TIERKV_ASSIGN_OR_RETURN(a->starts_device_, cu::DeviceBuffer::Allocate(kMaxSums * 8));
+    TIERKV_ASSIGN_OR_RETURN(a->starts_pinned_, cu::PinnedBuffer::Allocate(kMaxSums * 8));
     absl::StatusOr<cu::DeviceInfo> info = cu::CurrentDevice();
     a->name_ = info.ok() ? absl::StrCat("cuda:", info->ordinal, " ", info->name) : "cuda";
     return std::unique_ptr<DeviceArena>(std::move(a));
@@ -559,6 +639,28 @@ class GpuDeviceArena : public DeviceArena {
                          std::span<uint64_t> out) override {
     if (out.size() < blocks.size()) return absl::InvalidArgumentError("one output per block");
     absl::MutexLock lock(&mu_);
+    // Blocks of one size, each in one piece (the usual case): hashed where they lie, up to
+    // kMaxSums in one launch.
+    bool whole = !blocks.empty();
+    for (const auto& b : blocks) {
+      whole = whole && b.size() == 1 && b[0].size == blocks[0][0].size &&
+              b[0].size > kMinHashedBytes;
+    }
+    if (whole) {
+      for (size_t at = 0; at < blocks.size();) {
+        const size_t n = std::min(kMaxSums, blocks.size() - at);
+        std::vector<const void*> starts(n);
+        for (size_t i = 0; i < n; ++i) starts[i] = blocks[at + i][0].data;
+        TIERKV_RETURN_IF_ERROR(DeviceChecksumsAt(
+            starts, blocks[0][0].size, starts_pinned_.as<const void*>(),
+            starts_device_.as<const void*>(), sums_device_.as<uint64_t>(),
+            sums_pinned_.as<uint64_t>(), stream_.get()));
+        std::memcpy(out.data() + at, sums_pinned_.data(), n * 8);
+        at += n;
+      }
+      return absl::OkStatus();
+    }
+    // Otherwise gathered into the scratch, a run of equal-sized blocks at a time.
     uint8_t* scratch = scratch_.as<uint8_t>();
     for (size_t at = 0; at < blocks.size();) {
       // A run of blocks of one size that fits the scratch.
@@ -609,6 +711,8 @@ class GpuDeviceArena : public DeviceArena {
   cu::DeviceBuffer scratch_;
   cu::DeviceBuffer sums_device_;
   cu::PinnedBuffer sums_pinned_;
+  cu::DeviceBuffer starts_device_;
+  cu::PinnedBuffer starts_pinned_;
   std::string name_;
 };
 

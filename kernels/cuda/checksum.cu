@@ -82,16 +82,19 @@ __device__ __forceinline__ void LoadGroup(const uint8_t* in, size_t first, size_
 }
 
 // grid: ceil(num_blocks / kWarpsPerCta) CTAs of kThreads; warp w of CTA c hashes block
-// c * kWarpsPerCta + w.
+// c * kWarpsPerCta + w, which starts at starts[block] when `starts` is given (blocks
+// anywhere in device memory), else at data + block * block_bytes.
 template <LoadMode kMode>
 __global__ void __launch_bounds__(kThreads)
-    BlockChecksumsKernel(const uint8_t* __restrict__ data, size_t block_bytes, int64_t num_blocks,
-                         uint64_t* __restrict__ out) {
+    BlockChecksumsKernel(const uint8_t* __restrict__ data,
+                         const uint8_t* const* __restrict__ starts, size_t block_bytes,
+                         int64_t num_blocks, uint64_t* __restrict__ out) {
   const int lane = static_cast<int>(threadIdx.x % 32);
   const int64_t block =
       static_cast<int64_t>(blockIdx.x) * kWarpsPerCta + static_cast<int64_t>(threadIdx.x / 32);
   if (block >= num_blocks) return;  // The whole warp leaves together.
-  const uint8_t* in = data + static_cast<size_t>(block) * block_bytes;
+  const uint8_t* in =
+      starts != nullptr ? starts[block] : data + static_cast<size_t>(block) * block_bytes;
 
   const int j = lane % 4;                              // Accumulator lanes 2 j and 2 j + 1.
   const int s = lane / 4;                              // Stripes s and s + 8 of each 1 KiB block.
@@ -161,22 +164,35 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-cudaError_t LaunchBlockChecksums(const void* data, size_t block_bytes, int64_t num_blocks,
-                                 uint64_t* out, cudaStream_t stream) {
-  const auto* in = static_cast<const uint8_t*>(data);
-  const auto address = reinterpret_cast<uintptr_t>(data);
+// Launches the kernel with the widest loads that `alignment` (of every block start) and
+// block_bytes allow.
+static cudaError_t Launch(const uint8_t* in, const uint8_t* const* starts, uintptr_t alignment,
+                   size_t block_bytes, int64_t num_blocks, uint64_t* out, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((num_blocks + kWarpsPerCta - 1) / kWarpsPerCta));
-  if (address % 16 == 0 && block_bytes % 16 == 0) {
+  if (alignment % 16 == 0 && block_bytes % 16 == 0) {
     BlockChecksumsKernel<LoadMode::kVec16>
-        <<<grid, kThreads, 0, stream>>>(in, block_bytes, num_blocks, out);
-  } else if (address % 8 == 0 && block_bytes % 8 == 0) {
+        <<<grid, kThreads, 0, stream>>>(in, starts, block_bytes, num_blocks, out);
+  } else if (alignment % 8 == 0 && block_bytes % 8 == 0) {
     BlockChecksumsKernel<LoadMode::kVec8>
-        <<<grid, kThreads, 0, stream>>>(in, block_bytes, num_blocks, out);
+        <<<grid, kThreads, 0, stream>>>(in, starts, block_bytes, num_blocks, out);
   } else {
     BlockChecksumsKernel<LoadMode::kBytes>
-        <<<grid, kThreads, 0, stream>>>(in, block_bytes, num_blocks, out);
+        <<<grid, kThreads, 0, stream>>>(in, starts, block_bytes, num_blocks, out);
   }
   return cudaGetLastError();
+}
+
+cudaError_t LaunchBlockChecksums(const void* data, size_t block_bytes, int64_t num_blocks,
+                                 uint64_t* out, cudaStream_t stream) {
+  return Launch(static_cast<const uint8_t*>(data), nullptr, reinterpret_cast<uintptr_t>(data),
+                block_bytes, num_blocks, out, stream);
+}
+
+cudaError_t LaunchBlockChecksumsAt(const void* const* starts, size_t alignment,
+                                   size_t block_bytes, int64_t num_blocks, uint64_t* out,
+                                   cudaStream_t stream) {
+  return Launch(nullptr, reinterpret_cast<const uint8_t* const*>(starts), alignment, block_bytes,
+                num_blocks, out, stream);
 }
 
 }  // namespace tierkv::kernels::cuda::internal

@@ -3,6 +3,7 @@
 // each load width the kernel picks; and a timing print of 2048 blocks of 2 MiB. Needs an
 // sm_90 GPU; every test skips, saying why, where there is none. The parameter checks, which
 // need no GPU, are in xxh3_test.cc.
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -110,6 +111,52 @@ TEST(BlockChecksumsGpu, MatchesBlockChecksumOnConstantBlocks) {
   }
 }
 
+// BlockChecksumsAt: blocks scattered over a buffer in shuffled order (as a cache tier's pages
+// hold them), for each load width.
+TEST(BlockChecksumsGpu, ScatteredBlocksMatchBlockChecksum) {
+  TIERKV_REQUIRE_GPU();
+  for (const size_t alignment : {size_t{16}, size_t{8}, size_t{1}}) {
+    for (const size_t block_bytes : {size_t{4096}, size_t{65536 + 16}, 2 * kMiB}) {
+      SCOPED_TRACE("alignment " + std::to_string(alignment) + ", block_bytes " +
+                   std::to_string(block_bytes));
+      const int64_t num_blocks = 37;
+      const size_t slot = block_bytes + 64;  // Room to shift each start.
+      const std::vector<uint8_t> host = RandomBytes(slot * num_blocks);
+      absl::StatusOr<DeviceBuffer> data = DeviceBuffer::Allocate(host.size());
+      ASSERT_TRUE(data.ok()) << data.status();
+      ASSERT_TRUE(CopyToDevice(data->data(), host.data(), host.size()).ok());
+      std::vector<size_t> order(num_blocks);
+      for (int64_t i = 0; i < num_blocks; ++i) order[i] = static_cast<size_t>(i);
+      std::shuffle(order.begin(), order.end(), Rng());
+      std::vector<const void*> starts(num_blocks);
+      std::vector<size_t> offsets(num_blocks);
+      for (int64_t i = 0; i < num_blocks; ++i) {
+        // Shifted by a multiple of the alignment (odd multiples where it is 1 or 8).
+        offsets[i] = order[i] * slot + (alignment == 16 ? 16 : alignment * 3);
+        starts[i] = data->as<uint8_t>() + offsets[i];
+      }
+      absl::StatusOr<DeviceBuffer> device_starts = DeviceBuffer::Allocate(num_blocks * 8);
+      ASSERT_TRUE(device_starts.ok());
+      ASSERT_TRUE(CopyToDevice(device_starts->data(), starts.data(), num_blocks * 8).ok());
+      absl::StatusOr<DeviceBuffer> out = DeviceBuffer::Allocate(num_blocks * sizeof(uint64_t));
+      ASSERT_TRUE(out.ok());
+      ASSERT_TRUE(FillBytes(out->data(), kPoison, out->size()).ok());
+      ASSERT_TRUE(BlockChecksumsAt(device_starts->as<const void*>(), alignment, block_bytes,
+                                   num_blocks, out->as<uint64_t>(), nullptr)
+                      .ok());
+      ASSERT_TRUE(SynchronizeDevice().ok());
+      absl::StatusOr<std::vector<uint64_t>> got = Download<uint64_t>(out->data(), num_blocks);
+      ASSERT_TRUE(got.ok()) << got.status();
+      for (int64_t i = 0; i < num_blocks; ++i) {
+        EXPECT_EQ((*got)[i], BlockChecksum(host.data() + offsets[i], block_bytes)) << "block " << i;
+      }
+    }
+  }
+  // Bad parameters change nothing and say which.
+  EXPECT_EQ(BlockChecksumsAt(nullptr, 4, 4096, 1, nullptr, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 // Not an assertion: prints GB/s of 2048 blocks of 2 MiB (4 GiB), beside a device-to-device
 // copy of 2 GiB (4 GiB of memory traffic) measured in the same run as the baseline.
 TEST(BlockChecksumsGpu, PrintsThroughputOf2048BlocksOf2MiB) {
@@ -154,11 +201,34 @@ TEST(BlockChecksumsGpu, PrintsThroughputOf2048BlocksOf2MiB) {
   const double copy_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / kReps;
 
+  // The same blocks through a pointer array in shuffled order (BlockChecksumsAt).
+  std::vector<const void*> starts(num_blocks);
+  for (int64_t i = 0; i < num_blocks; ++i) starts[i] = data->as<uint8_t>() + i * block_bytes;
+  std::shuffle(starts.begin(), starts.end(), Rng());
+  absl::StatusOr<DeviceBuffer> device_starts = DeviceBuffer::Allocate(num_blocks * 8);
+  ASSERT_TRUE(device_starts.ok());
+  ASSERT_TRUE(CopyToDevice(device_starts->data(), starts.data(), num_blocks * 8).ok());
+  absl::StatusOr<DeviceBuffer> out_at = DeviceBuffer::Allocate(num_blocks * sizeof(uint64_t));
+  ASSERT_TRUE(out_at.ok());
+  auto run_at = [&] {
+    return BlockChecksumsAt(device_starts->as<const void*>(), 16, block_bytes, num_blocks,
+                            out_at->as<uint64_t>(), stream->get());
+  };
+  ASSERT_TRUE(run_at().ok());
+  ASSERT_TRUE(stream->Synchronize().ok());
+  t0 = std::chrono::steady_clock::now();
+  for (int r = 0; r < kReps; ++r) ASSERT_TRUE(run_at().ok());
+  ASSERT_TRUE(stream->Synchronize().ok());
+  const double at_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / kReps;
+
   std::printf(
       "BlockChecksums: %lld blocks of %zu bytes in %.3f ms: %.0f GB/s read; "
+      "BlockChecksumsAt (shuffled pointers): %.3f ms, %.0f GB/s; "
       "baseline cudaMemcpy D2D of %zu bytes: %.3f ms, %.0f GB/s read+write\n",
       static_cast<long long>(num_blocks), block_bytes, hash_s * 1e3,
-      static_cast<double>(bytes) / hash_s / 1e9, bytes / 2, copy_s * 1e3,
+      static_cast<double>(bytes) / hash_s / 1e9, at_s * 1e3,
+      static_cast<double>(bytes) / at_s / 1e9, bytes / 2, copy_s * 1e3,
       static_cast<double>(bytes) / copy_s / 1e9);
 
   // The timed result is checked too, on a sample of blocks.

@@ -114,8 +114,9 @@ absl::Status CheckKvBlocks(const ScatterKvBlocksParams& p) {
   if (p.row0 < 0 || p.row0 + p.num_blocks * p.block_tokens > p.capacity) {
     return Bad("row0", "the blocks do not fit in the capacity");
   }
-  if (p.num_blocks > 0 && (p.blocks == nullptr || p.kv == nullptr)) {
-    return Bad(p.blocks == nullptr ? "blocks" : "kv", "null");
+  if (p.num_blocks > 0 && ((p.blocks == nullptr && p.block_starts == nullptr) ||
+                           p.kv == nullptr)) {
+    return Bad(p.kv == nullptr ? "kv" : "blocks", "null");
   }
   if (reinterpret_cast<uintptr_t>(p.blocks) % 16 != 0 ||
       reinterpret_cast<uintptr_t>(p.kv) % 16 != 0) {
@@ -136,6 +137,7 @@ absl::Status ScatterKvBlocks(const ScatterKvBlocksParams& p, Stream stream) {
 absl::Status GatherKvBlocks(const ScatterKvBlocksParams& p, Bf16* blocks, Stream stream) {
   ScatterKvBlocksParams q = p;
   q.blocks = blocks;
+  q.block_starts = nullptr;
   if (absl::Status s = CheckKvBlocks(q); !s.ok()) return s;
   return CudaStatus(internal::LaunchScatterKvBlocks(q, /*to_blocks=*/true, AsCuda(stream)),
                     "GatherKvBlocks launch");

@@ -200,8 +200,10 @@ __global__ void ScatterKvBlocksKernel(ScatterKvBlocksParams p, bool to_blocks) {
   const int64_t b = blockIdx.x / parts;
   const int64_t part = blockIdx.x % parts;
   const int64_t part_elems = p.block_tokens * p.row_elems;
-  uint4* obj = reinterpret_cast<uint4*>(const_cast<uint16_t*>(p.blocks) +
-                                        (b * parts + part) * part_elems);
+  const uint16_t* object = p.block_starts != nullptr
+                              ? reinterpret_cast<const uint16_t*>(p.block_starts[b])
+                              : p.blocks + b * parts * part_elems;
+  uint4* obj = reinterpret_cast<uint4*>(const_cast<uint16_t*>(object) + part * part_elems);
   uint4* kv = reinterpret_cast<uint4*>(p.kv + part * p.capacity * p.row_elems +
                                        (p.row0 + b * p.block_tokens) * p.row_elems);
   const int64_t vecs = part_elems / 8;

@@ -152,6 +152,10 @@ struct ScatterKvBlocksParams {
   Bf16* kv = nullptr;
   int64_t capacity = 0;
   int64_t row0 = 0;
+  // Scatter only: when set, block b's object starts at block_starts[b] (a device array of
+  // num_blocks pointers, each 16-byte aligned) instead of at blocks + b * its size, so that
+  // blocks lying anywhere in device memory (a cache tier's pages) need no gathering first.
+  const Bf16* const* block_starts = nullptr;
 };
 absl::Status ScatterKvBlocks(const ScatterKvBlocksParams& p, Stream stream);
 // The inverse: reads rows row0 .. of the KV store and writes them as num_blocks consecutive
@@ -235,6 +239,13 @@ absl::Status Attention(const AttentionParams& p, Stream stream);
 // are needed to reach the device's memory bandwidth.
 absl::Status BlockChecksums(const void* data, size_t block_bytes, int64_t num_blocks,
                             uint64_t* out, Stream stream);
+// The same for blocks scattered over device memory (a cache tier's pages): block i starts at
+// starts[i], where `starts` is an array of num_blocks pointers in device memory whose
+// values are all multiples of `alignment` (1, 8 or 16: the widest loads that allows). One
+// launch hashes every block, so thousands of large blocks reach the memory bandwidth where
+// a scratch-sized batch of them does not.
+absl::Status BlockChecksumsAt(const void* const* starts, size_t alignment, size_t block_bytes,
+                              int64_t num_blocks, uint64_t* out, Stream stream);
 
 }  // namespace tierkv::kernels::cuda
 

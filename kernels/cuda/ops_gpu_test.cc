@@ -370,27 +370,45 @@ TEST(CudaScatterKvBlocks, PutsEveryPartOfEveryBlockAtItsRows) {
   for (uint16_t& x : objects) x = static_cast<uint16_t>(rng() & 0x7f7f);  // Never NaN.
   DeviceBuffer dobj = Up(objects), dkv = Poisoned(2 * layers * capacity * row * 2);
   ScatterKvBlocksParams p{dobj.as<Bf16>(), blocks, layers, t, row, dkv.as<Bf16>(), capacity, row0};
-  ASSERT_TRUE(ScatterKvBlocks(p, nullptr).ok());
-  absl::StatusOr<std::vector<uint16_t>> kv =
-      Download<uint16_t>(dkv.data(), 2 * layers * capacity * row);
-  ASSERT_TRUE(kv.ok());
-  for (int64_t pt = 0; pt < 2 * layers; ++pt) {
-    for (int64_t r = 0; r < capacity; ++r) {
-      const bool written = r >= row0 && r < row0 + blocks * t;
-      for (int64_t e = 0; e < row; ++e) {
-        const uint16_t got = (*kv)[(pt * capacity + r) * row + e];
-        if (!written) {
-          ASSERT_EQ(got, kPoisonBf16) << "part " << pt << " row " << r;
-          continue;
+  // Rows row0 .. of every part hold scatter block i = object order[i]; the rest is untouched.
+  auto check = [&](const DeviceBuffer& dkv_written, const std::vector<int64_t>& order) {
+    absl::StatusOr<std::vector<uint16_t>> kv =
+        Download<uint16_t>(dkv_written.data(), 2 * layers * capacity * row);
+    ASSERT_TRUE(kv.ok());
+    for (int64_t pt = 0; pt < 2 * layers; ++pt) {
+      for (int64_t r = 0; r < capacity; ++r) {
+        const bool written = r >= row0 && r < row0 + blocks * t;
+        for (int64_t e = 0; e < row; ++e) {
+          const uint16_t got = (*kv)[(pt * capacity + r) * row + e];
+          if (!written) {
+            ASSERT_EQ(got, kPoisonBf16) << "part " << pt << " row " << r;
+            continue;
+          }
+          const int64_t b = order[(r - row0) / t], tok = (r - row0) % t;
+          ASSERT_EQ(got, objects[(b * 2 * layers + pt) * part + tok * row + e])
+              << "part " << pt << " row " << r;
         }
-        const int64_t b = (r - row0) / t, tok = (r - row0) % t;
-        ASSERT_EQ(got, objects[(b * 2 * layers + pt) * part + tok * row + e])
-            << "part " << pt << " row " << r;
       }
     }
-  }
+  };
+  ASSERT_TRUE(ScatterKvBlocks(p, nullptr).ok());
+  check(dkv, {0, 1, 2, 3});
   p.row0 = capacity - 10;  // Past the end.
   EXPECT_EQ(ScatterKvBlocks(p, nullptr).code(), absl::StatusCode::kInvalidArgument);
+
+  // The same blocks read where they lie, in another order, through block_starts: block i of
+  // the scatter is object order[i].
+  const std::vector<int64_t> order = {2, 0, 3, 1};
+  std::vector<const Bf16*> starts;
+  for (int64_t b : order) starts.push_back(dobj.as<Bf16>() + b * 2 * layers * part);
+  absl::StatusOr<DeviceBuffer> dstarts = DeviceBuffer::Allocate(starts.size() * sizeof(void*));
+  ASSERT_TRUE(dstarts.ok());
+  ASSERT_TRUE(CopyToDevice(dstarts->data(), starts.data(), starts.size() * sizeof(void*)).ok());
+  DeviceBuffer dkv2 = Poisoned(2 * layers * capacity * row * 2);
+  ScatterKvBlocksParams q{nullptr, blocks, layers, t, row, dkv2.as<Bf16>(), capacity, row0,
+                          dstarts->as<const Bf16*>()};
+  ASSERT_TRUE(ScatterKvBlocks(q, nullptr).ok());
+  check(dkv2, order);
 }
 
 TEST(CudaOps, RejectBadParamsWithoutLaunching) {

@@ -2,7 +2,7 @@
 # On the lent GPU machine: runs the GPU tests and the GPU ttft_bench (Llama-3-8B-shaped
 # model) from the bundle scripts/pack-device-bin.sh made here (carry .devbin):
 #   scripts/pack-device-bin.sh build kernels_cuda_gpu_test kernels_cuda_attention_gpu_test kernels_cuda_checksum_gpu_test transfer_cuda_gpu_test \
-#     model_cuda_gpu_test model_runtime_test ttft_bench
+#     model_cuda_gpu_test model_runtime_test gpu_tier_gpu_test ttft_bench
 # Logs go to $OUT. Usage: bash scripts/device/gpu-runtime.sh [TOKENS] [REPEATS]
 set -uo pipefail
 out=${OUT:-/tmp/out}
@@ -16,7 +16,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.draw --fo
   | tee "${out}/gpu.txt"
 status=0
 for name in kernels_cuda_gpu_test kernels_cuda_attention_gpu_test kernels_cuda_checksum_gpu_test model_cuda_gpu_test transfer_cuda_gpu_test \
-            model_runtime_test; do
+            model_runtime_test gpu_tier_gpu_test; do
   [ -x /tmp/tk/bin/${name} ] || continue
   timeout 300 /tmp/tk/bin/${name} >"${out}/${name}.log" 2>&1
   rc=$?
@@ -25,10 +25,14 @@ for name in kernels_cuda_gpu_test kernels_cuda_attention_gpu_test kernels_cuda_c
        "$(grep -cE '^\[  SKIPPED \]' "${out}/${name}.log") skipped"
   [ ${rc} -eq 0 ] || { status=1; grep -B3 -A12 "Failure\|rror" "${out}/${name}.log" | head -60; }
 done
+# Warm runs from the host tier (the issue's figure), then from the cache's GPU tier.
 if [ -x /tmp/tk/bin/ttft_bench ]; then
-  timeout 420 /tmp/tk/bin/ttft_bench --device cuda --model builtin:llama-3-8b-random \
-    --tokens "${tokens}" --repeats "${repeats}" --host-gib 12 >"${out}/ttft_bench.log" 2>&1
-  echo "ttft_bench: rc=$?"
-  tail -25 "${out}/ttft_bench.log"
+  for gpu_gib in 0 ${TTFT_GPU_GIB:-16}; do
+    timeout 300 /tmp/tk/bin/ttft_bench --device cuda --model builtin:llama-3-8b-random \
+      --tokens "${tokens}" --repeats "${repeats}" --host-gib 12 --gpu-gib "${gpu_gib}" \
+      >"${out}/ttft_bench_gpu${gpu_gib}.log" 2>&1
+    echo "ttft_bench --gpu-gib ${gpu_gib}: rc=$?"
+    tail -25 "${out}/ttft_bench_gpu${gpu_gib}.log"
+  done
 fi
 exit ${status}

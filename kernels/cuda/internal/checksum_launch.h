@@ -19,6 +19,13 @@ namespace tierkv::kernels::cuda::internal {
 cudaError_t LaunchBlockChecksums(const void* data, size_t block_bytes, int64_t num_blocks,
                                  uint64_t* out, cudaStream_t stream);
 
+// The same for blocks anywhere in device memory: block i starts at starts[i] (`starts` is a
+// device array of num_blocks pointers, each a multiple of `alignment`, which picks the load
+// width as data's address does above).
+cudaError_t LaunchBlockChecksumsAt(const void* const* starts, size_t alignment,
+                                   size_t block_bytes, int64_t num_blocks, uint64_t* out,
+                                   cudaStream_t stream);
+
 }  // namespace tierkv::kernels::cuda::internal
 
 #endif  // TIERKV_KERNELS_CUDA_INTERNAL_CHECKSUM_LAUNCH_H_
