@@ -333,6 +333,8 @@ absl::Status TransposeKeys(const TransposeKeysParams& p, ThreadPool* pool) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateAttentionParams(const AttentionParams& p) { return Validate(p); }
+
 absl::Status Attention(const AttentionParams& p, ThreadPool* pool) {
   if (absl::Status s = Validate(p); !s.ok()) return s;
   if (p.num_queries == 0) return absl::OkStatus();

@@ -145,6 +145,8 @@ struct AttentionParams {
   int64_t kt_blocks = 0;
 };
 absl::Status Attention(const AttentionParams& p, ThreadPool* pool);
+// The checks Attention makes of its params (INVALID_ARGUMENT naming what is wrong).
+absl::Status ValidateAttentionParams(const AttentionParams& p);
 
 // Transposes key blocks [block_begin, block_end) for attention: block b of KV head h becomes
 // a [head_dim][64] array (element [d][t] = key 64b+t, dim d) at offset
