@@ -346,6 +346,46 @@ absl::StatusOr<SparseHeadIndex> BuildBlockSparseIndex(const AttentionParams& p, 
   return index;
 }
 
+std::string_view SparsePatternName(SparsePattern pattern) {
+  switch (pattern) {
+    case SparsePattern::kDense:
+      return "dense";
+    case SparsePattern::kAShape:
+      return "a_shape";
+    case SparsePattern::kVerticalSlash:
+      return "vertical_slash";
+    case SparsePattern::kBlockSparse:
+      return "block_sparse";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<SparsePattern> ParseSparsePattern(std::string_view name) {
+  for (SparsePattern p : {SparsePattern::kDense, SparsePattern::kAShape,
+                          SparsePattern::kVerticalSlash, SparsePattern::kBlockSparse}) {
+    if (name == SparsePatternName(p)) return p;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown pattern \"", std::string(name), "\"; one of dense, a_shape, vertical_slash, block_sparse"));
+}
+
+absl::StatusOr<SparseHeadIndex> BuildIndex(const AttentionParams& p, int head,
+                                           const HeadPattern& pattern) {
+  switch (pattern.pattern) {
+    case SparsePattern::kDense:
+      if (absl::Status s = CheckHead(p, head); !s.ok()) return s;
+      return FullIndex(ShapeOf(p));
+    case SparsePattern::kAShape:
+      if (absl::Status s = CheckHead(p, head); !s.ok()) return s;
+      return AShapeIndex(ShapeOf(p), pattern.a_shape);
+    case SparsePattern::kVerticalSlash:
+      return BuildVerticalSlashIndex(p, head, pattern.vertical_slash);
+    case SparsePattern::kBlockSparse:
+      return BuildBlockSparseIndex(p, head, pattern.block_sparse);
+  }
+  return absl::InvalidArgumentError("unknown pattern");
+}
+
 absl::Status SparseAttention(const AttentionParams& p, std::span<const SparseHeadIndex> index,
                              ThreadPool* pool) {
   if (absl::Status s = ValidateAttentionParams(p); !s.ok()) return s;

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -128,6 +129,22 @@ struct BlockSparseParams {
 absl::StatusOr<std::vector<float>> PooledBlockScores(const AttentionParams& p, int head);
 absl::StatusOr<SparseHeadIndex> BuildBlockSparseIndex(const AttentionParams& p, int head,
                                                       const BlockSparseParams& params);
+
+// A head's pattern and its budgets, as a pattern file names them.
+enum class SparsePattern { kDense, kAShape, kVerticalSlash, kBlockSparse };
+struct HeadPattern {
+  SparsePattern pattern = SparsePattern::kVerticalSlash;
+  AShapeParams a_shape;
+  VerticalSlashParams vertical_slash;
+  BlockSparseParams block_sparse;
+};
+// "dense", "a_shape", "vertical_slash", "block_sparse".
+std::string_view SparsePatternName(SparsePattern pattern);
+// The pattern of that name, or INVALID_ARGUMENT listing the names.
+absl::StatusOr<SparsePattern> ParseSparsePattern(std::string_view name);
+// The index of query head `head` under `pattern` (kDense: FullIndex).
+absl::StatusOr<SparseHeadIndex> BuildIndex(const AttentionParams& p, int head,
+                                           const HeadPattern& pattern);
 
 // Causal attention of every query head restricted to its index (index[h] for query head h):
 // the semantics of Attention (ops.h) with each row's keys limited to its row block's blocks

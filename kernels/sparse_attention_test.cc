@@ -130,6 +130,24 @@ TEST(SparseAttention, BadIndicesAreRefusedWithTheReason) {
   EXPECT_TRUE(std::isnan(pr.out[0]));
 }
 
+TEST(SparseAttention, PatternNamesRoundTripAndDenseIsTheFullIndex) {
+  for (SparsePattern p : {SparsePattern::kDense, SparsePattern::kAShape,
+                          SparsePattern::kVerticalSlash, SparsePattern::kBlockSparse}) {
+    auto parsed = ParseSparsePattern(SparsePatternName(p));
+    ASSERT_TRUE(parsed.ok());
+    EXPECT_EQ(*parsed, p);
+  }
+  EXPECT_THAT(ParseSparsePattern("diagonal").status().message(), HasSubstr("a_shape"));
+  Problem pr = RandomProblem(100, 30, 2, 1, 32, 4);
+  HeadPattern dense;
+  dense.pattern = SparsePattern::kDense;
+  auto index = BuildIndex(pr.Params(), 1, dense);
+  ASSERT_TRUE(index.ok());
+  const SparseHeadIndex full = FullIndex({100, 30});
+  EXPECT_EQ(index->blocks, full.blocks);
+  EXPECT_EQ(index->block_begin, full.block_begin);
+}
+
 TEST(SparseAttention, TopIndicesIsDeterministic) {
   const std::vector<float> v = {0.5f, 2.0f, 2.0f, std::nanf(""), 1.0f, 2.0f, -1.0f};
   EXPECT_THAT(TopIndices(v, 3, 0), ElementsAre(1, 2, 5));  // Ties: lower index first.

@@ -1,0 +1,37 @@
+// Which attention each head of a model runs during a long prefill: a pattern per (layer,
+// query head), a default for heads not listed, and when to use them. Built by the prefill
+// worker from a pattern file (prefill_worker/sparse_patterns.h, docs/sparse-patterns.md).
+#ifndef TIERKV_MODEL_SPARSE_PLAN_H_
+#define TIERKV_MODEL_SPARSE_PLAN_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/sparse_attention.h"
+
+namespace tierkv {
+
+struct SparsePlan {
+  // Prefill calls whose attention spans fewer keys than this (cached prefix included) run
+  // dense attention everywhere.
+  int64_t min_tokens = 8192;
+  // A head whose index would cover more than this fraction of the causal work runs the dense
+  // kernel instead (never slower than dense).
+  double max_coverage = 0.85;
+  kernels::HeadPattern default_pattern;
+  // layers[l][h]: query head h of layer l. Empty (or shorter than the model) means the
+  // default for the rest.
+  std::vector<std::vector<kernels::HeadPattern>> layers;
+
+  const kernels::HeadPattern& For(int layer, int head) const {
+    if (layer < static_cast<int>(layers.size()) &&
+        head < static_cast<int>(layers[layer].size())) {
+      return layers[layer][head];
+    }
+    return default_pattern;
+  }
+};
+
+}  // namespace tierkv
+
+#endif  // TIERKV_MODEL_SPARSE_PLAN_H_
