@@ -342,6 +342,12 @@ bool BlockIndex::MakeHostRoom(uint64_t bytes) {
           if (pool_->free_bytes() + planned >= bytes) break;
           continue;
         }
+        // A parent whose children are all in GPU memory only (no SSD to demote it to): the
+        // chain below it goes first, GPU copies included, so that it can leave too.
+        if (b->children > 0 && b->kept == 0 && ssd_ == nullptr && EvictGpuOnlySubtree(*b)) {
+          progress = true;
+          break;
+        }
         // Kept (by a protected descendant) or with children on SSD only: it cannot leave.
         if (b->children > 0 || b->kept > 0) continue;
         if (ssd_ != nullptr) ++counters_.admissions_refused;
@@ -474,9 +480,34 @@ bool BlockIndex::DemoteFromGpu(const BlockKey& key) {
   return demoted;
 }
 
+bool BlockIndex::EvictGpuOnlySubtree(CommittedBlock& block) {
+  std::vector<BlockKey> subtree;
+  CollectSubtree(block.key, subtree);
+  // Every descendant must be in GPU memory only and free to go (block.kept == 0 already
+  // says none is protected).
+  for (size_t i = 1; i < subtree.size(); ++i) {
+    const CommittedBlock& d = *blocks_.at(subtree[i]);
+    if (d.in_host || d.ssd || d.moving || IsProtected(d) || d.kept > 0) return false;
+  }
+  if (subtree.size() < 2) return false;
+  // Deepest first: each is a leaf when it goes.
+  for (size_t i = subtree.size() - 1; i >= 1; --i) {
+    RemoveBlock(*blocks_.at(subtree[i]), "capacity", false);
+  }
+  return true;
+}
+
 bool BlockIndex::MakeGpuRoom(uint64_t bytes) {
   HostPool& gpu_pool = gpu_->pool();
-  // Blocks that could not be demoted this time (host memory full, a failed copy).
+  // What could leave at most (every unprotected GPU copy): when that is not enough, change
+  // nothing.
+  uint64_t could_free = 0;
+  for (auto& [seq, b] : gpu_order_) {
+    if (!b->moving && !IsProtected(*b)) could_free += b->gpu_space.reserved_bytes;
+  }
+  if (gpu_pool.free_bytes() + could_free < bytes) return false;
+  // Blocks that could not be demoted this time (host memory full, a failed copy); cleared
+  // when a block leaves the cache, which can make its parent a leaf.
   absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> stuck;
   while (gpu_pool.free_bytes() < bytes) {
     CommittedBlock* victim = nullptr;
@@ -502,6 +533,7 @@ bool BlockIndex::MakeGpuRoom(uint64_t bytes) {
     CommittedBlock& b = *it->second;
     if (b.in_gpu && !b.in_host && !b.ssd && !b.moving && b.children == 0 && b.kept == 0) {
       RemoveBlock(b, "capacity", false);
+      stuck.clear();
     }
   }
   return true;
@@ -511,6 +543,21 @@ BlockIndex::FlushResult BlockIndex::FlushToSsd(size_t batch) {
   FlushResult result;
   if (ssd_ == nullptr) return result;
   absl::MutexLock lock(&mu_);
+  if (gpu_ != nullptr) {
+    // GPU memory does not survive the process: GPU-only blocks come down to host memory
+    // first (hottest first), making room there by demoting host blocks to SSD.
+    std::vector<std::pair<uint64_t, BlockKey>> gpu_only;
+    for (auto& [key, b_ptr] : blocks_) {
+      if (b_ptr->in_gpu && !b_ptr->in_host && !b_ptr->ssd) gpu_only.emplace_back(b_ptr->touch_seq, key);
+    }
+    std::sort(gpu_only.begin(), gpu_only.end(),
+              [](const auto& x, const auto& y) { return x.first > y.first; });
+    for (const auto& [seq, key] : gpu_only) {
+      auto it = blocks_.find(key);
+      if (it == blocks_.end() || it->second->moving || it->second->in_host) continue;
+      DemoteFromGpu(key);
+    }
+  }
   // The hottest host-only blocks first: if the SSD fills up, the coldest stay behind. One
   // scan and sort; blocks are found again by key since each batch releases the lock.
   std::vector<std::pair<uint64_t, BlockKey>> todo;
@@ -729,6 +776,7 @@ void BlockIndex::RemoveBlock(CommittedBlock& block, const std::string& reason,
     gpu_->pool().Free(block.gpu_space);
     --gpu_blocks_;
     gpu_bytes_ -= block.size;
+    ++counters_.gpu_evictions;
   }
   if (block.in_host) {
     committed_reserved_ -= block.space.reserved_bytes;

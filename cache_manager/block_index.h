@@ -257,6 +257,7 @@ struct IndexStats {
   uint64_t gpu_to_host = 0;       // GPU-only blocks copied to host memory for a host reader.
   uint64_t gpu_copy_failures = 0; // Device-to-host copies that failed.
   uint64_t gpu_fallbacks = 0;     // Allocations that asked for the GPU tier and got host.
+  uint64_t gpu_evictions = 0;     // Blocks with a GPU copy that left the cache.
 };
 
 class BlockIndex {
@@ -267,7 +268,8 @@ class BlockIndex {
              SsdTier* ssd = nullptr, DeviceTier* gpu = nullptr);
 
   // Writes every host block without an SSD copy to SSD (write-back mode's graceful
-  // shutdown), most recently used first, in batches of `batch` blocks, until all are there
+  // shutdown; blocks only in GPU memory are copied down to host memory first), most recently
+  // used first, in batches of `batch` blocks, until all are there
   // or the SSD has no more room for them. Returns how many were written. No-op without an
   // SSD tier.
   struct FlushResult {
@@ -477,6 +479,10 @@ class BlockIndex {
   // unless it is protected. False when host memory had no room or the copy failed.
   bool DemoteFromGpu(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropGpuCopy(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Without an SSD tier: evicts the descendants of `block` when all of them are in GPU
+  // memory only and free to go, so that `block` becomes an evictable leaf. False (nothing
+  // changed) otherwise.
+  bool EvictGpuOnlySubtree(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Brings blocks without a host copy (a chain, in order) into host memory from their GPU
   // copy or else their SSD copy, releasing the lock for the copies; stops at the first that
   // cannot come. Blocks must exist and not be moving.

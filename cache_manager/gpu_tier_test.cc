@@ -160,6 +160,16 @@ class GpuTierTest : public ::testing::Test {
     return r.ok() ? *r : std::vector<InspectEntry>{};
   }
 
+  // Stores `n` host blocks (a chain) and pins them: host memory of n blocks is then full
+  // of blocks that cannot leave.
+  void FillHostWithPinnedBlocks(size_t n) {
+    auto pinned = Chain(n, 9);
+    ASSERT_EQ(*Store(pinned, 0, n, /*gpu=*/false), 0u);
+    std::vector<std::string> keys;
+    for (const BlockKey& k : pinned) keys.push_back(Bytes(k));
+    ASSERT_TRUE(index_->SetPinned(keys, true).ok());
+  }
+
   void ExpectInvariants() {
     absl::Status s = index_->CheckInvariants();
     EXPECT_TRUE(s.ok()) << s;
@@ -389,9 +399,7 @@ TEST_F(GpuTierTest, LeasedGpuBlocksStayAndNewBlocksFallBackToHost) {
 TEST_F(GpuTierTest, GpuOnlyLeafIsEvictedWhenHostMemoryCannotTakeIt) {
   Open(/*host_blocks=*/2, /*gpu_blocks=*/2);
   // Host memory full of pinned blocks.
-  auto pinned = Chain(2, 9);
-  ASSERT_EQ(*Store(pinned, 0, 2, /*gpu=*/false), 0u);
-  ASSERT_TRUE(index_->SetPinned({Bytes(pinned[0]), Bytes(pinned[1])}, true).ok());
+  ASSERT_NO_FATAL_FAILURE(FillHostWithPinnedBlocks(2));
   auto a = Chain(2, 1);
   ASSERT_EQ(*Store(a, 0, 2), 2u);
   // Room for one more on the GPU: a's leaf goes (its parent has a child, so it stays).
@@ -461,6 +469,72 @@ TEST_F(GpuTierTest, GpuBlocksDemotedToHostGoOnToSsd) {
   ExpectInvariants();
   EXPECT_EQ(Look(a, true).found, 2u);  // Promoted from SSD, checksum checked.
   EXPECT_EQ(Look(c, true).on_gpu, 2u);
+  ExpectInvariants();
+}
+
+// Without an SSD, a host block whose children are only in GPU memory must not wedge the
+// host tier: the chain below it goes first, then it does.
+TEST_F(GpuTierTest, HostParentsOfGpuOnlyChildrenCanLeave) {
+  Open(/*host_blocks=*/2, /*gpu_blocks=*/4);
+  auto a = Chain(2, 1);
+  auto e = Chain(2, 2);
+  ASSERT_EQ(*Store(a, 0, 1, /*gpu=*/false), 0u);
+  ASSERT_EQ(*Store(a, 1, 2), 1u);
+  ASSERT_EQ(*Store(e, 0, 1, /*gpu=*/false), 0u);
+  ASSERT_EQ(*Store(e, 1, 2), 1u);
+  ExpectInvariants();
+  for (uint32_t i = 0; i < 3; ++i) {
+    auto stored = Store(Chain(1, 10 + i), 0, 1, /*gpu=*/false);
+    ASSERT_TRUE(stored.ok()) << "host Allocate " << i << ": " << stored.status();
+  }
+  IndexStats s = index_->Stats();
+  EXPECT_EQ(s.gpu_evictions, 2u);  // a1 and e1 went with their parents.
+  EXPECT_EQ(Look(a, true).found, 0u);
+  ExpectInvariants();
+}
+
+// When the GPU tier cannot free enough (its blocks are leased), nothing is evicted for it.
+TEST_F(GpuTierTest, GpuRoomThatCannotBeMadeChangesNothing) {
+  Open(/*host_blocks=*/2, /*gpu_blocks=*/4);
+  ASSERT_NO_FATAL_FAILURE(FillHostWithPinnedBlocks(2));
+  auto a = Chain(1, 1);
+  ASSERT_EQ(*Store(a, 0, 1), 1u);
+  auto l = Chain(3, 2);
+  ASSERT_EQ(*Store(l, 0, 3), 3u);
+  Seen seen = Look(l, true, /*lease=*/true);
+  ASSERT_EQ(seen.found, 3u);
+  auto c = Chain(2, 3);
+  auto stored = Store(c, 0, 2);
+  EXPECT_EQ(stored.status().code(), absl::StatusCode::kResourceExhausted) << stored.status();
+  EXPECT_EQ(index_->Stats().evicted_capacity, 0u);
+  EXPECT_EQ(Look(a, true).found, 1u);
+  ExpectInvariants();
+}
+
+// A GPU-only parent that could not go while it had a child is tried again once the child
+// has left.
+TEST_F(GpuTierTest, GpuParentIsRetriedAfterItsChildLeaves) {
+  Open(/*host_blocks=*/2, /*gpu_blocks=*/2);
+  ASSERT_NO_FATAL_FAILURE(FillHostWithPinnedBlocks(2));
+  auto a = Chain(2, 1);
+  ASSERT_EQ(*Store(a, 0, 2), 2u);
+  auto stored = Store(Chain(2, 5), 0, 2);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(*stored, 2u);
+  EXPECT_EQ(index_->Stats().gpu_evictions, 2u);
+  ExpectInvariants();
+}
+
+TEST_F(GpuTierTest, FlushToSsdBringsGpuOnlyBlocksDownFirst) {
+  Open(/*host_blocks=*/4, /*gpu_blocks=*/4, /*ssd_blocks=*/16);
+  auto a = Chain(4, 1);
+  ASSERT_EQ(*Store(a, 0, 4), 4u);
+  BlockIndex::FlushResult flushed = index_->FlushToSsd();
+  EXPECT_EQ(flushed.written, 4u);
+  EXPECT_EQ(flushed.left, 0u);
+  IndexStats s = index_->Stats();
+  EXPECT_EQ(s.ssd_blocks, 4u);
+  EXPECT_EQ(s.gpu_demotions, 4u);
   ExpectInvariants();
 }
 

@@ -552,7 +552,7 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Stats(grpc::CallbackServerContext* c
     gpu->set_capacity_bytes(s.gpu_capacity_bytes);
     gpu->set_hits(s.gpu_hits);
     gpu->set_misses(s.misses);
-    gpu->set_evictions(s.gpu_demotions + s.gpu_drops);
+    gpu->set_evictions(s.gpu_demotions + s.gpu_drops + s.gpu_evictions);
     auto* tiers = response->mutable_tiers();
     for (int i = tiers->size() - 1; i > 0; --i) tiers->SwapElements(i, i - 1);
     response->set_gpu_device(s.gpu_device);

@@ -403,7 +403,15 @@ class GpuSequence : public Sequence {
     const int64_t before = kv_.tokens();
     absl::MutexLock lock(&staging_->mu());
     bool whole = true;  // Every block in one piece, as the GPU tier's pages mostly hold them.
-    for (const auto& b : blocks) whole = whole && b.size() == 1;
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      size_t sum = 0;
+      for (const PayloadPiece& piece : blocks[i]) sum += piece.size;
+      if (sum != spec.RawBlockBytes()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "block ", i, " is ", sum, " bytes; a block of this model is ", spec.RawBlockBytes()));
+      }
+      whole = whole && blocks[i].size() == 1;
+    }
     if (whole) {
       // All blocks hashed where they lie in one launch per kMaxChecksums (thousands of warps
       // in flight), then only the intact prefix is copied into the KV. The read lease keeps
@@ -412,14 +420,7 @@ class GpuSequence : public Sequence {
       for (size_t at = 0; at < blocks.size() && good == at;) {
         const size_t n = std::min(Staging::kMaxChecksums, blocks.size() - at);
         std::vector<const void*> starts(n);
-        for (size_t i = 0; i < n; ++i) {
-          if (blocks[at + i][0].size != spec.RawBlockBytes()) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                "block ", at + i, " is ", blocks[at + i][0].size,
-                " bytes; a block of this model is ", spec.RawBlockBytes()));
-          }
-          starts[i] = blocks[at + i][0].data;
-        }
+        for (size_t i = 0; i < n; ++i) starts[i] = blocks[at + i][0].data;
         TIERKV_RETURN_IF_ERROR(DeviceChecksumsAt(
             starts, spec.RawBlockBytes(), staging_->starts_pinned(), staging_->starts_device(),
             staging_->sums_device(), staging_->sums_pinned(), model_->stream()));
