@@ -79,7 +79,7 @@ std::vector<SparseHeadIndex> Repeat(const SparseHeadIndex& index, int heads) {
 }
 
 TEST(SparseAttention, FullIndexEqualsDenseAlsoAfterACachedPrefix) {
-  for (const auto [nq, qp] : {std::pair<int64_t, int64_t>{200, 0}, {150, 130}, {64, 64}, {1, 77}}) {
+  for (const auto& [nq, qp] : {std::pair<int64_t, int64_t>{200, 0}, {150, 130}, {64, 64}, {1, 77}}) {
     SCOPED_TRACE(testing::Message() << "queries " << nq << " at " << qp);
     Problem pr = RandomProblem(nq, qp, 4, 2, 32, 11 + nq);
     AttentionParams p = pr.Params();
@@ -228,7 +228,9 @@ TEST(SparseAttention, VerticalSlashIndexHoldsWhatItsLinesReach) {
     reached.insert(last / 64);
     for (int64_t pos = first; pos <= last; ++pos) {
       for (int32_t v : v2) {
-        if (v <= pos) EXPECT_TRUE(covered(v)) << "row block " << r << " vertical " << v;
+        if (v <= pos) {
+          EXPECT_TRUE(covered(v)) << "row block " << r << " vertical " << v;
+        }
       }
       for (int32_t d : s2) {
         if (pos - d >= 0) {

@@ -225,6 +225,81 @@ size_t AttentionWorkspaceBytes(const AttentionParams& p);
 absl::Status Attention(const AttentionParams& p, Stream stream);
 
 // ---------------------------------------------------------------------------------------
+// Sparse prefill index building (semantics and CPU reference: kernels/sparse_attention.h)
+
+// For every query head at once: the attention of the call's last `last_q` queries, summed
+// per key and per distance (pos - key), as kernels::EstimateAttentionMass computes it for
+// one head. Scores come from cuBLAS (bf16 in, fp32 out) into the workspace, a few heads at a
+// time; the sums are then taken in a fixed order (no atomics: the same inputs give the same
+// bits every run).
+struct AttentionMassParams {
+  const Bf16* q = nullptr;  // [num_queries][num_q_heads][head_dim], row stride ldq.
+  int64_t ldq = 0;
+  const Bf16* k = nullptr;  // [keys][num_kv_heads][head_dim], row stride ldkv.
+  int64_t ldkv = 0;
+  int64_t num_queries = 0;
+  int64_t query_position = 0;  // keys = query_position + num_queries.
+  int num_q_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  float scale = 0;
+  int64_t last_q = 64;       // 1 .. min(64, num_queries).
+  float* per_key = nullptr;       // [num_q_heads][keys]
+  float* per_distance = nullptr;  // [num_q_heads][keys]
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+};
+// Workspace for at least one head's scores; more lets more heads go per round.
+size_t AttentionMassMinWorkspaceBytes(const AttentionMassParams& p);
+absl::Status EstimateAttentionMass(const AttentionMassParams& p, Stream stream);
+
+// Per segment s of `values` ([segments][n], fp32): the `count` indices of kernels::TopIndices
+// (indices [0, keep) first, then higher values, equal values by lower index; NaN counts as
+// -infinity), written ascending to out[s][0 .. count).
+struct TopIndicesParams {
+  const float* values = nullptr;
+  int64_t n = 0;
+  int segments = 0;
+  int64_t count = 0;  // <= n.
+  int64_t keep = 0;   // <= count.
+  int32_t* out = nullptr;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+};
+size_t TopIndicesWorkspaceBytes(const TopIndicesParams& p);
+absl::Status TopIndices(const TopIndicesParams& p, Stream stream);
+
+// The vertical-slash index of every head (kernels::VerticalSlashIndex per head) in CSR over
+// (head, row block): entry list e = head * row_blocks + r has its key blocks at
+// blocks[block_offsets[e] .. block_offsets[e + 1]) and its columns at
+// columns[column_offsets[e] .. column_offsets[e + 1]), both ascending. Counts go first and
+// are summed on the device; the totals come back to the host (the call waits for them) and
+// the lists are filled only when they fit the capacities (else RESOURCE_EXHAUSTED naming the
+// totals, offsets written, lists not).
+struct VerticalSlashIndexParams {
+  const int32_t* verticals = nullptr;  // [heads][num_verticals], ascending per head.
+  int64_t num_verticals = 0;
+  const int32_t* slashes = nullptr;    // [heads][num_slashes], ascending per head.
+  int64_t num_slashes = 0;
+  int heads = 0;
+  int64_t num_queries = 0;
+  int64_t query_position = 0;
+  int64_t* block_offsets = nullptr;   // [heads * row_blocks + 1]
+  int64_t* column_offsets = nullptr;  // [heads * row_blocks + 1]
+  int32_t* blocks = nullptr;
+  int64_t blocks_capacity = 0;
+  int32_t* columns = nullptr;
+  int64_t columns_capacity = 0;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  // Out: the totals.
+  int64_t total_blocks = 0;
+  int64_t total_columns = 0;
+};
+size_t VerticalSlashIndexWorkspaceBytes(const VerticalSlashIndexParams& p);
+absl::Status BuildVerticalSlashIndex(VerticalSlashIndexParams& p, Stream stream);
+
+// ---------------------------------------------------------------------------------------
 // Checksums
 
 // out[i] = XXH3-64 (seed 0) of bytes [i * block_bytes, (i + 1) * block_bytes) of `data`: what

@@ -1,0 +1,263 @@
+// Host side of the sparse index kernels: parameter checks (before any CUDA call), workspace
+// layout, and the order of the steps.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "kernels/cuda/internal/check.h"
+#include "kernels/cuda/internal/sparse_index_launch.h"
+#include "kernels/cuda/ops.h"
+
+namespace tierkv::kernels::cuda {
+namespace {
+
+absl::Status Bad(std::string_view field, std::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat(std::string(field), ": ", std::string(why)));
+}
+
+constexpr size_t kAlign = 256;
+size_t Up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// Carves aligned pieces off a workspace.
+class Carver {
+ public:
+  Carver(void* base, size_t bytes) : at_(static_cast<uint8_t*>(base)), left_(bytes) {}
+  template <typename T>
+  T* Take(size_t count) {
+    const size_t bytes = Up(count * sizeof(T));
+    if (bytes > left_) {
+      ok_ = false;
+      return nullptr;
+    }
+    T* p = reinterpret_cast<T*>(at_);
+    at_ += bytes;
+    left_ -= bytes;
+    return p;
+  }
+  bool ok() const { return ok_; }
+  size_t left() const { return left_; }
+  uint8_t* at() const { return at_; }
+
+ private:
+  uint8_t* at_;
+  size_t left_;
+  bool ok_ = true;
+};
+
+cudaStream_t AsCuda(Stream s) { return reinterpret_cast<cudaStream_t>(s); }
+
+absl::Status CheckMass(const AttentionMassParams& p) {
+  if (p.num_queries < 1 || p.query_position < 0) return Bad("num_queries", "must be positive");
+  if (p.num_q_heads < 1 || p.num_kv_heads < 1 || p.num_q_heads % p.num_kv_heads != 0) {
+    return Bad("num_q_heads", "must be a positive multiple of num_kv_heads");
+  }
+  if (p.head_dim < 1) return Bad("head_dim", "must be positive");
+  if (p.last_q < 1 || p.last_q > std::min<int64_t>(64, p.num_queries)) {
+    return Bad("last_q", absl::StrCat(p.last_q, " outside [1, min(64, num_queries)]"));
+  }
+  if (!(p.scale > 0) || !std::isfinite(p.scale)) return Bad("scale", "must be finite and positive");
+  if (p.q == nullptr || p.k == nullptr || p.per_key == nullptr || p.per_distance == nullptr) {
+    return Bad("q/k/per_key/per_distance", "null");
+  }
+  if (p.ldq < static_cast<int64_t>(p.num_q_heads) * p.head_dim ||
+      p.ldkv < static_cast<int64_t>(p.num_kv_heads) * p.head_dim) {
+    return Bad("ldq/ldkv", "smaller than a row");
+  }
+  if (p.query_position + p.num_queries > (int64_t{1} << 30)) return Bad("keys", "2^30 or more");
+  return absl::OkStatus();
+}
+
+size_t StatsBytes(const AttentionMassParams& p) {
+  return Up(static_cast<size_t>(p.num_q_heads) * p.last_q * sizeof(float2));
+}
+size_t HeadScoreBytes(const AttentionMassParams& p) {
+  return Up(static_cast<size_t>(p.last_q) * (p.query_position + p.num_queries) * sizeof(float));
+}
+
+}  // namespace
+
+size_t AttentionMassMinWorkspaceBytes(const AttentionMassParams& p) {
+  if (!CheckMass(p).ok()) return 0;
+  return StatsBytes(p) + HeadScoreBytes(p);
+}
+
+absl::Status EstimateAttentionMass(const AttentionMassParams& p, Stream stream) {
+  TIERKV_RETURN_IF_ERROR(CheckMass(p));
+  const size_t need = AttentionMassMinWorkspaceBytes(p);
+  if (p.workspace == nullptr || p.workspace_bytes < need) {
+    return Bad("workspace", absl::StrCat(p.workspace_bytes, " bytes; at least ", need,
+                                         " are needed"));
+  }
+  const int64_t keys = p.query_position + p.num_queries;
+  const int rows = static_cast<int>(p.last_q);
+  const int64_t pos0 = keys - rows;
+  const int group = p.num_q_heads / p.num_kv_heads;
+  Carver w(p.workspace, p.workspace_bytes);
+  float2* stats = w.Take<float2>(static_cast<size_t>(p.num_q_heads) * rows);
+  const int per_round = static_cast<int>(
+      std::min<size_t>(p.num_q_heads, w.left() / HeadScoreBytes(p)));
+  float* scores = reinterpret_cast<float*>(w.at());
+  const size_t head_floats = HeadScoreBytes(p) / sizeof(float);
+  const int64_t ld = keys;
+  for (int h0 = 0; h0 < p.num_q_heads; h0 += per_round) {
+    const int h1 = std::min(p.num_q_heads, h0 + per_round);
+    for (int h = h0; h < h1; ++h) {
+      GemmParams g;
+      g.x = p.q + (p.num_queries - rows) * p.ldq + static_cast<int64_t>(h) * p.head_dim;
+      g.ldx = p.ldq;
+      g.w = p.k + static_cast<int64_t>(h / group) * p.head_dim;
+      g.ldw = p.ldkv;
+      g.y_f32 = scores + (h - h0) * head_floats;
+      g.ldy = ld;
+      g.m = rows;
+      g.n = keys;
+      g.k = p.head_dim;
+      TIERKV_RETURN_IF_ERROR(Gemm(g, stream));
+    }
+    // Heads of a round lie head_floats apart: rows * ld floats plus alignment padding.
+    for (int h = h0; h < h1; ++h) {
+      TIERKV_RETURN_IF_ERROR(CudaStatus(
+          internal::LaunchRowStats(scores + (h - h0) * head_floats, ld, rows, 1, pos0, p.scale,
+                                   stats + static_cast<int64_t>(h) * rows, AsCuda(stream)),
+          "RowStats launch"));
+      TIERKV_RETURN_IF_ERROR(CudaStatus(
+          internal::LaunchMass(scores + (h - h0) * head_floats, ld, rows, 1, pos0, keys, p.scale,
+                               stats + static_cast<int64_t>(h) * rows,
+                               p.per_key + static_cast<int64_t>(h) * keys,
+                               p.per_distance + static_cast<int64_t>(h) * keys, AsCuda(stream)),
+          "Mass launch"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+absl::Status CheckTop(const TopIndicesParams& p) {
+  if (p.n < 1 || p.segments < 1) return Bad("n/segments", "must be positive");
+  if (p.count < 0 || p.count > p.n) return Bad("count", "outside [0, n]");
+  if (p.keep < 0 || p.keep > p.count) return Bad("keep", "outside [0, count]");
+  if (p.n * p.segments > (int64_t{1} << 31) - 1) return Bad("n", "n * segments above 2^31 - 1");
+  if (p.values == nullptr || (p.count > 0 && p.out == nullptr)) return Bad("values/out", "null");
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+size_t TopIndicesWorkspaceBytes(const TopIndicesParams& p) {
+  if (!CheckTop(p).ok()) return 0;
+  const size_t total = static_cast<size_t>(p.n) * p.segments;
+  return 4 * Up(total * 4) + Up((p.segments + 1) * 8) +
+         Up(internal::TopSortTempBytes(p.n, p.segments));
+}
+
+absl::Status TopIndices(const TopIndicesParams& p, Stream stream) {
+  TIERKV_RETURN_IF_ERROR(CheckTop(p));
+  const size_t need = TopIndicesWorkspaceBytes(p);
+  if (p.workspace == nullptr || p.workspace_bytes < need) {
+    return Bad("workspace", absl::StrCat(p.workspace_bytes, " bytes; ", need, " are needed"));
+  }
+  if (p.count == 0) return absl::OkStatus();
+  const size_t total = static_cast<size_t>(p.n) * p.segments;
+  Carver w(p.workspace, p.workspace_bytes);
+  internal::TopScratch s;
+  s.keys = w.Take<float>(total);
+  s.keys_sorted = w.Take<float>(total);
+  s.indices = w.Take<int32_t>(total);
+  s.indices_sorted = w.Take<int32_t>(total);
+  s.offsets = w.Take<int64_t>(p.segments + 1);
+  s.temp_bytes = w.left();
+  s.temp = w.at();
+  return CudaStatus(internal::LaunchTopIndices(p.values, p.n, p.segments, p.count, p.keep, p.out,
+                                               s, AsCuda(stream)),
+                    "TopIndices");
+}
+
+namespace {
+
+int64_t RowBlocks(int64_t num_queries) { return (num_queries + 63) / 64; }
+
+absl::Status CheckIndex(const VerticalSlashIndexParams& p) {
+  if (p.heads < 1 || p.num_queries < 1 || p.query_position < 0) {
+    return Bad("heads/num_queries", "must be positive");
+  }
+  if (p.num_verticals < 0 || p.num_slashes < 0) return Bad("num_verticals/num_slashes", "negative");
+  if ((p.num_verticals > 0 && p.verticals == nullptr) ||
+      (p.num_slashes > 0 && p.slashes == nullptr)) {
+    return Bad("verticals/slashes", "null");
+  }
+  if (p.block_offsets == nullptr || p.column_offsets == nullptr) return Bad("offsets", "null");
+  const int64_t keys = p.query_position + p.num_queries;
+  if (keys > (int64_t{1} << 30)) return Bad("keys", "2^30 or more");
+  if (RowBlocks(p.num_queries) * p.heads > (int64_t{1} << 31) - 2) {
+    return Bad("heads", "too many row blocks");
+  }
+  // The bitmap of a row block's key blocks lives in shared memory.
+  if ((keys + 63) / 64 > 48 * 1024 * 8) return Bad("keys", "too many key blocks");
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+size_t VerticalSlashIndexWorkspaceBytes(const VerticalSlashIndexParams& p) {
+  if (!CheckIndex(p).ok()) return 0;
+  const int64_t n = RowBlocks(p.num_queries) * p.heads;
+  return 2 * Up((n + 1) * 8) + Up(internal::ScanTempBytes(n + 1));
+}
+
+absl::Status BuildVerticalSlashIndex(VerticalSlashIndexParams& p, Stream stream) {
+  TIERKV_RETURN_IF_ERROR(CheckIndex(p));
+  const size_t need = VerticalSlashIndexWorkspaceBytes(p);
+  if (p.workspace == nullptr || p.workspace_bytes < need) {
+    return Bad("workspace", absl::StrCat(p.workspace_bytes, " bytes; ", need, " are needed"));
+  }
+  const int64_t row_blocks = RowBlocks(p.num_queries);
+  const int64_t n = row_blocks * p.heads;
+  Carver w(p.workspace, p.workspace_bytes);
+  internal::IndexLaunch l;
+  l.verticals = p.verticals;
+  l.num_verticals = p.num_verticals;
+  l.slashes = p.slashes;
+  l.num_slashes = p.num_slashes;
+  l.heads = p.heads;
+  l.num_queries = p.num_queries;
+  l.query_position = p.query_position;
+  l.row_blocks = static_cast<int>(row_blocks);
+  l.key_blocks = static_cast<int>((p.query_position + p.num_queries + 63) / 64);
+  l.block_counts = w.Take<int64_t>(n + 1);
+  l.column_counts = w.Take<int64_t>(n + 1);
+  l.block_offsets = p.block_offsets;
+  l.column_offsets = p.column_offsets;
+  l.blocks = p.blocks;
+  l.columns = p.columns;
+  l.scan_temp_bytes = w.left();
+  l.scan_temp = w.at();
+  const cudaStream_t s = AsCuda(stream);
+  TIERKV_RETURN_IF_ERROR(CudaStatus(cudaMemsetAsync(l.block_counts, 0, (n + 1) * 8, s), "memset"));
+  TIERKV_RETURN_IF_ERROR(
+      CudaStatus(cudaMemsetAsync(l.column_counts, 0, (n + 1) * 8, s), "memset"));
+  TIERKV_RETURN_IF_ERROR(CudaStatus(internal::LaunchIndexCounts(l, s), "index counts"));
+  int64_t totals[2] = {0, 0};
+  TIERKV_RETURN_IF_ERROR(CudaStatus(
+      cudaMemcpyAsync(&totals[0], p.block_offsets + n, 8, cudaMemcpyDeviceToHost, s), "totals"));
+  TIERKV_RETURN_IF_ERROR(CudaStatus(
+      cudaMemcpyAsync(&totals[1], p.column_offsets + n, 8, cudaMemcpyDeviceToHost, s), "totals"));
+  TIERKV_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(s), "index counts"));
+  p.total_blocks = totals[0];
+  p.total_columns = totals[1];
+  if (totals[0] > p.blocks_capacity || totals[1] > p.columns_capacity ||
+      (totals[0] > 0 && p.blocks == nullptr) || (totals[1] > 0 && p.columns == nullptr)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the index has ", totals[0], " blocks and ", totals[1], " columns; room for ",
+        p.blocks_capacity, " and ", p.columns_capacity));
+  }
+  return CudaStatus(internal::LaunchIndexFill(l, s), "index fill");
+}
+
+}  // namespace tierkv::kernels::cuda
