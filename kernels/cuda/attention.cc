@@ -98,6 +98,8 @@ size_t AttentionWorkspaceBytes(const AttentionParams& p) {
   return internal::PlanAttention(ToProblem(p)).workspace_bytes;
 }
 
+absl::Status CheckAttentionParams(const AttentionParams& p) { return CheckShape(p); }
+
 absl::Status Attention(const AttentionParams& p, Stream stream) {
   if (absl::Status s = CheckShape(p); !s.ok()) return s;
   const internal::AttentionProblem problem = ToProblem(p);

@@ -30,13 +30,10 @@
 #include <cstdint>
 
 #include "kernels/cuda/internal/attention_launch.h"
+#include "kernels/cuda/internal/mma_sync.cuh"
 
 namespace tierkv::kernels::cuda::internal {
 namespace {
-
-__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 
 // --- mbarriers (shared::cta) ---------------------------------------------------------------
 __device__ __forceinline__ void MbarInit(uint32_t bar, uint32_t count) {
@@ -182,17 +179,6 @@ __device__ __forceinline__ void WgmmaRS64(float (&d)[32], const uint32_t (&a)[4]
         "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
         "+f"(d[30]), "+f"(d[31])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
-}
-
-__device__ __forceinline__ float Exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
 }
 
 // Per-block scalars (the tensor maps travel separately, as __grid_constant__ parameters).

@@ -223,6 +223,24 @@ struct AttentionParams {
 // invalid params).
 size_t AttentionWorkspaceBytes(const AttentionParams& p);
 absl::Status Attention(const AttentionParams& p, Stream stream);
+// The checks Attention makes of its params (INVALID_ARGUMENT naming the field).
+absl::Status CheckAttentionParams(const AttentionParams& p);
+
+// Causal attention of each query head restricted to its sparse index (the semantics of
+// kernels::SparseAttention, kernels/sparse_attention.h), the index in device memory in the
+// CSR layout BuildVerticalSlashIndex writes: entry e = head * row_blocks + r (row_blocks =
+// ceil(num_queries / 64)) lists key blocks blocks[block_offsets[e] .. block_offsets[e + 1])
+// and single keys columns[column_offsets[e] .. column_offsets[e + 1]), each a valid index
+// (ValidateSparseIndex's rules; the kernel trusts them). head_dim 64 or 128; no sliding
+// window; the workspace is not used.
+struct SparseIndexView {
+  const int64_t* block_offsets = nullptr;
+  const int32_t* blocks = nullptr;
+  const int64_t* column_offsets = nullptr;
+  const int32_t* columns = nullptr;
+};
+absl::Status SparseAttention(const AttentionParams& p, const SparseIndexView& index,
+                             Stream stream);
 
 // ---------------------------------------------------------------------------------------
 // Sparse prefill index building (semantics and CPU reference: kernels/sparse_attention.h)
