@@ -2,6 +2,7 @@
 # On the lent GPU machine: runs the GPU tests and the GPU ttft_bench (Llama-3-8B-shaped
 # model) from the bundle scripts/pack-device-bin.sh made here (carry .devbin):
 #   scripts/pack-device-bin.sh build kernels_cuda_gpu_test kernels_cuda_attention_gpu_test kernels_cuda_checksum_gpu_test transfer_cuda_gpu_test \
+#     kernels_cuda_sparse_index_gpu_test kernels_cuda_sparse_attention_gpu_test \
 #     model_cuda_gpu_test model_runtime_test gpu_tier_gpu_test ttft_bench
 # Logs go to $OUT. Usage: bash scripts/device/gpu-runtime.sh [TOKENS] [REPEATS]
 set -uo pipefail
@@ -15,8 +16,9 @@ export UCX_MODULE_DIR=/tmp/tk/lib/ucx
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.draw --format=csv,noheader \
   | tee "${out}/gpu.txt"
 status=0
-for name in kernels_cuda_gpu_test kernels_cuda_attention_gpu_test kernels_cuda_checksum_gpu_test model_cuda_gpu_test transfer_cuda_gpu_test \
-            model_runtime_test gpu_tier_gpu_test; do
+for name in kernels_cuda_gpu_test kernels_cuda_attention_gpu_test kernels_cuda_checksum_gpu_test \
+            kernels_cuda_sparse_index_gpu_test kernels_cuda_sparse_attention_gpu_test \
+            model_cuda_gpu_test transfer_cuda_gpu_test model_runtime_test gpu_tier_gpu_test; do
   [ -x /tmp/tk/bin/${name} ] || continue
   timeout 300 /tmp/tk/bin/${name} >"${out}/${name}.log" 2>&1
   rc=$?
