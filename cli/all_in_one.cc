@@ -11,7 +11,9 @@
 #include "cache_client/cache_client.h"
 #include "core/status.h"
 #include "decode_worker/decode_service.h"
+#include "model/model.h"
 #include "prefill_worker/prefill_service.h"
+#include "prefill_worker/sparse_patterns.h"
 
 namespace tierkv {
 namespace {
@@ -72,7 +74,16 @@ class RuntimeDeviceTier : public DeviceTier {
 class AllInOneImpl : public AllInOne {
  public:
   absl::Status Init(const AllInOneOptions& options) {
-    TIERKV_ASSIGN_OR_RETURN(model_, Runtime::Load(options.model, options.runtime));
+    RuntimeOptions runtime = options.runtime;
+    if (!options.sparse_patterns.empty()) {
+      TIERKV_ASSIGN_OR_RETURN(ModelConfig config, ModelConfigOf(options.model));
+      TIERKV_ASSIGN_OR_RETURN(
+          SparsePlan plan,
+          LoadSparsePatterns(options.sparse_patterns, static_cast<int>(config.num_layers),
+                             static_cast<int>(config.num_heads)));
+      runtime.sparse_plan = std::make_shared<const SparsePlan>(std::move(plan));
+    }
+    TIERKV_ASSIGN_OR_RETURN(model_, Runtime::Load(options.model, runtime));
     CacheManagerOptions cache_options = options.cache;
     if (model_->device() == kernels::Device::kCuda && options.gpu_capacity_bytes > 0) {
       auto arena = model_->AllocateDeviceArena(options.gpu_capacity_bytes);

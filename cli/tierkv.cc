@@ -34,6 +34,9 @@ int main(int argc, char** argv) {
                  "where the model runs: auto (the GPU when one is usable), cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
+  up->add_option("--sparse-patterns", options.sparse_patterns,
+                 "sparse attention pattern file for long prefills (docs/sparse-patterns.md); "
+                 "CPU runtime only for now");
   std::string gpu_capacity = "4GiB";
   up->add_option("--gpu-capacity", gpu_capacity,
                  "GPU tier of the cache on the model's GPU (0: none; unused on the CPU)")

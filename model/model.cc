@@ -104,7 +104,8 @@ Model::Model(const ModelConfig& config, ModelSpec spec, const ModelOptions& opti
       spec_(std::move(spec)),
       kv_dtype_(*kernels::ParseDTypeName(options.kv_dtype)),
       chunk_tokens_(options.prefill_chunk_tokens),
-      rope_inv_freq_(config.RopeInvFreq()) {
+      rope_inv_freq_(config.RopeInvFreq()),
+      sparse_plan_(options.sparse_plan) {
   if (options.num_threads > 0) {
     own_pool_ = std::make_unique<kernels::ThreadPool>(options.num_threads);
     pool_ = own_pool_.get();
@@ -114,6 +115,23 @@ Model::Model(const ModelConfig& config, ModelSpec spec, const ModelOptions& opti
 }
 
 Model::~Model() = default;
+
+absl::Status Model::SparseLayerAttention(kernels::AttentionParams ap, int layer,
+                                         kernels::ThreadPool* pool) const {
+  ap.kt = nullptr;  // The sparse path reads keys row by row.
+  ap.kt_blocks = 0;
+  const kernels::SparseShape shape{ap.num_queries, ap.query_position};
+  std::vector<kernels::SparseHeadIndex> indices(ap.num_q_heads);
+  for (int h = 0; h < ap.num_q_heads; ++h) {
+    TIERKV_ASSIGN_OR_RETURN(indices[h],
+                            kernels::BuildIndex(ap, h, sparse_plan_->For(layer, h)));
+    // An index that keeps nearly everything runs dense: it would only add its own cost.
+    if (kernels::CoveredFraction(indices[h], shape) > sparse_plan_->max_coverage) {
+      indices[h] = kernels::FullIndex(shape);
+    }
+  }
+  return kernels::SparseAttention(ap, indices, pool);
+}
 
 absl::Status Model::Pack(ModelWeights w) {
   layers_.resize(w.layers.size());
@@ -193,6 +211,17 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& name_or_di
                                             std::string(kBuiltinLlama3_8BRandomId), " (GPU only)"));
   }
   return LoadHf(name_or_dir, options);
+}
+
+absl::StatusOr<ModelConfig> ModelConfigOf(const std::string& name_or_dir) {
+  if (name_or_dir == kBuiltinTinyModelId) return BuiltinTinyConfig();
+  if (name_or_dir == kBuiltinLlama3_8BRandomId) return Llama3_8BShapeConfig();
+  if (name_or_dir.rfind("builtin:", 0) == 0) {
+    return absl::NotFoundError(absl::StrCat("unknown built-in model \"", name_or_dir,
+                                            "\"; the built-in models are builtin:tiny and ",
+                                            std::string(kBuiltinLlama3_8BRandomId), " (GPU only)"));
+  }
+  return LoadHfConfig(name_or_dir);
 }
 
 KvCache Model::NewKvCache() const {
@@ -294,7 +323,12 @@ absl::Status Model::Forward(std::span<const uint32_t> tokens, KvCache* kv, float
     ap.sliding_window = config_.sliding_window;
     ap.kt = kv->key_blocks(li);
     ap.kt_blocks = kv->num_key_blocks(li);
-    TIERKV_RETURN_IF_ERROR(kernels::Attention(ap, pool));
+    if (sparse_plan_ != nullptr && config_.sliding_window == 0 &&
+        ap.num_keys >= sparse_plan_->min_tokens) {
+      TIERKV_RETURN_IF_ERROR(SparseLayerAttention(ap, li, pool));
+    } else {
+      TIERKV_RETURN_IF_ERROR(kernels::Attention(ap, pool));
+    }
 
     TIERKV_RETURN_IF_ERROR(kernels::Matmul({attn.data(), q_dim, w.wo.data(), q_dim,
                                             w.bo.empty() ? nullptr : w.bo.data(), h.data(), hidden,

@@ -23,10 +23,12 @@
 #include "core/block_key.h"
 #include "kernels/device.h"
 #include "kernels/dtype.h"
+#include "kernels/ops.h"
 #include "kernels/sampling.h"
 #include "kernels/thread_pool.h"
 #include "model/config.h"
 #include "model/kv_cache.h"
+#include "model/sparse_plan.h"
 #include "model/weights.h"
 
 namespace tierkv {
@@ -53,6 +55,11 @@ struct ModelOptions {
   int64_t prefill_chunk_tokens = 2048;
   // Only kCpu exists today; kCuda gives UNIMPLEMENTED.
   kernels::Device device = kernels::Device::kCpu;
+  // Sparse attention for long prefills (null: dense everywhere). A forward chunk whose
+  // attention spans at least plan->min_tokens keys runs each head over the index its
+  // pattern builds (kernels/sparse_attention.h), or dense where that index would cover more
+  // than plan->max_coverage; models with a sliding window stay dense.
+  std::shared_ptr<const SparsePlan> sparse_plan;
 };
 
 // Immutable after creation: Prefill and Decode may run concurrently from several threads
@@ -109,6 +116,9 @@ class Model {
   absl::Status Pack(ModelWeights weights);
   // One chunk of Prefill; writes logits when `logits` is not null.
   absl::Status Forward(std::span<const uint32_t> tokens, KvCache* kv, float* logits) const;
+  // Attention of one layer's chunk under sparse_plan_ (see ModelOptions::sparse_plan).
+  absl::Status SparseLayerAttention(kernels::AttentionParams ap, int layer,
+                                    kernels::ThreadPool* pool) const;
 
   // Constant after construction.
   ModelConfig config_;
@@ -122,7 +132,13 @@ class Model {
   std::vector<float> lm_head_;  // [vocab][hidden]; empty when tied to embed_.
   std::unique_ptr<kernels::ThreadPool> own_pool_;
   kernels::ThreadPool* pool_;  // own_pool_ or the process-wide default pool.
+  std::shared_ptr<const SparsePlan> sparse_plan_;
 };
+
+// The config of what Model::Load / CudaModel::Load would load (builtin:tiny,
+// builtin:llama-3-8b-random or a Hugging Face directory), without loading weights; errors
+// as they give for the name.
+absl::StatusOr<ModelConfig> ModelConfigOf(const std::string& name_or_dir);
 
 // What every runtime's Prefill checks first: INVALID_ARGUMENT for no tokens, a KV cache of
 // another shape than the config's, or a token id >= vocab_size (naming its index).

@@ -816,6 +816,11 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Load(const std::string& name_o
     const bool unsupported = !model.ok() && model.status().code() == absl::StatusCode::kInvalidArgument;
     if (model.ok() || options.device == "cuda" || !unsupported) {
       if (!model.ok()) return model.status();
+      if (options.sparse_plan != nullptr) {
+        return absl::UnimplementedError(
+            "sparse attention plans run on the CPU runtime only for now (--device cpu); the "
+            "GPU kernels exist but the GPU model does not call them yet");
+      }
       auto runtime = std::make_unique<GpuRuntime>(*std::move(model));
       TIERKV_RETURN_IF_ERROR(runtime->Init());
       return runtime;
@@ -830,6 +835,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Load(const std::string& name_o
   ModelOptions o;
   o.num_threads = options.num_threads;
   o.model_id = options.model_id;
+  o.sparse_plan = options.sparse_plan;
   o.block_tokens = options.block_tokens;
   TIERKV_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Load(name_or_dir, o));
   return OnCpu(std::move(model));

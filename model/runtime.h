@@ -20,6 +20,7 @@
 #include "core/block_key.h"
 #include "kernels/device.h"
 #include "model/model.h"
+#include "model/sparse_plan.h"
 
 namespace tierkv {
 
@@ -34,6 +35,10 @@ struct RuntimeOptions {
   int num_threads = 0;
   std::string model_id;
   uint32_t block_tokens = kDefaultBlockTokens;
+  // Sparse attention for long prefills (model/sparse_plan.h; null: dense). The CPU runtime
+  // runs it through the reference kernels (correct, not fast); the GPU runtime does not take
+  // one yet (Load says so).
+  std::shared_ptr<const SparsePlan> sparse_plan;
 };
 
 // One sequence's KV on the runtime's device. Used by one thread at a time; must not outlive

@@ -7,6 +7,7 @@ int main(int argc, char** argv) {
   CLI::App app{"tierkv prefill worker: prompts to KV cache and a first token"};
   tierkv::WorkerFlags flags;
   flags.Register(app, "127.0.0.1:7472");
+  flags.RegisterSparse(app);
   CLI11_PARSE(app, argc, argv);
   return tierkv::RunWorker("tierkv-prefill-worker", flags,
                            [](const tierkv::Runtime* model, tierkv::CacheClient* cache) {

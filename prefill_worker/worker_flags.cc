@@ -5,6 +5,9 @@
 #include <iostream>
 
 #include "core/process.h"
+#include "core/status.h"
+#include "model/model.h"
+#include "prefill_worker/sparse_patterns.h"
 #include "proto/grpc_server.h"
 
 namespace tierkv {
@@ -27,11 +30,24 @@ void WorkerFlags::Register(CLI::App& app, const std::string& default_listen) {
   app.add_option("--port-file", port_file, "write the bound port to this file once serving");
 }
 
+void WorkerFlags::RegisterSparse(CLI::App& app) {
+  app.add_option("--sparse-patterns", sparse_patterns,
+                 "sparse attention pattern file for long prefills (docs/sparse-patterns.md); "
+                 "CPU runtime only for now");
+}
+
 absl::StatusOr<std::unique_ptr<Runtime>> WorkerFlags::LoadModel() const {
   RuntimeOptions options;
   options.device = device;
   options.num_threads = threads;
   options.model_id = model_id;
+  if (!sparse_patterns.empty()) {
+    TIERKV_ASSIGN_OR_RETURN(ModelConfig config, ModelConfigOf(model));
+    TIERKV_ASSIGN_OR_RETURN(SparsePlan plan,
+                            LoadSparsePatterns(sparse_patterns, static_cast<int>(config.num_layers),
+                                               static_cast<int>(config.num_heads)));
+    options.sparse_plan = std::make_shared<const SparsePlan>(std::move(plan));
+  }
   return Runtime::Load(model, options);
 }
 

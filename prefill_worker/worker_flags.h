@@ -24,10 +24,15 @@ struct WorkerFlags {
   int threads = 0;
   std::string device = "auto";
   std::string port_file;
+  // Prefill worker only: a sparse pattern file (docs/sparse-patterns.md); empty: dense.
+  std::string sparse_patterns;
 
   // Registers the flags on `app` with `default_listen` as --listen's default.
   void Register(CLI::App& app, const std::string& default_listen);
-  // Loads the model the flags name.
+  // Registers --sparse-patterns (the prefill worker's).
+  void RegisterSparse(CLI::App& app);
+  // Loads the model the flags name (with the sparse plan of --sparse-patterns, checked
+  // against the model's layers and heads).
   absl::StatusOr<std::unique_ptr<Runtime>> LoadModel() const;
   // A client of the cache manager the flags name.
   absl::StatusOr<std::unique_ptr<CacheClient>> CacheClientFor() const;

@@ -2,6 +2,7 @@
 // `tierkv up` runs them), driven over gRPC like a frontend.
 #include <grpcpp/grpcpp.h>
 
+#include <fstream>
 #include <random>
 
 #include "cache_client/cache_client.h"
@@ -244,6 +245,56 @@ TEST(WorkersWithoutCache, PrefillIsUnavailableGenerateStillServes) {
   ASSERT_TRUE(seq.ok());
   EXPECT_TRUE(seq->cache_unavailable);
   EXPECT_EQ(seq->computed_tokens, 40u);
+}
+
+// tierkv up with a pattern file: a plan whose indices cover everything answers as dense does;
+// a bad file stops the start with the file's path and the JSON path of the mistake.
+TEST(SparsePrefill, PatternFileIsUsedAndBadFilesFailToStart) {
+  const std::string dir = testing::TempDir();
+  const std::string good = dir + "/sparse_everything.json";
+  const std::string bad = dir + "/sparse_bad.json";
+  {
+    std::ofstream(good) << R"({"format": "tierkv-sparse-patterns/v1", "min_tokens": 64,
+      "default": {"pattern": "vertical_slash", "vertical": 1000000, "slash": 1000000}})";
+    std::ofstream(bad) << R"({"format": "tierkv-sparse-patterns/v1",
+      "layers": {"0": {"99": {"pattern": "a_shape"}}}})";
+  }
+  auto start = [](const std::string& patterns) {
+    AllInOneOptions options;
+    options.cache.listen_address = "127.0.0.1:0";
+    options.cache.host_capacity_bytes = 64 << 20;
+    options.runtime.device = "cpu";
+    options.sparse_patterns = patterns;
+    return AllInOne::Start(options);
+  };
+  auto failed = start(bad);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(failed.status().message(), HasSubstr("sparse_bad.json"));
+  EXPECT_THAT(failed.status().message(), HasSubstr("layers.0.99"));
+
+  auto dense = start("");
+  auto sparse = start(good);
+  ASSERT_TRUE(dense.ok()) << dense.status();
+  ASSERT_TRUE(sparse.ok()) << sparse.status();
+  std::mt19937 rng(8);
+  std::vector<uint32_t> prompt(300);
+  for (auto& t : prompt) t = rng() % (*dense)->model().vocab_size();
+  auto first_token = [&](AllInOne& all) -> int64_t {
+    auto stub = v1::PrefillService::NewStub(
+        grpc::CreateChannel(all.address(), grpc::InsecureChannelCredentials()));
+    v1::PrefillRequest request;
+    request.mutable_tokens()->Add(prompt.begin(), prompt.end());
+    v1::PrefillResponse response;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(2));
+    grpc::Status s = stub->Prefill(&ctx, request, &response);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return s.ok() ? response.first_token() : -1;
+  };
+  EXPECT_EQ(first_token(**sparse), first_token(**dense));
+  (*dense)->Shutdown();
+  (*sparse)->Shutdown();
 }
 
 }  // namespace
