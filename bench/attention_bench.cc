@@ -37,11 +37,16 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "kernels/cuda/internal/attention_launch.h"
+#include "bench/sdpa_runner.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/dtype.h"
 
 namespace tierkv::kernels::cuda {
 namespace {
+
+using bench::Sdpa;
+using bench::SdpaRequest;
+using bench::RunSdpaScript;
 
 struct Flags {
   std::vector<int64_t> seq = {8192, 32768, 131072};
@@ -303,69 +308,16 @@ Decode RunDecode(const Flags& f, int64_t keys) {
   return d;
 }
 
-// SDPA milliseconds by (seq, head_dim, backend); notes keep the gqa mode or the error.
-struct Sdpa {
-  std::string header, error;
-  std::map<std::tuple<int64_t, int, std::string>, double> ms;
-  std::map<std::tuple<int64_t, int, std::string>, std::string> note;
-};
-
-std::string JsonField(const std::string& line, const std::string& key) {
-  const std::string pat = "\"" + key + "\": ";
-  size_t at = line.find(pat);
-  if (at == std::string::npos) return "";
-  at += pat.size();
-  if (line[at] == '"') {
-    const size_t end = line.find('"', at + 1);
-    return line.substr(at + 1, end - at - 1);
-  }
-  size_t end = line.find_first_of(",}", at);
-  return line.substr(at, end - at);
-}
-
 Sdpa RunSdpa(const Flags& f) {
-  Sdpa s;
-  std::string seqs, hd64;
-  for (int64_t x : f.seq) absl::StrAppend(&seqs, seqs.empty() ? "" : ",", x);
-  for (int64_t x : f.hd64_seq) absl::StrAppend(&hd64, hd64.empty() ? "" : ",", x);
-  const std::string cmd = absl::StrFormat(
-      "timeout %d python3 '%s' --seq=%s --hd64-seq='%s' --runs=%d --long-runs=%d "
-      "--warmup=%d --json 2>&1",
-      f.sdpa_timeout_s, f.sdpa_script, seqs, hd64, f.runs, f.long_runs, f.warmup);
-  std::printf("running: %s\n", cmd.c_str());
-  std::fflush(stdout);
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (pipe == nullptr) {
-    s.error = "popen failed";
-    return s;
-  }
-  std::string all;
-  char buf[4096];
-  while (std::fgets(buf, sizeof(buf), pipe) != nullptr) all += buf;
-  const int rc = pclose(pipe);
-  for (absl::string_view line_view : absl::StrSplit(all, '\n')) {
-    const std::string line(line_view);
-    if (line.find("\"torch\"") != std::string::npos) s.header = line;
-    if (line.find("\"error\"") != std::string::npos && line.find("\"seq\"") == std::string::npos) {
-      s.error = JsonField(line, "error");
-    }
-    if (line.find("\"backend\"") == std::string::npos) continue;
-    int64_t seq = 0;
-    int hd = 0;
-    if (!absl::SimpleAtoi(JsonField(line, "seq"), &seq) ||
-        !absl::SimpleAtoi(JsonField(line, "head_dim"), &hd)) {
-      continue;
-    }
-    const auto key = std::make_tuple(seq, hd, JsonField(line, "backend"));
-    double ms;
-    if (absl::SimpleAtod(JsonField(line, "ms"), &ms)) s.ms[key] = ms;
-    const std::string gqa = JsonField(line, "gqa"), err = JsonField(line, "error");
-    s.note[key] = !gqa.empty() ? absl::StrCat("gqa ", gqa) : absl::StrCat("error: ", err);
-  }
-  if (rc != 0 && s.error.empty()) {
-    s.error = absl::StrCat("exit status ", rc, "; output:\n", all);
-  }
-  return s;
+  SdpaRequest r;
+  r.script = f.sdpa_script;
+  r.timeout_s = f.sdpa_timeout_s;
+  r.seq = f.seq;
+  r.hd64_seq = f.hd64_seq;
+  r.runs = f.runs;
+  r.long_runs = f.long_runs;
+  r.warmup = f.warmup;
+  return RunSdpaScript(r);
 }
 
 int Main(int argc, char** argv) {
