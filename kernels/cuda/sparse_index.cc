@@ -120,19 +120,20 @@ absl::Status EstimateAttentionMass(const AttentionMassParams& p, Stream stream) 
       g.k = p.head_dim;
       TIERKV_RETURN_IF_ERROR(Gemm(g, stream));
     }
-    // Heads of a round lie head_floats apart: rows * ld floats plus alignment padding.
-    for (int h = h0; h < h1; ++h) {
-      TIERKV_RETURN_IF_ERROR(CudaStatus(
-          internal::LaunchRowStats(scores + (h - h0) * head_floats, ld, rows, 1, pos0, p.scale,
-                                   stats + static_cast<int64_t>(h) * rows, AsCuda(stream)),
-          "RowStats launch"));
-      TIERKV_RETURN_IF_ERROR(CudaStatus(
-          internal::LaunchMass(scores + (h - h0) * head_floats, ld, rows, 1, pos0, keys, p.scale,
-                               stats + static_cast<int64_t>(h) * rows,
-                               p.per_key + static_cast<int64_t>(h) * keys,
-                               p.per_distance + static_cast<int64_t>(h) * keys, AsCuda(stream)),
-          "Mass launch"));
-    }
+    // The round's heads in one launch each (a head's 64 rows alone would leave most of the
+    // GPU idle); their scores lie head_floats apart (rows * ld plus alignment padding).
+    const int n = h1 - h0;
+    const int64_t stride = static_cast<int64_t>(head_floats);
+    TIERKV_RETURN_IF_ERROR(CudaStatus(
+        internal::LaunchRowStats(scores, ld, stride, rows, n, pos0, p.scale,
+                                 stats + static_cast<int64_t>(h0) * rows, AsCuda(stream)),
+        "RowStats launch"));
+    TIERKV_RETURN_IF_ERROR(CudaStatus(
+        internal::LaunchMass(scores, ld, stride, rows, n, pos0, keys, p.scale,
+                             stats + static_cast<int64_t>(h0) * rows,
+                             p.per_key + static_cast<int64_t>(h0) * keys,
+                             p.per_distance + static_cast<int64_t>(h0) * keys, AsCuda(stream)),
+        "Mass launch"));
   }
   return absl::OkStatus();
 }

@@ -21,10 +21,11 @@ constexpr float kLog2e = 1.4426950408889634f;
 // pos0 + i) sees keys [0, pos0 + i]; stats[h][i] = (max of scale * s, sum of exp(scale * s -
 // max)), reduced in a fixed tree.
 __global__ void __launch_bounds__(kThreads)
-    RowStatsKernel(const float* scores, int64_t ld, int64_t pos0, float scale, float2* stats) {
+    RowStatsKernel(const float* scores, int64_t ld, int64_t head_stride, int64_t pos0,
+                   float scale, float2* stats) {
   const int i = blockIdx.x;
   const int h = blockIdx.y;
-  const float* row = scores + (static_cast<int64_t>(h) * gridDim.x + i) * ld;
+  const float* row = scores + h * head_stride + static_cast<int64_t>(i) * ld;
   const int64_t visible = pos0 + i + 1;
   __shared__ float red[kThreads];
   float m = -INFINITY;
@@ -53,12 +54,13 @@ __global__ void __launch_bounds__(kThreads)
 // Per key (grid.x over keys, grid.y heads) and per distance (the same threads): the softmax
 // weight summed over the rows, rows in order.
 __global__ void __launch_bounds__(kThreads)
-    MassKernel(const float* scores, int64_t ld, int rows, int64_t pos0, int64_t keys, float scale,
-               const float2* stats, float* per_key, float* per_distance) {
+    MassKernel(const float* scores, int64_t ld, int64_t head_stride, int rows, int64_t pos0,
+               int64_t keys, float scale, const float2* stats, float* per_key,
+               float* per_distance) {
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int h = blockIdx.y;
   if (j >= keys) return;
-  const float* s = scores + static_cast<int64_t>(h) * rows * ld;
+  const float* s = scores + h * head_stride;
   const float2* st = stats + static_cast<int64_t>(h) * rows;
   float by_key = 0.0f, by_distance = 0.0f;
   for (int i = 0; i < rows; ++i) {
@@ -196,17 +198,19 @@ unsigned Grid(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kTh
 
 }  // namespace
 
-cudaError_t LaunchRowStats(const float* scores, int64_t ld, int rows, int heads, int64_t pos0,
-                           float scale, float2* stats, cudaStream_t stream) {
-  RowStatsKernel<<<dim3(rows, heads), kThreads, 0, stream>>>(scores, ld, pos0, scale, stats);
+cudaError_t LaunchRowStats(const float* scores, int64_t ld, int64_t head_stride, int rows,
+                           int heads, int64_t pos0, float scale, float2* stats,
+                           cudaStream_t stream) {
+  RowStatsKernel<<<dim3(rows, heads), kThreads, 0, stream>>>(scores, ld, head_stride, pos0, scale,
+                                                             stats);
   return cudaGetLastError();
 }
 
-cudaError_t LaunchMass(const float* scores, int64_t ld, int rows, int heads, int64_t pos0,
-                       int64_t keys, float scale, const float2* stats, float* per_key,
-                       float* per_distance, cudaStream_t stream) {
-  MassKernel<<<dim3(Grid(keys), heads), kThreads, 0, stream>>>(scores, ld, rows, pos0, keys, scale,
-                                                               stats, per_key, per_distance);
+cudaError_t LaunchMass(const float* scores, int64_t ld, int64_t head_stride, int rows, int heads,
+                       int64_t pos0, int64_t keys, float scale, const float2* stats,
+                       float* per_key, float* per_distance, cudaStream_t stream) {
+  MassKernel<<<dim3(Grid(keys), heads), kThreads, 0, stream>>>(
+      scores, ld, head_stride, rows, pos0, keys, scale, stats, per_key, per_distance);
   return cudaGetLastError();
 }
 

@@ -13,13 +13,14 @@
 namespace tierkv::kernels::cuda::internal {
 
 // stats[h][i] = (max, sum of exp(x - max)) of scale * scores[h][i][0 .. pos0 + i], for rows
-// i < rows of heads h < heads, rows `ld` floats apart and heads rows * ld apart.
-cudaError_t LaunchRowStats(const float* scores, int64_t ld, int rows, int heads, int64_t pos0,
-                           float scale, float2* stats, cudaStream_t stream);
+// i < rows of heads h < heads, rows `ld` floats apart and heads `head_stride` floats apart.
+cudaError_t LaunchRowStats(const float* scores, int64_t ld, int64_t head_stride, int rows,
+                           int heads, int64_t pos0, float scale, float2* stats,
+                           cudaStream_t stream);
 // per_key[h][j] and per_distance[h][j] for j < keys (arrays `keys` floats apart per head).
-cudaError_t LaunchMass(const float* scores, int64_t ld, int rows, int heads, int64_t pos0,
-                       int64_t keys, float scale, const float2* stats, float* per_key,
-                       float* per_distance, cudaStream_t stream);
+cudaError_t LaunchMass(const float* scores, int64_t ld, int64_t head_stride, int rows, int heads,
+                       int64_t pos0, int64_t keys, float scale, const float2* stats,
+                       float* per_key, float* per_distance, cudaStream_t stream);
 
 // Scratch of LaunchTopIndices, all device memory: keys / keys_sorted (n * segments floats),
 // indices / indices_sorted (n * segments int32), offsets (segments + 1 int64), temp.
