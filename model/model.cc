@@ -231,6 +231,12 @@ KvCache Model::NewKvCache() const {
 
 absl::StatusOr<std::vector<float>> Model::Prefill(std::span<const uint32_t> tokens,
                                                   KvCache* kv) const {
+  return PrefillObserved(tokens, kv, nullptr);
+}
+
+absl::StatusOr<std::vector<float>> Model::PrefillObserved(std::span<const uint32_t> tokens,
+                                                          KvCache* kv,
+                                                          const AttentionObserver& observe) const {
   TIERKV_RETURN_IF_ERROR(CheckPrefillInput(config_, spec_, tokens, kv->num_layers(),
                                            kv->num_kv_heads(), kv->head_dim()));
   const int64_t start = kv->tokens();
@@ -245,7 +251,8 @@ absl::StatusOr<std::vector<float>> Model::Prefill(std::span<const uint32_t> toke
   for (size_t done = 0; done < tokens.size();) {
     const size_t n = std::min<size_t>(tokens.size() - done, chunk_tokens_);
     const bool last = done + n == tokens.size();
-    absl::Status s = Forward(tokens.subspan(done, n), kv, last ? logits.data() : nullptr);
+    absl::Status s =
+        Forward(tokens.subspan(done, n), kv, last ? logits.data() : nullptr, observe);
     if (!s.ok()) {
       kv->Truncate(start);
       return s;
@@ -259,7 +266,8 @@ absl::StatusOr<std::vector<float>> Model::Decode(uint32_t token, KvCache* kv) co
   return Prefill(std::span<const uint32_t>(&token, 1), kv);
 }
 
-absl::Status Model::Forward(std::span<const uint32_t> tokens, KvCache* kv, float* logits) const {
+absl::Status Model::Forward(std::span<const uint32_t> tokens, KvCache* kv, float* logits,
+                            const AttentionObserver& observe) const {
   const int64_t t = static_cast<int64_t>(tokens.size());
   const int64_t p0 = kv->tokens();
   const int64_t hidden = config_.hidden_size;
@@ -323,6 +331,7 @@ absl::Status Model::Forward(std::span<const uint32_t> tokens, KvCache* kv, float
     ap.sliding_window = config_.sliding_window;
     ap.kt = kv->key_blocks(li);
     ap.kt_blocks = kv->num_key_blocks(li);
+    if (observe) observe(li, ap);
     if (sparse_plan_ != nullptr && config_.sliding_window == 0 &&
         ap.num_keys >= sparse_plan_->min_tokens) {
       TIERKV_RETURN_IF_ERROR(SparseLayerAttention(ap, li, pool));

@@ -12,6 +12,7 @@
 #define TIERKV_MODEL_MODEL_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -105,6 +106,14 @@ class Model {
   // max_position_embeddings.
   absl::StatusOr<std::vector<float>> Prefill(std::span<const uint32_t> tokens,
                                              KvCache* kv) const;
+  // Prefill that hands `observe` (when set) each layer's attention inputs of every forward
+  // chunk, just before that attention runs: the chunk's queries after RoPE and the layer's
+  // keys and values so far (kernels::AttentionParams; the memory is valid only during the
+  // call). For tools that study the model's attention (tierkv-pattern-search).
+  using AttentionObserver = std::function<void(int layer, const kernels::AttentionParams&)>;
+  absl::StatusOr<std::vector<float>> PrefillObserved(std::span<const uint32_t> tokens,
+                                                     KvCache* kv,
+                                                     const AttentionObserver& observe) const;
   // One decode step: Prefill of a single token.
   absl::StatusOr<std::vector<float>> Decode(uint32_t token, KvCache* kv) const;
 
@@ -115,7 +124,8 @@ class Model {
   Model(const ModelConfig& config, ModelSpec spec, const ModelOptions& options);
   absl::Status Pack(ModelWeights weights);
   // One chunk of Prefill; writes logits when `logits` is not null.
-  absl::Status Forward(std::span<const uint32_t> tokens, KvCache* kv, float* logits) const;
+  absl::Status Forward(std::span<const uint32_t> tokens, KvCache* kv, float* logits,
+                       const AttentionObserver& observe) const;
   // Attention of one layer's chunk under sparse_plan_ (see ModelOptions::sparse_plan).
   absl::Status SparseLayerAttention(kernels::AttentionParams ap, int layer,
                                     kernels::ThreadPool* pool) const;
