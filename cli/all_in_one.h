@@ -22,7 +22,7 @@ struct AllInOneOptions {
   // Device ("auto": the GPU when one is usable), CPU threads, model_id.
   RuntimeOptions runtime;
   // Sparse attention pattern file of the prefill worker (docs/sparse-patterns.md); empty:
-  // dense attention everywhere. CPU runtime only for now.
+  // dense attention everywhere. On the GPU only vertical_slash (one budget) and dense heads.
   std::string sparse_patterns;
   // GPU tier of the cache manager, on the model's GPU (nothing on the CPU runtime): new
   // blocks of the prefill worker stay there and are demoted to host memory for room. 0: no

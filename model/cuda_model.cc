@@ -38,6 +38,11 @@ struct CudaModel::Scratch {
   DeviceBuffer ids;      // int32 [chunk]
   DeviceBuffer logits;   // fp32 [vocab]
   DeviceBuffer workspace;  // Attention's, grown on demand.
+  // Sparse attention (CudaModelOptions::sparse_plan), grown on demand.
+  DeviceBuffer per_key, per_distance, verticals, slashes, block_offsets, column_offsets;
+  DeviceBuffer blocks, columns, skip, sparse_workspace;
+  std::vector<int64_t> host_block_offsets, host_column_offsets;
+  std::vector<uint8_t> host_skip;
   cu::PinnedBuffer host_ids;     // int32 [chunk]
   cu::PinnedBuffer host_logits;  // fp32 [vocab]
 };
@@ -53,6 +58,38 @@ absl::StatusOr<DeviceBuffer> UploadBf16(std::initializer_list<const HostTensor*>
     for (float f : t->data) bits.push_back(kernels::FloatToBf16(f));
   }
   return cu::Upload(std::span<const uint16_t>(bits));
+}
+
+// What the GPU runs of a plan: every head vertical_slash with one set of budgets, or dense.
+absl::Status CheckSparsePlan(const SparsePlan& plan, const ModelConfig& config,
+                             kernels::VerticalSlashParams* budgets) {
+  if (config.sliding_window != 0) {
+    return absl::InvalidArgumentError("sparse attention plans do not combine with a sliding window");
+  }
+  bool have = false;
+  for (int l = 0; l < config.num_layers; ++l) {
+    for (int h = 0; h < config.num_heads; ++h) {
+      const kernels::HeadPattern& p = plan.For(l, h);
+      if (p.pattern == kernels::SparsePattern::kDense) continue;
+      if (p.pattern != kernels::SparsePattern::kVerticalSlash) {
+        return absl::UnimplementedError(absl::StrCat(
+            "layer ", l, " head ", h, ": the GPU runs vertical_slash and dense heads only; this "
+            "one is ", std::string(kernels::SparsePatternName(p.pattern)),
+            " (the CPU runtime runs every pattern)"));
+      }
+      const kernels::VerticalSlashParams& v = p.vertical_slash;
+      if (have && (v.vertical != budgets->vertical || v.slash != budgets->slash ||
+                   v.keep_first != budgets->keep_first || v.keep_near != budgets->keep_near ||
+                   v.last_q != budgets->last_q)) {
+        return absl::UnimplementedError(absl::StrCat(
+            "layer ", l, " head ", h, ": the GPU runs one set of vertical_slash budgets for "
+            "every head, and this head's differ from an earlier head's"));
+      }
+      *budgets = v;
+      have = true;
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CheckOptions(const CudaModelOptions& options) {
@@ -336,11 +373,17 @@ absl::Status CudaKvCache::ExtractBlocks(int64_t first_block, int64_t num_blocks,
 // CudaModel
 
 CudaModel::CudaModel(const ModelConfig& config, ModelSpec spec, const CudaModelOptions& options)
-    : config_(config), spec_(std::move(spec)), chunk_tokens_(options.prefill_chunk_tokens) {}
+    : config_(config),
+      spec_(std::move(spec)),
+      chunk_tokens_(options.prefill_chunk_tokens),
+      sparse_plan_(options.sparse_plan) {}
 
 CudaModel::~CudaModel() = default;
 
 absl::Status CudaModel::Init() {
+  if (sparse_plan_ != nullptr) {
+    TIERKV_RETURN_IF_ERROR(CheckSparsePlan(*sparse_plan_, config_, &sparse_budgets_));
+  }
   TIERKV_ASSIGN_OR_RETURN(stream_, cu::StreamOwner::Create());
   // RoPE tables: the CPU runtime's own fp32 values (kernels::RopeCosSin), for every position.
   const std::vector<float> inv_freq = config_.RopeInvFreq();
@@ -572,6 +615,131 @@ absl::StatusOr<std::vector<float>> CudaModel::Prefill(std::span<const uint32_t> 
   return std::vector<float>(host, host + config_.vocab_size);
 }
 
+namespace {
+
+// `buffer` holds at least `bytes` (reallocated, contents dropped, when it does not).
+absl::Status Ensure(DeviceBuffer& buffer, size_t bytes) {
+  if (buffer.size() >= bytes) return absl::OkStatus();
+  TIERKV_ASSIGN_OR_RETURN(buffer, DeviceBuffer::Allocate(std::max<size_t>(bytes, 256)));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status CudaModel::SparseLayerAttention(const cu::AttentionParams& ap, int layer) const {
+  Scratch& s = *scratch_;
+  const cu::Stream st = stream_.get();
+  const int hq = ap.num_q_heads;
+  const int64_t t = ap.num_queries, keys = ap.num_keys;
+  const int64_t rows = (t + kernels::kSparseBlock - 1) / kernels::kSparseBlock;
+  const int64_t key_blocks = (keys + kernels::kSparseBlock - 1) / kernels::kSparseBlock;
+  const kernels::VerticalSlashParams& vs = sparse_budgets_;
+  const int64_t vertical = std::min(vs.vertical, keys), slash = std::min(vs.slash, keys);
+  // Buffers may be reallocated below: nothing queued may still use the old ones.
+  TIERKV_RETURN_IF_ERROR(stream_.Synchronize());
+  TIERKV_RETURN_IF_ERROR(Ensure(s.per_key, Bytes(hq * keys, 4)));
+  TIERKV_RETURN_IF_ERROR(Ensure(s.per_distance, Bytes(hq * keys, 4)));
+  TIERKV_RETURN_IF_ERROR(Ensure(s.verticals, Bytes(hq * std::max<int64_t>(vertical, 1), 4)));
+  TIERKV_RETURN_IF_ERROR(Ensure(s.slashes, Bytes(hq * slash, 4)));
+  TIERKV_RETURN_IF_ERROR(Ensure(s.block_offsets, Bytes(hq * rows + 1, 8)));
+  TIERKV_RETURN_IF_ERROR(Ensure(s.column_offsets, Bytes(hq * rows + 1, 8)));
+  // Room for every visible block and every vertical of every row block: never exhausted.
+  TIERKV_RETURN_IF_ERROR(Ensure(s.blocks, Bytes(hq * rows * key_blocks, 4)));
+  TIERKV_RETURN_IF_ERROR(Ensure(s.columns, Bytes(hq * rows * std::max<int64_t>(vertical, 1), 4)));
+  TIERKV_RETURN_IF_ERROR(Ensure(s.skip, Bytes(hq, 1)));
+
+  cu::AttentionMassParams mp;
+  mp.q = ap.q;
+  mp.ldq = ap.ldq;
+  mp.k = ap.k;
+  mp.ldkv = ap.ldkv;
+  mp.num_queries = t;
+  mp.query_position = ap.query_position;
+  mp.num_q_heads = hq;
+  mp.num_kv_heads = ap.num_kv_heads;
+  mp.head_dim = ap.head_dim;
+  mp.scale = ap.scale;
+  mp.last_q = std::min<int64_t>(vs.last_q, t);
+  mp.per_key = s.per_key.as<float>();
+  mp.per_distance = s.per_distance.as<float>();
+  cu::TopIndicesParams tv{s.per_key.as<float>(), keys, hq, vertical,
+                          std::min(vs.keep_first, vertical), s.verticals.as<int32_t>()};
+  cu::TopIndicesParams ts{s.per_distance.as<float>(), keys, hq, slash,
+                          std::min(vs.keep_near, slash), s.slashes.as<int32_t>()};
+  cu::VerticalSlashIndexParams ip;
+  ip.verticals = s.verticals.as<int32_t>();
+  ip.num_verticals = vertical;
+  ip.slashes = s.slashes.as<int32_t>();
+  ip.num_slashes = slash;
+  ip.heads = hq;
+  ip.num_queries = t;
+  ip.query_position = ap.query_position;
+  ip.block_offsets = s.block_offsets.as<int64_t>();
+  ip.column_offsets = s.column_offsets.as<int64_t>();
+  ip.blocks = s.blocks.as<int32_t>();
+  ip.blocks_capacity = hq * rows * key_blocks;
+  ip.columns = s.columns.as<int32_t>();
+  ip.columns_capacity = hq * rows * std::max<int64_t>(vertical, 1);
+  // Up to 8 heads' scores at a time in the estimate's workspace.
+  const size_t ws = std::max({cu::AttentionMassMinWorkspaceBytes(mp) * std::min(hq, 8),
+                              cu::TopIndicesWorkspaceBytes(tv), cu::TopIndicesWorkspaceBytes(ts),
+                              cu::VerticalSlashIndexWorkspaceBytes(ip)});
+  TIERKV_RETURN_IF_ERROR(Ensure(s.sparse_workspace, ws));
+  mp.workspace = tv.workspace = ts.workspace = ip.workspace = s.sparse_workspace.data();
+  mp.workspace_bytes = tv.workspace_bytes = ts.workspace_bytes = ip.workspace_bytes =
+      s.sparse_workspace.size();
+  TIERKV_RETURN_IF_ERROR(cu::EstimateAttentionMass(mp, st));
+  TIERKV_RETURN_IF_ERROR(cu::TopIndices(tv, st));
+  TIERKV_RETURN_IF_ERROR(cu::TopIndices(ts, st));
+  TIERKV_RETURN_IF_ERROR(cu::BuildVerticalSlashIndex(ip, st));  // Waits for the counts.
+
+  // Per head: dense when its pattern says so or its index covers more than max_coverage of
+  // the chunk's causal tiles.
+  s.host_block_offsets.resize(hq * rows + 1);
+  s.host_column_offsets.resize(hq * rows + 1);
+  TIERKV_RETURN_IF_ERROR(cu::CopyToHost(s.host_block_offsets.data(), s.block_offsets.data(),
+                                        Bytes(hq * rows + 1, 8)));
+  TIERKV_RETURN_IF_ERROR(cu::CopyToHost(s.host_column_offsets.data(), s.column_offsets.data(),
+                                        Bytes(hq * rows + 1, 8)));
+  double causal_tiles = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t last = ap.query_position + std::min(t, (r + 1) * kernels::kSparseBlock) - 1;
+    causal_tiles += static_cast<double>(last / kernels::kSparseBlock + 1);
+  }
+  s.host_skip.assign(hq, 0);
+  bool any_sparse = false;
+  for (int h = 0; h < hq; ++h) {
+    const int64_t b = s.host_block_offsets[(h + 1) * rows] - s.host_block_offsets[h * rows];
+    const int64_t c = s.host_column_offsets[(h + 1) * rows] - s.host_column_offsets[h * rows];
+    const double coverage = (static_cast<double>(b) + c / 64.0) / causal_tiles;
+    const bool dense = sparse_plan_->For(layer, h).pattern == kernels::SparsePattern::kDense ||
+                       coverage > sparse_plan_->max_coverage;
+    s.host_skip[h] = dense ? 1 : 0;
+    any_sparse = any_sparse || !dense;
+  }
+  TIERKV_RETURN_IF_ERROR(cu::CopyToDevice(s.skip.data(), s.host_skip.data(), hq));
+  if (any_sparse) {
+    cu::SparseIndexView view{s.block_offsets.as<int64_t>(), s.blocks.as<int32_t>(),
+                             s.column_offsets.as<int64_t>(), s.columns.as<int32_t>(),
+                             s.skip.as<uint8_t>()};
+    TIERKV_RETURN_IF_ERROR(cu::SparseAttention(ap, view, st));
+  }
+  // Dense heads, one q head at a time against its KV head.
+  const int group = hq / ap.num_kv_heads;
+  for (int h = 0; h < hq; ++h) {
+    if (!s.host_skip[h]) continue;
+    cu::AttentionParams one = ap;
+    one.q = ap.q + static_cast<int64_t>(h) * ap.head_dim;
+    one.k = ap.k + static_cast<int64_t>(h / group) * ap.head_dim;
+    one.v = ap.v + static_cast<int64_t>(h / group) * ap.head_dim;
+    one.out = ap.out + static_cast<int64_t>(h) * ap.head_dim;
+    one.num_q_heads = 1;
+    one.num_kv_heads = 1;
+    TIERKV_RETURN_IF_ERROR(cu::Attention(one, st));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<float>> CudaModel::Decode(uint32_t token, CudaKvCache* kv) const {
   return Prefill(std::span<const uint32_t>(&token, 1), kv);
 }
@@ -652,7 +820,12 @@ absl::Status CudaModel::Forward(std::span<const uint32_t> tokens, CudaKvCache* k
     TIERKV_RETURN_IF_ERROR(cu::RopeQkv(rp, st));
     ap.k = kv->k(li);
     ap.v = kv->v(li);
-    TIERKV_RETURN_IF_ERROR(cu::Attention(ap, st));
+    if (sparse_plan_ != nullptr && t >= kernels::kSparseBlock &&
+        ap.num_keys >= sparse_plan_->min_tokens) {
+      TIERKV_RETURN_IF_ERROR(SparseLayerAttention(ap, li));
+    } else {
+      TIERKV_RETURN_IF_ERROR(cu::Attention(ap, st));
+    }
     // The residual stream takes the attention output, then the MLP's, in place (fp32).
     TIERKV_RETURN_IF_ERROR(cu::Gemm(
         Linear(s.attn, w.wo, w.bo, t, hidden, q_dim).AddTo(s.h.as<float>()), st));

@@ -26,6 +26,7 @@
 #include "kernels/cuda/memory.h"
 #include "kernels/cuda/ops.h"
 #include "model/config.h"
+#include "model/sparse_plan.h"
 #include "model/weights.h"
 
 namespace tierkv {
@@ -38,6 +39,13 @@ struct CudaModelOptions {
   // Tokens per forward chunk inside Prefill: bounds activation memory (about
   // chunk * (qkv + 2 * intermediate) * 2 bytes); results depend on it only by rounding.
   int64_t prefill_chunk_tokens = 8192;
+  // Sparse attention for long prefills (model/sparse_plan.h; null: dense). On the GPU every
+  // head's pattern must be vertical_slash with the same budgets, or dense (Load says which
+  // head is not). A forward chunk of at least 64 queries whose attention spans at least
+  // min_tokens keys estimates every head's index on the GPU and runs the sparse kernel; heads
+  // whose index covers more than max_coverage of the chunk's causal tiles, and dense heads,
+  // run the dense kernel.
+  std::shared_ptr<const SparsePlan> sparse_plan;
 };
 
 // The KV of one sequence in device memory: per layer K and V, bf16
@@ -178,6 +186,9 @@ class CudaModel {
   absl::Status Init();
   absl::Status Forward(std::span<const uint32_t> tokens, CudaKvCache* kv, bool logits) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // One layer's attention of a chunk under sparse_plan_ (see CudaModelOptions::sparse_plan).
+  absl::Status SparseLayerAttention(const kernels::cuda::AttentionParams& ap, int layer) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Constant after construction.
   ModelConfig config_;
@@ -188,6 +199,8 @@ class CudaModel {
   kernels::cuda::DeviceBuffer embed_, norm_, lm_head_;  // lm_head_ empty when tied.
   kernels::cuda::DeviceBuffer rope_cos_, rope_sin_;     // [max_positions][head_dim / 2]
   int64_t rope_rows_ = 0;
+  std::shared_ptr<const SparsePlan> sparse_plan_;
+  kernels::VerticalSlashParams sparse_budgets_;  // The plan's (one for every sparse head).
 
   mutable absl::Mutex mu_;
   std::unique_ptr<Scratch> scratch_ ABSL_GUARDED_BY(mu_);

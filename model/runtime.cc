@@ -810,17 +810,14 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Load(const std::string& name_o
     CudaModelOptions o;
     o.model_id = options.model_id;
     o.block_tokens = options.block_tokens;
+    o.sparse_plan = options.sparse_plan;
     absl::StatusOr<std::unique_ptr<CudaModel>> model = CudaModel::Load(name_or_dir, o);
     // "auto" falls back to the CPU for a model the GPU runtime cannot run (its shape); a
     // missing file or a full device is an error either way.
     const bool unsupported = !model.ok() && model.status().code() == absl::StatusCode::kInvalidArgument;
     if (model.ok() || options.device == "cuda" || !unsupported) {
       if (!model.ok()) return model.status();
-      if (options.sparse_plan != nullptr) {
-        return absl::UnimplementedError(
-            "sparse attention plans run on the CPU runtime only for now (--device cpu); the "
-            "GPU kernels exist but the GPU model does not call them yet");
-      }
+
       auto runtime = std::make_unique<GpuRuntime>(*std::move(model));
       TIERKV_RETURN_IF_ERROR(runtime->Init());
       return runtime;

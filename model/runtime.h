@@ -36,8 +36,9 @@ struct RuntimeOptions {
   std::string model_id;
   uint32_t block_tokens = kDefaultBlockTokens;
   // Sparse attention for long prefills (model/sparse_plan.h; null: dense). The CPU runtime
-  // runs it through the reference kernels (correct, not fast); the GPU runtime does not take
-  // one yet (Load says so).
+  // runs every pattern through the reference kernels (correct, not fast); the GPU runtime
+  // runs vertical_slash heads (one set of budgets) and dense heads, and refuses other plans
+  // at load (CudaModelOptions::sparse_plan).
   std::shared_ptr<const SparsePlan> sparse_plan;
 };
 

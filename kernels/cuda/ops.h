@@ -238,6 +238,9 @@ struct SparseIndexView {
   const int32_t* blocks = nullptr;
   const int64_t* column_offsets = nullptr;
   const int32_t* columns = nullptr;
+  // Optional, device memory, one byte per q head: heads marked non-zero are left alone (their
+  // output is not written; the caller computes them another way, e.g. dense).
+  const uint8_t* skip_heads = nullptr;
 };
 absl::Status SparseAttention(const AttentionParams& p, const SparseIndexView& index,
                              Stream stream);

@@ -38,6 +38,7 @@ absl::Status SparseAttention(const AttentionParams& p, const SparseIndexView& in
   a.blocks = index.blocks;
   a.column_offsets = index.column_offsets;
   a.columns = index.columns;
+  a.skip_heads = index.skip_heads;
   return CudaStatus(internal::LaunchSparseAttention(a, p.head_dim,
                                                     reinterpret_cast<cudaStream_t>(stream)),
                     "SparseAttention launch");

@@ -48,6 +48,7 @@ __global__ void __launch_bounds__(kThreads, 2) SparseAttentionKernel(SparseArgs 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   // Heaviest row blocks (the last) first.
   const int head = blockIdx.x % a.num_q_heads;
+  if (a.skip_heads != nullptr && a.skip_heads[head] != 0) return;  // The whole block leaves.
   const int rb = a.row_blocks - 1 - static_cast<int>(blockIdx.x / a.num_q_heads);
   const int kv_head = head / a.group;
   const int row0 = rb * kBlockM;

@@ -3,7 +3,7 @@
 # model) from the bundle scripts/pack-device-bin.sh made here (carry .devbin):
 #   scripts/pack-device-bin.sh build kernels_cuda_gpu_test kernels_cuda_attention_gpu_test kernels_cuda_checksum_gpu_test transfer_cuda_gpu_test \
 #     kernels_cuda_sparse_index_gpu_test kernels_cuda_sparse_attention_gpu_test \
-#     model_cuda_gpu_test model_runtime_test gpu_tier_gpu_test ttft_bench
+#     model_cuda_gpu_test model_cuda_sparse_gpu_test model_runtime_test gpu_tier_gpu_test ttft_bench
 # Logs go to $OUT. Usage: bash scripts/device/gpu-runtime.sh [TOKENS] [REPEATS]
 set -uo pipefail
 out=${OUT:-/tmp/out}
@@ -18,7 +18,8 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.draw --fo
 status=0
 for name in kernels_cuda_gpu_test kernels_cuda_attention_gpu_test kernels_cuda_checksum_gpu_test \
             kernels_cuda_sparse_index_gpu_test kernels_cuda_sparse_attention_gpu_test \
-            model_cuda_gpu_test transfer_cuda_gpu_test model_runtime_test gpu_tier_gpu_test; do
+            model_cuda_gpu_test model_cuda_sparse_gpu_test transfer_cuda_gpu_test model_runtime_test \
+            gpu_tier_gpu_test; do
   [ -x /tmp/tk/bin/${name} ] || continue
   timeout 300 /tmp/tk/bin/${name} >"${out}/${name}.log" 2>&1
   rc=$?

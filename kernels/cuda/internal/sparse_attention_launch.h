@@ -24,6 +24,7 @@ struct SparseArgs {
   const int32_t* blocks;
   const int64_t* column_offsets;
   const int32_t* columns;
+  const uint8_t* skip_heads;  // Null, or one byte per q head: non-zero heads are skipped.
 };
 
 cudaError_t LaunchSparseAttention(const SparseArgs& a, int head_dim, cudaStream_t stream);
