@@ -117,13 +117,29 @@ __device__ void MarkBlocks(const IndexArgs& a, int h, int r, uint32_t* bits) {
   const int64_t first = a.query_position + static_cast<int64_t>(r) * 64;
   const int64_t last = a.query_position + min(a.num_queries, static_cast<int64_t>(r + 1) * 64) - 1;
   const int32_t* slashes = a.slashes + static_cast<int64_t>(h) * a.num_slashes;
-  for (int64_t t = threadIdx.x; t < a.num_slashes; t += kThreads) {
+  // Each thread takes a contiguous run of the (ascending) slashes: their block ranges move
+  // down as the distance grows, so it merges touching ranges and marks each merged range
+  // once. (One atomic per slash made thousands of threads hit the same few words.)
+  auto mark = [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b <= hi; ++b) atomicOr(&bits[b / 32], 1u << (b % 32));
+  };
+  const int64_t per = (a.num_slashes + kThreads - 1) / kThreads;
+  const int64_t t_end = min(a.num_slashes, (threadIdx.x + 1) * per);
+  int64_t cur_lo = 0, cur_hi = -1;  // Pending merged range (empty while cur_hi < cur_lo).
+  for (int64_t t = threadIdx.x * per; t < t_end; ++t) {
     const int64_t d = slashes[t];
     const int64_t hi = last - d;
-    if (hi < 0) continue;
-    const int64_t lo = first - d > 0 ? first - d : 0;
-    for (int64_t b = lo / 64; b <= hi / 64; ++b) atomicOr(&bits[b / 32], 1u << (b % 32));
+    if (hi < 0) break;  // Later distances are larger still.
+    const int64_t b_lo = (first - d > 0 ? first - d : 0) / 64, b_hi = hi / 64;
+    if (cur_hi >= cur_lo && b_hi >= cur_lo - 1) {
+      cur_lo = min(cur_lo, b_lo);
+    } else {
+      mark(cur_lo, cur_hi);
+      cur_lo = b_lo;
+      cur_hi = b_hi;
+    }
   }
+  mark(cur_lo, cur_hi);
   if (threadIdx.x == 0) {
     const int64_t diagonal = last / 64;
     atomicOr(&bits[diagonal / 32], 1u << (diagonal % 32));
