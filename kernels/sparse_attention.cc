@@ -70,7 +70,10 @@ absl::Status ValidateSparseIndex(const SparseHeadIndex& index, const SparseShape
     }
     const int64_t last = LastPos(shape, r);
     const int64_t diagonal = last / kB;
-    bool has_diagonal = false;
+    // A row block starting inside a key block (query_position not a multiple of 64) spans
+    // two: its first rows' own keys lie in the first.
+    const int64_t first_diagonal = FirstPos(shape, r) / kB;
+    bool has_diagonal = false, has_first = false;
     int64_t previous = -1;
     for (int32_t b : index.BlocksOf(r)) {
       if (b <= previous || b < 0 || b > diagonal) {
@@ -79,11 +82,17 @@ absl::Status ValidateSparseIndex(const SparseHeadIndex& index, const SparseShape
             diagonal));
       }
       has_diagonal = has_diagonal || b == diagonal;
+      has_first = has_first || b == first_diagonal;
       previous = b;
     }
     if (!has_diagonal) {
       return absl::InvalidArgumentError(absl::StrCat(
           "row block ", r, ": its diagonal key block ", diagonal, " is missing"));
+    }
+    if (!has_first) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "row block ", r, ": key block ", first_diagonal, ", which holds its first rows' own "
+          "keys, is missing"));
     }
     const auto blocks = index.BlocksOf(r);
     previous = -1;
@@ -252,7 +261,8 @@ absl::StatusOr<SparseHeadIndex> VerticalSlashIndex(const SparseShape& shape,
       const int64_t lo = std::max<int64_t>(0, first - d);
       for (int64_t b = lo / kB; b <= hi / kB; ++b) hit[b] = 1;
     }
-    hit[diagonal] = 1;  // A query always sees itself.
+    hit[diagonal] = 1;  // A query always sees itself (both blocks its rows' keys lie in).
+    hit[first / kB] = 1;
     for (int64_t b = 0; b <= diagonal; ++b) {
       if (hit[b]) index.blocks.push_back(static_cast<int32_t>(b));
     }
@@ -338,7 +348,10 @@ absl::StatusOr<SparseHeadIndex> BuildBlockSparseIndex(const AttentionParams& p, 
                       scores->begin() + r * key_blocks + diagonal + 1);
     // The diagonal block first (forced), then the best of the others.
     row_scores[diagonal] = std::numeric_limits<float>::infinity();
-    std::vector<int32_t> top = TopIndices(row_scores, params.top_blocks, 0);
+    const int64_t first_block = FirstPos(shape, r) / kB;
+    row_scores[first_block] = std::numeric_limits<float>::infinity();
+    const int64_t forced = first_block == diagonal ? 1 : 2;
+    std::vector<int32_t> top = TopIndices(row_scores, std::max(params.top_blocks, forced), 0);
     index.blocks.insert(index.blocks.end(), top.begin(), top.end());
     index.block_begin.push_back(static_cast<int64_t>(index.blocks.size()));
     index.column_begin.push_back(0);

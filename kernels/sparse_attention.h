@@ -11,7 +11,8 @@
 //     to (slash lines, the nearest keep_near always, so the diagonal is always in). Slashes
 //     become the key blocks they pass through; verticals outside those blocks stay columns;
 //   - block-sparse: queries and keys mean-pooled over 64-token blocks, and for each query
-//     block the key blocks with the highest pooled score (its diagonal block always).
+//     block the key blocks with the highest pooled score (the blocks of its own positions
+//     always).
 // Every selection is deterministic: higher score first, equal scores by lower index, so
 // another implementation fed the same scores selects the same blocks and columns.
 //
@@ -67,8 +68,10 @@ struct SparseShape {
 
 // Checks an index against a shape: one row block per 64 queries, ascending entries, every
 // block and column visible to some row of its row block (no later than its last position),
-// no column inside a listed block, and each row block's diagonal block listed (a query
-// always sees itself). INVALID_ARGUMENT naming the first violation.
+// no column inside a listed block, and the key blocks holding the row block's own positions
+// listed (its diagonal block, and, when query_position is not a multiple of 64, the block of
+// its first row too: a query always sees itself). INVALID_ARGUMENT naming the first
+// violation.
 absl::Status ValidateSparseIndex(const SparseHeadIndex& index, const SparseShape& shape);
 
 // Fraction of the causal attention's work the index computes: query-key pairs (causal)
@@ -121,7 +124,8 @@ absl::StatusOr<SparseHeadIndex> BuildVerticalSlashIndex(const AttentionParams& p
                                                         const VerticalSlashParams& params);
 
 struct BlockSparseParams {
-  int64_t top_blocks = 64;  // Key blocks per row block, the diagonal block included.
+  // Key blocks per row block, the blocks of its own positions included (at least those).
+  int64_t top_blocks = 64;
 };
 // Pooled block scores of query head `head`: score[r][b] = scale * mean_q(row block r) .
 // mean_k(key block b) for visible key blocks b (row-major, num_row_blocks x num_key_blocks;

@@ -130,6 +130,30 @@ TEST(SparseAttention, BadIndicesAreRefusedWithTheReason) {
   EXPECT_TRUE(std::isnan(pr.out[0]));
 }
 
+// A call resuming at a position inside a key block: each row block spans two key blocks,
+// and both must be listed (the first rows see themselves in the first).
+TEST(SparseAttention, RowBlocksStartingInsideAKeyBlockNeedBothOwnBlocks) {
+  const SparseShape shape{200, 32};  // Row block 0: positions 32..95, key blocks 0 and 1.
+  SparseHeadIndex diagonal_only = FullIndex(shape);
+  diagonal_only.blocks.erase(diagonal_only.blocks.begin());  // Row block 0 loses block 0.
+  for (size_t i = 1; i < diagonal_only.block_begin.size(); ++i) --diagonal_only.block_begin[i];
+  EXPECT_THAT(ValidateSparseIndex(diagonal_only, shape).message(),
+              HasSubstr("first rows' own keys"));
+  // Every builder lists both, even block-sparse with a budget of one block.
+  Problem pr = RandomProblem(200, 32, 2, 1, 32, 12);
+  auto ix = BuildBlockSparseIndex(pr.Params(), 0, {1});
+  ASSERT_TRUE(ix.ok()) << ix.status();
+  EXPECT_TRUE(ValidateSparseIndex(*ix, shape).ok());
+  EXPECT_THAT(ix->BlocksOf(0), ElementsAre(0, 1));
+  const std::vector<int32_t> far = {150}, none = {100};  // No slash reaches a row's own key.
+  auto vs = VerticalSlashIndex(shape, none, far);
+  ASSERT_TRUE(vs.ok());
+  EXPECT_TRUE(ValidateSparseIndex(*vs, shape).ok());
+  // And sparse attention over such an index has no row without keys (no NaN).
+  ASSERT_TRUE(SparseAttention(pr.Params(), Repeat(*ix, 2), nullptr).ok());
+  for (float x : pr.out) ASSERT_FALSE(std::isnan(x));
+}
+
 TEST(SparseAttention, PatternNamesRoundTripAndDenseIsTheFullIndex) {
   for (SparsePattern p : {SparsePattern::kDense, SparsePattern::kAShape,
                           SparsePattern::kVerticalSlash, SparsePattern::kBlockSparse}) {

@@ -717,7 +717,9 @@ absl::Status CudaModel::SparseLayerAttention(const cu::AttentionParams& ap, int 
     s.host_skip[h] = dense ? 1 : 0;
     any_sparse = any_sparse || !dense;
   }
-  TIERKV_RETURN_IF_ERROR(cu::CopyToDevice(s.skip.data(), s.host_skip.data(), hq));
+  // On the model's stream (a plain cudaMemcpy runs on the legacy stream, which a
+  // non-blocking stream does not wait for); pageable memory is staged before this returns.
+  TIERKV_RETURN_IF_ERROR(cu::CopyAsync(s.skip.data(), s.host_skip.data(), hq, st));
   if (any_sparse) {
     cu::SparseIndexView view{s.block_offsets.as<int64_t>(), s.blocks.as<int32_t>(),
                              s.column_offsets.as<int64_t>(), s.columns.as<int32_t>(),

@@ -333,7 +333,7 @@ absl::Status Model::Forward(std::span<const uint32_t> tokens, KvCache* kv, float
     ap.kt_blocks = kv->num_key_blocks(li);
     if (observe) observe(li, ap);
     if (sparse_plan_ != nullptr && config_.sliding_window == 0 &&
-        ap.num_keys >= sparse_plan_->min_tokens) {
+        ap.num_queries >= kernels::kSparseBlock && ap.num_keys >= sparse_plan_->min_tokens) {
       TIERKV_RETURN_IF_ERROR(SparseLayerAttention(ap, li, pool));
     } else {
       TIERKV_RETURN_IF_ERROR(kernels::Attention(ap, pool));

@@ -56,10 +56,12 @@ struct ModelOptions {
   int64_t prefill_chunk_tokens = 2048;
   // Only kCpu exists today; kCuda gives UNIMPLEMENTED.
   kernels::Device device = kernels::Device::kCpu;
-  // Sparse attention for long prefills (null: dense everywhere). A forward chunk whose
-  // attention spans at least plan->min_tokens keys runs each head over the index its
-  // pattern builds (kernels/sparse_attention.h), or dense where that index would cover more
-  // than plan->max_coverage; models with a sliding window stay dense.
+  // Sparse attention for long prefills (null: dense everywhere). A forward chunk of at least
+  // 64 queries whose attention spans at least plan->min_tokens keys runs each head over the
+  // index its pattern builds (kernels/sparse_attention.h), or over the full index (dense
+  // attention, through the same reference kernel) where that index would cover more than
+  // plan->max_coverage of the query-key pairs; decode steps, short chunks and models with a
+  // sliding window stay on the dense kernel.
   std::shared_ptr<const SparsePlan> sparse_plan;
 };
 

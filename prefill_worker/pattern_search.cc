@@ -205,8 +205,16 @@ absl::StatusOr<SparsePlan> SearchModelPatterns(
   const int64_t end = static_cast<int64_t>(prompt.size());
   KvCache kv = model.NewKvCache();
   auto observe = [&](int layer, const kernels::AttentionParams& ap) {
-    // Only the last chunk: the prompt's last queries over all its keys.
+    // Only the last chunk: the prompt's last queries over all its keys. A short last chunk
+    // would fit the budgets to a few rows.
     if (!failed.ok() || ap.query_position + ap.num_queries != end) return;
+    if (ap.num_queries < kernels::kSparseBlock) {
+      failed = absl::InvalidArgumentError(absl::StrCat(
+          "the prompt's last forward chunk has ", ap.num_queries, " queries; the search needs "
+          "at least ", kernels::kSparseBlock, " (load the model with a prefill chunk as long "
+          "as the prompt)"));
+      return;
+    }
     kernels::AttentionParams p = ap;
     p.kt = nullptr;
     p.kt_blocks = 0;

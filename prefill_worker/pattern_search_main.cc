@@ -48,13 +48,13 @@ int main(int argc, char** argv) {
   app.add_option("--out", out, "pattern file to write")->required();
   CLI11_PARSE(app, argc, argv);
 
-  tierkv::ModelOptions mo;
-  mo.num_threads = threads;
-  auto model = tierkv::Model::Load(model_name, mo);
-  if (!model.ok()) {
-    std::cerr << "tierkv-pattern-search: " << model.status() << "\n";
+  // The vocabulary bounds the prompt's tokens: read the config first.
+  auto config = tierkv::ModelConfigOf(model_name);
+  if (!config.ok()) {
+    std::cerr << "tierkv-pattern-search: " << config.status() << "\n";
     return 1;
   }
+  const int64_t vocab = config->vocab_size;
   std::vector<uint32_t> prompt;
   if (!prompt_file.empty()) {
     std::ifstream in(prompt_file);
@@ -63,21 +63,30 @@ int main(int argc, char** argv) {
       return 1;
     }
     for (int64_t t; in >> t;) {
-      if (t < 0 || t >= (*model)->vocab_size()) {
+      if (t < 0 || t >= vocab) {
         std::cerr << "tierkv-pattern-search: " << prompt_file << ": token " << t
-                  << " outside the vocabulary of " << (*model)->vocab_size() << "\n";
+                  << " outside the vocabulary of " << vocab << "\n";
         return 2;
       }
       prompt.push_back(static_cast<uint32_t>(t));
     }
   } else if (random_tokens > 0) {
     std::mt19937 rng(seed);
-    for (int64_t i = 0; i < random_tokens; ++i) prompt.push_back(rng() % (*model)->vocab_size());
+    for (int64_t i = 0; i < random_tokens; ++i) prompt.push_back(rng() % vocab);
   }
   if (prompt.size() < 128) {
     std::cerr << "tierkv-pattern-search: give a sample prompt of at least 128 tokens "
                  "(--prompt-file or --random-tokens)\n";
     return 2;
+  }
+  // One forward chunk for the whole prompt: the search looks at its last chunk.
+  tierkv::ModelOptions mo;
+  mo.num_threads = threads;
+  mo.prefill_chunk_tokens = static_cast<int64_t>(prompt.size());
+  auto model = tierkv::Model::Load(model_name, mo);
+  if (!model.ok()) {
+    std::cerr << "tierkv-pattern-search: " << model.status() << "\n";
+    return 1;
   }
   const int layers = static_cast<int>((*model)->config().num_layers);
   std::vector<std::vector<tierkv::HeadChoice>> choices;

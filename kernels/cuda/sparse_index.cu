@@ -141,8 +141,10 @@ __device__ void MarkBlocks(const IndexArgs& a, int h, int r, uint32_t* bits) {
   }
   mark(cur_lo, cur_hi);
   if (threadIdx.x == 0) {
-    const int64_t diagonal = last / 64;
+    // The blocks of the row block's own positions (two when it starts inside a key block).
+    const int64_t diagonal = last / 64, first_block = first / 64;
     atomicOr(&bits[diagonal / 32], 1u << (diagonal % 32));
+    atomicOr(&bits[first_block / 32], 1u << (first_block % 32));
   }
   __syncthreads();
 }
