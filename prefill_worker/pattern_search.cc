@@ -20,12 +20,15 @@ struct Sample {
   std::vector<std::vector<double>> weights;  // [row][key], keys up to the row's position.
 };
 
-Sample DenseSample(const kernels::AttentionParams& p, int head, int64_t rows) {
+// The sample avoids the last `held_out` queries (those vertical-slash estimates from, which
+// would favour it) when the call has enough queries before them.
+Sample DenseSample(const kernels::AttentionParams& p, int head, int64_t rows, int64_t held_out) {
   Sample s;
   rows = std::min(rows, p.num_queries);
-  s.first_row = p.num_queries - rows;
+  const int64_t end = p.num_queries - held_out >= rows ? p.num_queries - held_out : p.num_queries;
+  s.first_row = end - rows;
   const int kv_head = head / (p.num_q_heads / p.num_kv_heads);
-  for (int64_t row = s.first_row; row < p.num_queries; ++row) {
+  for (int64_t row = s.first_row; row < end; ++row) {
     const int64_t pos = p.query_position + row;
     const float* q = p.q + row * p.ldq + static_cast<int64_t>(head) * p.head_dim;
     std::vector<double> w(pos + 1);
@@ -111,7 +114,8 @@ absl::StatusOr<HeadChoice> SearchHeadPattern(const kernels::AttentionParams& p, 
   const kernels::SparseShape shape{p.num_queries, p.query_position};
   const int64_t keys = p.query_position + p.num_queries;
   const int64_t key_blocks = (keys + kernels::kSparseBlock - 1) / kernels::kSparseBlock;
-  const Sample sample = DenseSample(p, head, options.sample_rows);
+  const Sample sample =
+      DenseSample(p, head, options.sample_rows, std::min<int64_t>(64, p.num_queries));
   HeadChoice choice;
 
   // A-shape: the first min(64, keys) keys and the largest window that fits.

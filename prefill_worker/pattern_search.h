@@ -6,9 +6,10 @@
 // three proportions (MInference's 1000 : 6096, 1 : 1 and 4 : 1) and keeps the best;
 // block-sparse grows its blocks per row block.
 //
-// Attention mass recovered by an index: over the call's last `sample_rows` queries, the
-// average of the dense softmax weight that falls on keys the index covers (1 for the full
-// index). Cost: kernels::CoveredFraction of the index.
+// Attention mass recovered by an index: over `sample_rows` queries, the average of the dense
+// softmax weight that falls on keys the index covers (1 for the full index). The sample ends
+// before the call's last 64 queries, which vertical-slash estimates from (when the call has
+// that many more; else it is the last queries). Cost: kernels::CoveredFraction of the index.
 #ifndef TIERKV_PREFILL_WORKER_PATTERN_SEARCH_H_
 #define TIERKV_PREFILL_WORKER_PATTERN_SEARCH_H_
 
@@ -28,7 +29,7 @@ struct PatternSearchOptions {
   double cost = 0.1;
   // A head whose best pattern recovers less than this runs dense.
   double min_recovery = 0.0;
-  // Queries (the call's last ones) whose attention mass is measured; >= 1.
+  // Queries whose attention mass is measured (see above); >= 1.
   int64_t sample_rows = 256;
 };
 

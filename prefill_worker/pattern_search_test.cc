@@ -87,10 +87,11 @@ TEST(PatternSearch, FarColumnsChooseVerticalSlash) {
 }
 
 TEST(PatternSearch, BlockStructureChoosesBlockSparse) {
-  // Each of the last four row blocks attends to its own far key block, along its own
-  // direction: mean pooling finds it, the last 64 queries' lines see one of them only.
+  // Each of the four row blocks before the last attends to its own far key block, along its
+  // own direction: mean pooling finds them; the last 64 queries' lines (vertical-slash's
+  // estimate) see none of them. The sample is those four row blocks.
   Head h = Noise(2048, 2);
-  const int64_t rows[] = {28, 29, 30, 31}, targets[] = {3, 9, 15, 21};
+  const int64_t rows[] = {27, 28, 29, 30}, targets[] = {3, 9, 15, 21};
   for (int i = 0; i < 4; ++i) {
     for (int64_t r = rows[i] * 64; r < rows[i] * 64 + 64; ++r) h.q[r * h.d + 10 + i] = 12.0f;
     for (int64_t j = targets[i] * 64; j < targets[i] * 64 + 64; ++j) h.k[j * h.d + 10 + i] = 12.0f;
