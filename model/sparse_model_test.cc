@@ -99,6 +99,16 @@ TEST(SparseModel, RestrictivePlanChangesLongPrefillsOnly) {
   EXPECT_GT(RelativeDiff(Logits(*sparse, long_prompt), Logits(*dense, long_prompt)), 1e-3);
 }
 
+TEST(SparseModel, AllDensePlanIsTheDenseKernel) {
+  kernels::HeadPattern dense_pattern;
+  dense_pattern.pattern = kernels::SparsePattern::kDense;
+  auto dense = Tiny(nullptr);
+  auto planned = Tiny(Plan(dense_pattern, 64));
+  ASSERT_TRUE(dense && planned);
+  const auto prompt = Prompt(500, 5, dense->vocab_size());
+  EXPECT_EQ(Logits(*planned, prompt), Logits(*dense, prompt));
+}
+
 TEST(SparseModel, IndicesAboveMaxCoverageRunDense) {
   auto dense = Tiny(nullptr);
   auto sparse = Tiny(Plan(Narrow(), 256, /*max_coverage=*/1e-6));

@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
                  "heads whose best pattern recovers less attention mass run dense")
       ->capture_default_str();
   app.add_option("--sample-rows", options.head.sample_rows,
-                 "last queries whose attention mass is measured")
+                 "queries whose attention mass is measured (ending before the last 64)")
       ->capture_default_str();
   app.add_option("--min-tokens", options.min_tokens, "written into the file: dense below it")
       ->capture_default_str();
