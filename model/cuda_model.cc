@@ -631,11 +631,7 @@ absl::Status CudaModel::SparseLayerAttention(const cu::AttentionParams& ap, int 
   const cu::Stream st = stream_.get();
   const int hq = ap.num_q_heads;
   // A layer whose heads are all dense skips the estimate altogether.
-  bool any_pattern = false;
-  for (int h = 0; h < hq && !any_pattern; ++h) {
-    any_pattern = sparse_plan_->For(layer, h).pattern != kernels::SparsePattern::kDense;
-  }
-  if (!any_pattern) return cu::Attention(ap, st);
+  if (!sparse_plan_->AnySparseHead(layer, hq)) return cu::Attention(ap, st);
   const int64_t t = ap.num_queries, keys = ap.num_keys;
   const int64_t rows = (t + kernels::kSparseBlock - 1) / kernels::kSparseBlock;
   const int64_t key_blocks = (keys + kernels::kSparseBlock - 1) / kernels::kSparseBlock;

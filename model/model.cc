@@ -119,11 +119,7 @@ Model::~Model() = default;
 absl::Status Model::SparseLayerAttention(kernels::AttentionParams ap, int layer,
                                          kernels::ThreadPool* pool) const {
   // A layer whose heads are all dense runs the dense kernel (with its transposed keys).
-  bool any_pattern = false;
-  for (int h = 0; h < ap.num_q_heads && !any_pattern; ++h) {
-    any_pattern = sparse_plan_->For(layer, h).pattern != kernels::SparsePattern::kDense;
-  }
-  if (!any_pattern) return kernels::Attention(ap, pool);
+  if (!sparse_plan_->AnySparseHead(layer, ap.num_q_heads)) return kernels::Attention(ap, pool);
   ap.kt = nullptr;  // The sparse path reads keys row by row.
   ap.kt_blocks = 0;
   const kernels::SparseShape shape{ap.num_queries, ap.query_position};

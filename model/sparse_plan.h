@@ -30,6 +30,13 @@ struct SparsePlan {
     }
     return default_pattern;
   }
+  // Whether some of query heads [0, heads) of `layer` has a pattern other than dense.
+  bool AnySparseHead(int layer, int heads) const {
+    for (int h = 0; h < heads; ++h) {
+      if (For(layer, h).pattern != kernels::SparsePattern::kDense) return true;
+    }
+    return false;
+  }
 };
 
 }  // namespace tierkv
