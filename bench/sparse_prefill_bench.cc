@@ -10,7 +10,8 @@
 // Steps, each timed (host clock around synchronized calls, median of --runs after --warmup):
 // estimation (the last 64 queries' attention summed per key and per distance, and the top
 // --vertical / --slash lines of every head), conversion (lines to per-row-block lists), and
-// the sparse kernel. An index covering more than --max-coverage of the causal tiles, or too
+// the sparse kernel (the one SparseAttention picks; each kernel variant is also timed and
+// printed for the record). An index covering more than --max-coverage of the causal tiles, or too
 // large for the list memory, runs the dense kernel instead ("never slower than dense"), and
 // prompts shorter than --min-tokens run it without estimating at all; the dense kernel is
 // timed on every input for these decisions' record.
@@ -36,6 +37,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "bench/sdpa_runner.h"
+#include "kernels/cuda/internal/sparse_attention_launch.h"
+#include "kernels/cuda/internal/sparse_attention_variant.h"
 #include "kernels/cuda/memory.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/dtype.h"
@@ -241,6 +244,7 @@ struct Row {
   double fraction = 0;  // Causal tiles computed by the sparse kernel.
   bool index_fits = true, sparse_chosen = false, short_prompt = false;
   int64_t blocks = 0, columns = 0;
+  std::string variants;  // Every kernel variant's time, for the record.
   double total_ms() const {
     if (short_prompt) return dense_ms;
     return sparse_chosen ? estimate_ms + convert_ms + kernel_ms : estimate_ms + convert_ms + dense_ms;
@@ -338,9 +342,22 @@ Row Measure(const Flags& f, int64_t n, const std::string& kind) {
                  static_cast<double>(full);
   row.dense_ms = Time(f, [&] { return Attention(ap, nullptr); }, "dense attention");
   if (row.index_fits) {
-    const SparseIndexView view{bo.as<int64_t>(), blocks.as<int32_t>(), co.as<int64_t>(),
-                               columns.as<int32_t>()};
-    row.kernel_ms = Time(f, [&] { return SparseAttention(ap, view, nullptr); }, "sparse attention");
+    SparseIndexView view{bo.as<int64_t>(), blocks.as<int32_t>(), co.as<int64_t>(),
+                         columns.as<int32_t>()};
+    view.total_blocks = ip.total_blocks;
+    view.total_columns = ip.total_columns;
+    DeviceBuffer kernel_ws = Alloc(std::max<size_t>(SparseAttentionWorkspaceBytes(ap, view), 1));
+    AttentionParams sp = ap;
+    sp.workspace = kernel_ws.data();
+    sp.workspace_bytes = kernel_ws.size();
+    row.kernel_ms = Time(f, [&] { return SparseAttention(sp, view, nullptr); }, "sparse attention");
+    for (int v : {internal::kSparseMmaSync, internal::kSparseWgmmaS2, internal::kSparseWgmmaS3}) {
+      const double ms = Time(f, [&] {
+        return internal::SparseAttentionVariant(sp, view, v, nullptr);
+      }, internal::SparseVariantName(v));
+      absl::StrAppendFormat(&row.variants, "%s%s %.2f ms", row.variants.empty() ? "" : ", ",
+                            internal::SparseVariantName(v), ms);
+    }
   }
   row.short_prompt = n < f.min_tokens;
   row.sparse_chosen = !row.short_prompt && row.index_fits && row.fraction <= f.max_coverage;
@@ -362,10 +379,11 @@ int Main(int argc, char** argv) {
     for (const std::string& kind : f.kinds) {
       rows.push_back(Measure(f, n, kind));
       const Row& r = rows.back();
-      std::printf("measured %s %lld: estimate %.2f ms, conversion %.2f ms, kernel %.2f ms, "
-                  "dense %.2f ms, %.4f of the tiles%s\n",
+      std::printf("measured %s %lld: estimate %.2f ms, conversion %.2f ms, kernel %.2f ms "
+                  "(%s), dense %.2f ms, %.4f of the tiles%s\n",
                   kind.c_str(), static_cast<long long>(n), r.estimate_ms, r.convert_ms,
-                  r.kernel_ms, r.dense_ms, r.fraction, r.index_fits ? "" : " (lists too large)");
+                  r.kernel_ms, r.variants.c_str(), r.dense_ms, r.fraction,
+                  r.index_fits ? "" : " (lists too large)");
       std::fflush(stdout);
     }
   }

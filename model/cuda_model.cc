@@ -726,7 +726,20 @@ absl::Status CudaModel::SparseLayerAttention(const cu::AttentionParams& ap, int 
     cu::SparseIndexView view{s.block_offsets.as<int64_t>(), s.blocks.as<int32_t>(),
                              s.column_offsets.as<int64_t>(), s.columns.as<int32_t>(),
                              s.skip.as<uint8_t>()};
-    TIERKV_RETURN_IF_ERROR(cu::SparseAttention(ap, view, st));
+    view.total_blocks = ip.total_blocks;
+    view.total_columns = ip.total_columns;
+    // The kernel's workspace (merged lists of row-block pairs) reuses the index builders'
+    // one: their work on it is queued before this on the same stream. Growing it needs
+    // nothing queued to hold the old one, as above.
+    const size_t kernel_ws = cu::SparseAttentionWorkspaceBytes(ap, view);
+    if (kernel_ws > s.sparse_workspace.size()) {
+      TIERKV_RETURN_IF_ERROR(stream_.Synchronize());
+      TIERKV_RETURN_IF_ERROR(Ensure(s.sparse_workspace, kernel_ws));
+    }
+    cu::AttentionParams sap = ap;
+    sap.workspace = s.sparse_workspace.data();
+    sap.workspace_bytes = s.sparse_workspace.size();
+    TIERKV_RETURN_IF_ERROR(cu::SparseAttention(sap, view, st));
   }
   // Dense heads, one q head at a time against its KV head.
   const int group = hq / ap.num_kv_heads;

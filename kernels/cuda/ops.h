@@ -232,7 +232,10 @@ absl::Status CheckAttentionParams(const AttentionParams& p);
 // ceil(num_queries / 64)) lists key blocks blocks[block_offsets[e] .. block_offsets[e + 1])
 // and single keys columns[column_offsets[e] .. column_offsets[e + 1]), each a valid index
 // (ValidateSparseIndex's rules; the kernel trusts them). head_dim 64 or 128; no sliding
-// window; the workspace is not used.
+// window. On Hopper the kernel computes two row blocks per block over the union of their
+// lists (kernels/cuda/sparse_attention_wgmma.cu), which needs the lists' lengths (host
+// values) and p.workspace of SparseAttentionWorkspaceBytes(p, index) bytes; elsewhere the
+// workspace is not used.
 struct SparseIndexView {
   const int64_t* block_offsets = nullptr;
   const int32_t* blocks = nullptr;
@@ -241,7 +244,12 @@ struct SparseIndexView {
   // Optional, device memory, one byte per q head: heads marked non-zero are left alone (their
   // output is not written; the caller computes them another way, e.g. dense).
   const uint8_t* skip_heads = nullptr;
+  // block_offsets[last] and column_offsets[last]: the lists' lengths.
+  int64_t total_blocks = 0;
+  int64_t total_columns = 0;
 };
+// 0 when the kernel that runs needs none (or for invalid params).
+size_t SparseAttentionWorkspaceBytes(const AttentionParams& p, const SparseIndexView& index);
 absl::Status SparseAttention(const AttentionParams& p, const SparseIndexView& index,
                              Stream stream);
 

@@ -1,16 +1,22 @@
 // Block-sparse prefill attention on the GPU: over the full index it equals the dense kernel;
 // over A-shape, vertical-slash and block-sparse indices it equals the CPU reference
 // (kernels::SparseAttention) within bf16 rounding, outputs poisoned before each run (NaN
-// never passes); and a timing print beside the dense kernel. Needs an sm_90 GPU.
+// never passes); random indices whose adjacent row blocks list different blocks and columns
+// (what the wgmma kernel's merged pairs must keep apart); every kernel variant; and a timing
+// print beside the dense kernel. Needs an sm_90 GPU.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/cuda/gpu_test_support.h"
+#include "kernels/cuda/internal/sparse_attention_launch.h"
+#include "kernels/cuda/internal/sparse_attention_variant.h"
 #include "kernels/cuda/memory.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/dtype.h"
@@ -108,6 +114,7 @@ struct Problem {
 // The per-head CPU indices as the device CSR over (head, row block).
 struct DeviceIndex {
   DeviceBuffer block_offsets, blocks, column_offsets, columns;
+  int64_t total_blocks = 0, total_columns = 0;
   explicit DeviceIndex(const std::vector<SparseHeadIndex>& heads) {
     std::vector<int64_t> bo = {0}, co = {0};
     std::vector<int32_t> b, c;
@@ -119,6 +126,8 @@ struct DeviceIndex {
         co.push_back(static_cast<int64_t>(c.size()));
       }
     }
+    total_blocks = static_cast<int64_t>(b.size());
+    total_columns = static_cast<int64_t>(c.size());
     if (b.empty()) b.push_back(0);
     if (c.empty()) c.push_back(0);
     block_offsets = *Upload<int64_t>(bo);
@@ -127,10 +136,26 @@ struct DeviceIndex {
     columns = *Upload<int32_t>(c);
   }
   SparseIndexView View() const {
-    return {block_offsets.as<int64_t>(), blocks.as<int32_t>(), column_offsets.as<int64_t>(),
-            columns.as<int32_t>()};
+    SparseIndexView v{block_offsets.as<int64_t>(), blocks.as<int32_t>(),
+                      column_offsets.as<int64_t>(), columns.as<int32_t>()};
+    v.total_blocks = total_blocks;
+    v.total_columns = total_columns;
+    return v;
   }
 };
+
+// Sparse attention with `variant` (internal::SparseVariant), its workspace allocated here.
+absl::Status RunSparse(AttentionParams p, const SparseIndexView& view, int variant,
+                       DeviceBuffer& workspace) {
+  const size_t need = SparseAttentionWorkspaceBytes(p, view);
+  if (workspace.size() < need) workspace = *DeviceBuffer::Allocate(need);
+  p.workspace = workspace.data();
+  p.workspace_bytes = workspace.size();
+  return internal::SparseAttentionVariant(p, view, variant, nullptr);
+}
+
+constexpr int kVariants[] = {internal::kSparseAuto, internal::kSparseMmaSync,
+                             internal::kSparseWgmmaS2, internal::kSparseWgmmaS3};
 
 double RelativeError(const std::vector<float>& got, const std::vector<float>& want) {
   double num = 0, den = 0;
@@ -152,9 +177,13 @@ TEST(SparseAttentionGpu, FullIndexEqualsTheDenseKernel) {
     AttentionParams p = pr.Gpu();
     const std::vector<float> dense = pr.Run([&] { return Attention(p, nullptr); });
     DeviceIndex index(std::vector<SparseHeadIndex>(c.qh, FullIndex({c.nq, c.qp})));
-    const std::vector<float> sparse =
-        pr.Run([&] { return SparseAttention(p, index.View(), nullptr); });
-    EXPECT_LT(RelativeError(sparse, dense), 1e-2);
+    DeviceBuffer ws;
+    for (int variant : kVariants) {
+      SCOPED_TRACE(internal::SparseVariantName(variant));
+      const std::vector<float> sparse =
+          pr.Run([&] { return RunSparse(p, index.View(), variant, ws); });
+      EXPECT_LT(RelativeError(sparse, dense), 1e-2);
+    }
   }
 }
 
@@ -203,13 +232,100 @@ TEST(SparseAttentionGpu, IndicesOfEveryShapeMatchTheReference) {
     ASSERT_TRUE(kernels::SparseAttention(cp, heads, nullptr).ok());
     DeviceIndex index(heads);
     AttentionParams p = pr.Gpu();
-    const std::vector<float> got = pr.Run([&] { return SparseAttention(p, index.View(), nullptr); });
-    const double err = RelativeError(got, cpu_out);
-    std::printf("sparse attention (A-shape, vertical-slash, block-sparse heads), %lld queries "
-                "at %lld, d %d: relative error %.2e against the CPU reference\n",
-                static_cast<long long>(c.nq), static_cast<long long>(c.qp), c.d, err);
-    EXPECT_LT(err, 1e-2);
+    DeviceBuffer ws;
+    for (int variant : kVariants) {
+      const std::vector<float> got =
+          pr.Run([&] { return RunSparse(p, index.View(), variant, ws); });
+      const double err = RelativeError(got, cpu_out);
+      std::printf("sparse attention (A-shape, vertical-slash, block-sparse heads), %lld "
+                  "queries at %lld, d %d, %s: relative error %.2e against the CPU reference\n",
+                  static_cast<long long>(c.nq), static_cast<long long>(c.qp), c.d,
+                  internal::SparseVariantName(variant), err);
+      EXPECT_LT(err, 1e-2) << internal::SparseVariantName(variant);
+    }
   }
+}
+
+// A valid index drawn at random: each row block lists its own key blocks and each earlier
+// block with probability `block_p`, and each key before its first row not in a listed block
+// as a column with probability `column_p`. Adjacent row blocks then list different blocks
+// and columns, columns of one lie in blocks of the other, and some columns are shared.
+SparseHeadIndex RandomIndex(const SparseShape& shape, double block_p, double column_p) {
+  SparseHeadIndex ix;
+  const int64_t rows = (shape.num_queries + 63) / 64;
+  std::bernoulli_distribution take_block(block_p), take_column(column_p);
+  ix.block_begin.push_back(0);
+  ix.column_begin.push_back(0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t first_pos = shape.query_position + r * 64;
+    const int64_t last_pos =
+        shape.query_position + std::min<int64_t>(shape.num_queries, (r + 1) * 64) - 1;
+    const int64_t first_block = first_pos / 64, last_block = last_pos / 64;
+    std::vector<bool> listed(last_block + 1, false);
+    for (int64_t b = 0; b <= last_block; ++b) {
+      listed[b] = b >= first_block || take_block(Rng());
+      if (listed[b]) ix.blocks.push_back(static_cast<int32_t>(b));
+    }
+    for (int64_t key = 0; key < first_block * 64; ++key) {
+      if (!listed[key / 64] && take_column(Rng())) ix.columns.push_back(static_cast<int32_t>(key));
+    }
+    ix.block_begin.push_back(static_cast<int64_t>(ix.blocks.size()));
+    ix.column_begin.push_back(static_cast<int64_t>(ix.columns.size()));
+  }
+  return ix;
+}
+
+TEST(SparseAttentionGpu, RandomIndicesMatchTheReferenceInEveryVariant) {
+  TIERKV_REQUIRE_GPU();
+  // Odd and even row-block counts, a partial last row block, continuation off the 64 grid,
+  // GQA, both head sizes; sparse and dense lists, no columns and many.
+  struct R {
+    Case c;
+    double block_p, column_p;
+  };
+  for (const R& rc : {R{{640, 0, 4, 2, 128}, 0.3, 0.05}, R{{577, 1000, 4, 1, 128}, 0.1, 0.2},
+                      R{{129, 37, 2, 2, 64}, 0.5, 0.0}, R{{1000, 200, 8, 2, 64}, 0.05, 0.01},
+                      R{{64, 4000, 2, 1, 128}, 0.02, 0.3}, R{{250, 0, 2, 1, 128}, 1.0, 0.0}}) {
+    const Case& c = rc.c;
+    SCOPED_TRACE(testing::Message() << c.nq << " queries at " << c.qp << ", heads " << c.qh
+                                    << "/" << c.kvh << ", d " << c.d << ", p " << rc.block_p
+                                    << "/" << rc.column_p);
+    Problem pr(c);
+    std::vector<float> cpu_out;
+    kernels::AttentionParams cp = pr.Cpu(cpu_out);
+    const SparseShape shape{c.nq, c.qp};
+    std::vector<SparseHeadIndex> heads;
+    for (int h = 0; h < c.qh; ++h) {
+      heads.push_back(RandomIndex(shape, rc.block_p, rc.column_p));
+      ASSERT_TRUE(ValidateSparseIndex(heads.back(), shape).ok());
+    }
+    ASSERT_TRUE(kernels::SparseAttention(cp, heads, nullptr).ok());
+    DeviceIndex index(heads);
+    AttentionParams p = pr.Gpu();
+    DeviceBuffer ws;
+    for (int variant : kVariants) {
+      const std::vector<float> got =
+          pr.Run([&] { return RunSparse(p, index.View(), variant, ws); });
+      EXPECT_LT(RelativeError(got, cpu_out), 1e-2) << internal::SparseVariantName(variant);
+    }
+  }
+}
+
+TEST(SparseAttentionGpu, WgmmaKernelNeedsItsWorkspace) {
+  TIERKV_REQUIRE_GPU();
+  const Case c{256, 0, 2, 1, 128};
+  Problem pr(c);
+  DeviceIndex index(std::vector<SparseHeadIndex>(c.qh, FullIndex({c.nq, c.qp})));
+  AttentionParams p = pr.Gpu();
+  ASSERT_GT(SparseAttentionWorkspaceBytes(p, index.View()), 0u);
+  const absl::Status s = SparseAttention(p, index.View(), nullptr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("workspace"), std::string::npos) << s;
+  SparseIndexView bad = index.View();
+  bad.total_blocks = -1;
+  EXPECT_EQ(SparseAttention(p, bad, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(internal::SparseAttentionVariant(p, index.View(), 7, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // Not an assertion: the sparse kernel's time and rate on the tiles it computes, beside the
@@ -235,16 +351,20 @@ TEST(SparseAttentionGpu, PrintsTheRateOnComputedTiles) {
            kReps;
   };
   const double dense_ms = time([&] { return Attention(p, nullptr); });
-  const double sparse_ms = time([&] { return SparseAttention(p, index.View(), nullptr); });
   const double causal_flops =
       4.0 * c.d * c.qh * (static_cast<double>(c.nq) * (c.nq + 1) / 2);  // QK and PV.
   const double fraction = CoveredFraction(*index_of, shape);
-  std::printf("32K tokens, 32/8 heads, d 128: dense %.2f ms (%.0f TFLOP/s); A-shape 1024 + 4096 "
-              "sparse %.2f ms covering %.3f of the causal pairs (%.0f TFLOP/s on them, %.2f of "
-              "the dense rate)\n",
-              dense_ms, causal_flops / dense_ms / 1e9, sparse_ms, fraction,
-              fraction * causal_flops / sparse_ms / 1e9,
-              (fraction * causal_flops / sparse_ms) / (causal_flops / dense_ms));
+  DeviceBuffer ws;
+  for (int variant : {internal::kSparseMmaSync, internal::kSparseWgmmaS2,
+                      internal::kSparseWgmmaS3}) {
+    const double sparse_ms = time([&] { return RunSparse(p, index.View(), variant, ws); });
+    std::printf("32K tokens, 32/8 heads, d 128: dense %.2f ms (%.0f TFLOP/s); A-shape 1024 + "
+                "4096 sparse (%s) %.2f ms covering %.3f of the causal pairs (%.0f TFLOP/s on "
+                "them, %.2f of the dense rate)\n",
+                dense_ms, causal_flops / dense_ms / 1e9, internal::SparseVariantName(variant),
+                sparse_ms, fraction, fraction * causal_flops / sparse_ms / 1e9,
+                (fraction * causal_flops / sparse_ms) / (causal_flops / dense_ms));
+  }
 }
 
 }  // namespace

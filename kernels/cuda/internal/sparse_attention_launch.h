@@ -27,7 +27,46 @@ struct SparseArgs {
   const uint8_t* skip_heads;  // Null, or one byte per q head: non-zero heads are skipped.
 };
 
+// Kernels of the sparse attention (SparseAttentionVariant picks one; kSparseAuto: the wgmma
+// kernel where it runs, else mma.sync).
+enum SparseVariant {
+  kSparseAuto = -1,
+  kSparseMmaSync = 0,  // sparse_attention.cu: one 64-row row block per block, any sm_80+.
+  kSparseWgmmaS2 = 1,  // sparse_attention_wgmma.cu: two row blocks per block, 2 K/V stages.
+  kSparseWgmmaS3 = 2,  // The same with 3 stages.
+  kSparseVariants = 3,
+};
+const char* SparseVariantName(int variant);
+
+// The mma.sync kernel (sparse_attention.cu).
 cudaError_t LaunchSparseAttention(const SparseArgs& a, int head_dim, cudaStream_t stream);
+
+// The wgmma kernel's workspace: the merged lists of each pair of row blocks, as long as the
+// index's lists, and a count per (head, pair). SparseWorkspaceLayout carves them out of one
+// allocation.
+struct SparseWorkspace {
+  uint32_t* merged_blocks = nullptr;
+  uint32_t* merged_columns = nullptr;
+  int* pair_blocks = nullptr;
+};
+struct SparseWorkspaceLayout {
+  size_t blocks_offset, columns_offset, pairs_offset, bytes;
+};
+inline SparseWorkspaceLayout LayOutSparseWorkspace(int64_t total_blocks, int64_t total_columns,
+                                                   int num_q_heads, int64_t row_blocks) {
+  auto up = [](size_t n) { return (n + 255) / 256 * 256; };
+  SparseWorkspaceLayout l{};
+  l.blocks_offset = 0;
+  l.columns_offset = up(static_cast<size_t>(total_blocks) * 4);
+  l.pairs_offset = l.columns_offset + up(static_cast<size_t>(total_columns) * 4);
+  l.bytes = l.pairs_offset + up(static_cast<size_t>(num_q_heads) * ((row_blocks + 1) / 2) * 4);
+  return l;
+}
+// Whether the wgmma kernel takes these args (head_dim, alignment for the TMA, grid size).
+bool SparseWgmmaSupports(const SparseArgs& a, int head_dim);
+// cudaErrorNotSupported, with nothing enqueued, when the tensor maps cannot be built.
+cudaError_t LaunchSparseAttentionWgmma(const SparseArgs& a, int head_dim, int variant,
+                                       const SparseWorkspace& ws, cudaStream_t stream);
 
 }  // namespace tierkv::kernels::cuda::internal
 
