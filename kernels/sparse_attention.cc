@@ -48,6 +48,15 @@ absl::Status CheckHead(const AttentionParams& p, int head) {
 
 SparseShape ShapeOf(const AttentionParams& p) { return {p.num_queries, p.query_position}; }
 
+// The selection order of every top-k here: higher value first, equal values (-0 and +0
+// included) by lower index, NaN after every number (NaNs among themselves by index).
+bool Better(float va, int64_t a, float vb, int64_t b) {
+  const bool na = std::isnan(va), nb = std::isnan(vb);
+  if (na != nb) return nb;
+  if (!na && va != vb) return va > vb;
+  return a < b;
+}
+
 }  // namespace
 
 absl::Status ValidateSparseIndex(const SparseHeadIndex& index, const SparseShape& shape) {
@@ -214,14 +223,7 @@ std::vector<int32_t> TopIndices(std::span<const float> values, int64_t count, in
   std::vector<int32_t> rest(n - keep);
   std::iota(rest.begin(), rest.end(), static_cast<int32_t>(keep));
   const int64_t more = count - keep;
-  auto better = [&](int32_t a, int32_t b) {
-    // NaN sorts last: it never beats a number.
-    const float va = values[a], vb = values[b];
-    const bool na = std::isnan(va), nb = std::isnan(vb);
-    if (na != nb) return nb;
-    if (!na && va != vb) return va > vb;
-    return a < b;
-  };
+  auto better = [&](int32_t a, int32_t b) { return Better(values[a], a, values[b], b); };
   std::partial_sort(rest.begin(), rest.begin() + more, rest.end(), better);
   out.insert(out.end(), rest.begin(), rest.begin() + more);
   std::sort(out.begin(), out.end());
@@ -297,32 +299,39 @@ absl::StatusOr<std::vector<float>> PooledBlockScores(const AttentionParams& p, i
   if (absl::Status s = CheckHead(p, head); !s.ok()) return s;
   const SparseShape shape = ShapeOf(p);
   const int64_t rows = RowBlocks(shape);
-  const int64_t key_blocks = (shape.query_position + shape.num_queries + kB - 1) / kB;
+  const int64_t keys = shape.query_position + shape.num_queries;
+  const int64_t key_blocks = (keys + kB - 1) / kB;
   const int kv_head = head / (p.num_q_heads / p.num_kv_heads);
   const int d = p.head_dim;
-  std::vector<float> qbar(rows * d, 0.0f), kbar(key_blocks * d, 0.0f);
+  // Every step is one fp32 operation rounded to nearest, in a fixed order, with the
+  // multiply-adds explicit (std::fma) and nothing left to the compiler to contract: the GPU
+  // builder (kernels/cuda BuildBlockSparseIndex) performs the same operations and gets the
+  // same bits, which is what lets it select the same blocks.
+  auto mean = [d](auto row_of, int64_t n, float* out) {
+    for (int e = 0; e < d; ++e) {
+      float s = 0.0f;
+      for (int64_t i = 0; i < n; ++i) s += row_of(i)[e];
+      out[e] = s / static_cast<float>(n);
+    }
+  };
+  std::vector<float> qbar(rows * d), kbar(key_blocks * d);
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t n = std::min(p.num_queries, (r + 1) * kB) - r * kB;
-    for (int e = 0; e < d; ++e) {
-      double s = 0;
-      for (int64_t i = 0; i < n; ++i) s += QRow(p, r * kB + i, head)[e];
-      qbar[r * d + e] = static_cast<float>(s / static_cast<double>(n));
-    }
+    mean([&](int64_t i) { return QRow(p, r * kB + i, head); },
+         std::min(p.num_queries, (r + 1) * kB) - r * kB, &qbar[r * d]);
   }
-  const int64_t keys = shape.query_position + shape.num_queries;
   for (int64_t b = 0; b < key_blocks; ++b) {
-    const int64_t n = std::min(keys, (b + 1) * kB) - b * kB;
-    for (int e = 0; e < d; ++e) {
-      double s = 0;
-      for (int64_t i = 0; i < n; ++i) s += KRow(p, b * kB + i, kv_head)[e];
-      kbar[b * d + e] = static_cast<float>(s / static_cast<double>(n));
-    }
+    mean([&](int64_t i) { return KRow(p, b * kB + i, kv_head); },
+         std::min(keys, (b + 1) * kB) - b * kB, &kbar[b * d]);
   }
   std::vector<float> scores(rows * key_blocks, -std::numeric_limits<float>::infinity());
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t diagonal = LastPos(shape, r) / kB;
+    const float* qr = &qbar[r * d];
     for (int64_t b = 0; b <= diagonal; ++b) {
-      scores[r * key_blocks + b] = p.scale * Dot(&qbar[r * d], &kbar[b * d], d);
+      const float* kb = &kbar[b * d];
+      float dot = 0.0f;
+      for (int e = 0; e < d; ++e) dot = std::fma(qr[e], kb[e], dot);
+      scores[r * key_blocks + b] = p.scale * dot;
     }
   }
   return scores;
@@ -341,18 +350,28 @@ absl::StatusOr<SparseHeadIndex> BuildBlockSparseIndex(const AttentionParams& p, 
   SparseHeadIndex index;
   index.block_begin.push_back(0);
   index.column_begin.push_back(0);
-  std::vector<float> row_scores;
+  std::vector<int32_t> others;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t diagonal = LastPos(shape, r) / kB;
-    row_scores.assign(scores->begin() + r * key_blocks,
-                      scores->begin() + r * key_blocks + diagonal + 1);
-    // The diagonal block first (forced), then the best of the others.
-    row_scores[diagonal] = std::numeric_limits<float>::infinity();
     const int64_t first_block = FirstPos(shape, r) / kB;
-    row_scores[first_block] = std::numeric_limits<float>::infinity();
     const int64_t forced = first_block == diagonal ? 1 : 2;
-    std::vector<int32_t> top = TopIndices(row_scores, std::max(params.top_blocks, forced), 0);
-    index.blocks.insert(index.blocks.end(), top.begin(), top.end());
+    const int64_t budget = std::min(std::max(params.top_blocks, forced), diagonal + 1);
+    // The blocks of the row block's own positions are in whatever the scores say (not as
+    // +infinity scores, which an overflowing score would tie with); the rest of the budget
+    // goes to the best of the other visible blocks.
+    const float* row = scores->data() + r * key_blocks;
+    others.clear();
+    for (int64_t b = 0; b <= diagonal; ++b) {
+      if (b != first_block && b != diagonal) others.push_back(static_cast<int32_t>(b));
+    }
+    const int64_t more = budget - forced;
+    std::partial_sort(others.begin(), others.begin() + more, others.end(),
+                      [row](int32_t a, int32_t b) { return Better(row[a], a, row[b], b); });
+    others.resize(more);
+    others.push_back(static_cast<int32_t>(first_block));
+    if (forced == 2) others.push_back(static_cast<int32_t>(diagonal));
+    std::sort(others.begin(), others.end());
+    index.blocks.insert(index.blocks.end(), others.begin(), others.end());
     index.block_begin.push_back(static_cast<int64_t>(index.blocks.size()));
     index.column_begin.push_back(0);
   }

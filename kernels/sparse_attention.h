@@ -109,7 +109,7 @@ absl::StatusOr<AttentionMass> EstimateAttentionMass(const AttentionParams& p, in
                                                     int64_t last_q);
 
 // The top `count` indices by value (forced indices [0, keep) first, in index order), then
-// by higher value, equal values by lower index; returned ascending.
+// by higher value, equal values by lower index, NaN after every number; returned ascending.
 std::vector<int32_t> TopIndices(std::span<const float> values, int64_t count, int64_t keep);
 
 // Turns selected verticals (key columns) and slashes (distances) into an index: each row
@@ -128,9 +128,23 @@ struct BlockSparseParams {
   int64_t top_blocks = 64;
 };
 // Pooled block scores of query head `head`: score[r][b] = scale * mean_q(row block r) .
-// mean_k(key block b) for visible key blocks b (row-major, num_row_blocks x num_key_blocks;
-// invisible entries are -infinity).
+// mean_k(key block b) for visible key blocks b (b <= the block of the row block's last
+// position), row-major, num_row_blocks x num_key_blocks (key blocks of all
+// query_position + num_queries keys); invisible entries are -infinity. Row block r pools
+// query rows [64 r, min(64 r + 64, num_queries)) (rows of the call, so a call starting at a
+// position inside a key block pools rows that straddle two key blocks); key block b pools
+// keys [64 b, min(64 b + 64, keys)).
+// The arithmetic is fixed, every step one fp32 operation rounded to nearest (no contraction,
+// no reassociation), so that the GPU builder reproduces it bit for bit:
+//   mean[e]  = (((0 + x_0[e]) + x_1[e]) + ... + x_{n-1}[e]) / n    (rows in increasing order)
+//   dot      = fma(q[d-1], k[d-1], ... fma(q[1], k[1], fma(q[0], k[0], 0)))
+//   score    = scale * dot.
 absl::StatusOr<std::vector<float>> PooledBlockScores(const AttentionParams& p, int head);
+// Per row block: the key blocks of its own positions (its diagonal block and, when it starts
+// inside a key block, the block of its first row) whatever their scores, then the best of
+// its other visible blocks by PooledBlockScores (higher first, equal scores by lower block,
+// NaN after every number) until it holds max(top_blocks, forced) blocks or all its visible
+// ones. INVALID_ARGUMENT for top_blocks < 1 or what PooledBlockScores refuses.
 absl::StatusOr<SparseHeadIndex> BuildBlockSparseIndex(const AttentionParams& p, int head,
                                                       const BlockSparseParams& params);
 

@@ -384,5 +384,89 @@ TEST(SparseAttention, BlockSparseKeepsTheDiagonalAndThePlantedBlock) {
   EXPECT_EQ(BuildBlockSparseIndex(p, 2, {3}).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// The pooled scores follow the documented fp32 arithmetic to the bit (the GPU builder relies
+// on it), and stay close to the exact value.
+TEST(SparseAttention, PooledBlockScoresFollowTheDocumentedArithmetic) {
+  Problem pr = RandomProblem(150, 70, 4, 2, 48, 21);  // Row blocks straddle key blocks.
+  const AttentionParams p = pr.Params();
+  const int64_t keys = 220, rows = 3, key_blocks = 4;
+  const int d = 48, head = 3, kv_head = 1;
+  auto scores = PooledBlockScores(p, head);
+  ASSERT_TRUE(scores.ok()) << scores.status();
+  ASSERT_EQ(scores->size(), static_cast<size_t>(rows * key_blocks));
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t nq = std::min<int64_t>(150, r * 64 + 64) - r * 64;
+    const int64_t diagonal = (70 + r * 64 + nq - 1) / 64;
+    for (int64_t b = 0; b < key_blocks; ++b) {
+      const float got = (*scores)[r * key_blocks + b];
+      if (b > diagonal) {
+        EXPECT_EQ(got, -std::numeric_limits<float>::infinity()) << r << ", " << b;
+        continue;
+      }
+      const int64_t nk = std::min<int64_t>(keys, b * 64 + 64) - b * 64;
+      float dot = 0.0f;
+      double exact = 0;
+      for (int e = 0; e < d; ++e) {
+        float qs = 0.0f, ks = 0.0f;
+        double qd = 0, kd = 0;
+        for (int64_t i = 0; i < nq; ++i) {
+          qs += pr.q[((r * 64 + i) * 4 + head) * d + e];
+          qd += pr.q[((r * 64 + i) * 4 + head) * d + e];
+        }
+        for (int64_t i = 0; i < nk; ++i) {
+          ks += pr.k[((b * 64 + i) * 2 + kv_head) * d + e];
+          kd += pr.k[((b * 64 + i) * 2 + kv_head) * d + e];
+        }
+        dot = std::fma(qs / static_cast<float>(nq), ks / static_cast<float>(nk), dot);
+        exact += qd / static_cast<double>(nq) * (kd / static_cast<double>(nk));
+      }
+      EXPECT_EQ(got, p.scale * dot) << "row block " << r << " key block " << b;
+      EXPECT_NEAR(got, exact * p.scale, 1e-5) << "row block " << r << " key block " << b;
+    }
+  }
+}
+
+TEST(SparseAttention, BlockSparseTiesGoToLowerBlocksAndBigBudgetsTakeEverything) {
+  Problem pr = RandomProblem(300, 40, 2, 1, 32, 22);
+  for (auto* t : {&pr.q, &pr.k}) std::fill(t->begin(), t->end(), 0.25f);  // Every score equal.
+  const SparseShape shape{300, 40};
+  auto index = BuildBlockSparseIndex(pr.Params(), 1, {3});
+  ASSERT_TRUE(index.ok()) << index.status();
+  ASSERT_TRUE(ValidateSparseIndex(*index, shape).ok());
+  // Row block 0 (positions 40..103): its own blocks 0 and 1, nothing else visible.
+  EXPECT_THAT(index->BlocksOf(0), ElementsAre(0, 1));
+  // Row block 3 (positions 232..295): own blocks 3 and 4, then the lowest other block.
+  EXPECT_THAT(index->BlocksOf(3), ElementsAre(0, 3, 4));
+  // Row block 4 (positions 296..339): own blocks 4 and 5, then block 0.
+  EXPECT_THAT(index->BlocksOf(4), ElementsAre(0, 4, 5));
+  auto all = BuildBlockSparseIndex(pr.Params(), 0, {1000});
+  ASSERT_TRUE(all.ok());
+  const SparseHeadIndex full = FullIndex(shape);
+  EXPECT_EQ(all->blocks, full.blocks);
+  EXPECT_EQ(all->block_begin, full.block_begin);
+}
+
+// A score that overflows to +infinity must not push out the blocks of a row block's own
+// positions, and NaN scores come after every number.
+TEST(SparseAttention, BlockSparseKeepsItsOwnBlocksAgainstInfiniteAndNaNScores) {
+  Problem pr = RandomProblem(256, 0, 1, 1, 32, 23);
+  for (float& x : pr.q) x = 1e30f;
+  for (int64_t j = 0; j < 64; ++j) {
+    for (int e = 0; e < 32; ++e) pr.k[j * 32 + e] = 1e30f;  // Key block 0: +infinity.
+  }
+  for (int64_t j = 64; j < 128; ++j) pr.k[j * 32] = std::numeric_limits<float>::quiet_NaN();
+  auto scores = PooledBlockScores(pr.Params(), 0);
+  ASSERT_TRUE(scores.ok());
+  EXPECT_EQ((*scores)[3 * 4 + 0], std::numeric_limits<float>::infinity());
+  EXPECT_TRUE(std::isnan((*scores)[3 * 4 + 1]));
+  auto one = BuildBlockSparseIndex(pr.Params(), 0, {1});
+  ASSERT_TRUE(one.ok());
+  ASSERT_TRUE(ValidateSparseIndex(*one, {256, 0}).ok());
+  EXPECT_THAT(one->BlocksOf(3), ElementsAre(3));
+  auto three = BuildBlockSparseIndex(pr.Params(), 0, {3});
+  ASSERT_TRUE(three.ok());
+  EXPECT_THAT(three->BlocksOf(3), ElementsAre(0, 2, 3));  // Block 1's NaN comes last.
+}
+
 }  // namespace
 }  // namespace tierkv::kernels

@@ -60,36 +60,35 @@ absl::StatusOr<DeviceBuffer> UploadBf16(std::initializer_list<const HostTensor*>
   return cu::Upload(std::span<const uint16_t>(bits));
 }
 
-// What the GPU runs of a plan: every head vertical_slash with one set of budgets, or dense.
-absl::Status CheckSparsePlan(const SparsePlan& plan, const ModelConfig& config,
-                             kernels::VerticalSlashParams* budgets) {
-  if (config.sliding_window != 0) {
-    return absl::InvalidArgumentError("sparse attention plans do not combine with a sliding window");
-  }
-  bool have = false;
+// A plan the GPU runs: any patterns and budgets per head, but no sliding window.
+absl::Status CheckSparsePlan(const SparsePlan& plan, const ModelConfig& config) {
+  if (config.sliding_window == 0) return absl::OkStatus();
   for (int l = 0; l < config.num_layers; ++l) {
-    for (int h = 0; h < config.num_heads; ++h) {
-      const kernels::HeadPattern& p = plan.For(l, h);
-      if (p.pattern == kernels::SparsePattern::kDense) continue;
-      if (p.pattern != kernels::SparsePattern::kVerticalSlash) {
-        return absl::UnimplementedError(absl::StrCat(
-            "layer ", l, " head ", h, ": the GPU runs vertical_slash and dense heads only; this "
-            "one is ", std::string(kernels::SparsePatternName(p.pattern)),
-            " (the CPU runtime runs every pattern)"));
-      }
-      const kernels::VerticalSlashParams& v = p.vertical_slash;
-      if (have && (v.vertical != budgets->vertical || v.slash != budgets->slash ||
-                   v.keep_first != budgets->keep_first || v.keep_near != budgets->keep_near ||
-                   v.last_q != budgets->last_q)) {
-        return absl::UnimplementedError(absl::StrCat(
-            "layer ", l, " head ", h, ": the GPU runs one set of vertical_slash budgets for "
-            "every head, and this head's differ from an earlier head's"));
-      }
-      *budgets = v;
-      have = true;
+    if (plan.AnySparseHead(l, static_cast<int>(config.num_heads))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "layer ", l, ": sparse attention plans do not combine with a sliding window"));
     }
   }
   return absl::OkStatus();
+}
+
+// Whether two heads' patterns build the same index (one build serves both).
+bool SamePattern(const kernels::HeadPattern& a, const kernels::HeadPattern& b) {
+  if (a.pattern != b.pattern) return false;
+  switch (a.pattern) {
+    case kernels::SparsePattern::kAShape:
+      return a.a_shape.n_init == b.a_shape.n_init && a.a_shape.local == b.a_shape.local;
+    case kernels::SparsePattern::kVerticalSlash: {
+      const kernels::VerticalSlashParams &x = a.vertical_slash, &y = b.vertical_slash;
+      return x.vertical == y.vertical && x.slash == y.slash && x.keep_first == y.keep_first &&
+             x.keep_near == y.keep_near && x.last_q == y.last_q;
+    }
+    case kernels::SparsePattern::kBlockSparse:
+      return a.block_sparse.top_blocks == b.block_sparse.top_blocks;
+    case kernels::SparsePattern::kDense:
+      return true;
+  }
+  return false;
 }
 
 absl::Status CheckOptions(const CudaModelOptions& options) {
@@ -382,7 +381,7 @@ CudaModel::~CudaModel() = default;
 
 absl::Status CudaModel::Init() {
   if (sparse_plan_ != nullptr) {
-    TIERKV_RETURN_IF_ERROR(CheckSparsePlan(*sparse_plan_, config_, &sparse_budgets_));
+    TIERKV_RETURN_IF_ERROR(CheckSparsePlan(*sparse_plan_, config_));
   }
   TIERKV_ASSIGN_OR_RETURN(stream_, cu::StreamOwner::Create());
   // RoPE tables: the CPU runtime's own fp32 values (kernels::RopeCosSin), for every position.
@@ -626,30 +625,91 @@ absl::Status Ensure(DeviceBuffer& buffer, size_t bytes) {
 
 }  // namespace
 
-absl::Status CudaModel::SparseLayerAttention(const cu::AttentionParams& ap, int layer) const {
+absl::Status CudaModel::BuildSparseIndex(const cu::AttentionParams& ap,
+                                         const kernels::HeadPattern& pattern,
+                                         int64_t* total_blocks, int64_t* total_columns) const {
   Scratch& s = *scratch_;
   const cu::Stream st = stream_.get();
   const int hq = ap.num_q_heads;
-  // A layer whose heads are all dense skips the estimate altogether.
-  if (!sparse_plan_->AnySparseHead(layer, hq)) return cu::Attention(ap, st);
   const int64_t t = ap.num_queries, keys = ap.num_keys;
   const int64_t rows = (t + kernels::kSparseBlock - 1) / kernels::kSparseBlock;
-  const int64_t key_blocks = (keys + kernels::kSparseBlock - 1) / kernels::kSparseBlock;
-  const kernels::VerticalSlashParams& vs = sparse_budgets_;
+  TIERKV_RETURN_IF_ERROR(Ensure(s.block_offsets, Bytes(hq * rows + 1, 8)));
+  TIERKV_RETURN_IF_ERROR(Ensure(s.column_offsets, Bytes(hq * rows + 1, 8)));
+  // The lists start small and grow to what a build reports it needs: a builder counts first,
+  // writes nothing past the capacity, and says RESOURCE_EXHAUSTED with the totals.
+  TIERKV_RETURN_IF_ERROR(Ensure(s.blocks, Bytes(hq * rows * 4, 4)));
+  TIERKV_RETURN_IF_ERROR(Ensure(s.columns, 256));
+  auto grow_and_retry = [&](auto build, int64_t need_blocks, int64_t need_columns,
+                            absl::Status first) -> absl::Status {
+    if (first.code() != absl::StatusCode::kResourceExhausted) return first;
+    TIERKV_RETURN_IF_ERROR(Ensure(s.blocks, Bytes(need_blocks, 4)));
+    TIERKV_RETURN_IF_ERROR(Ensure(s.columns, Bytes(need_columns, 4)));
+    return build();
+  };
+  // Builders whose lists are blocks only (A-shape, block-sparse): offsets, workspace, the
+  // build and its retry, the totals.
+  auto blocks_only = [&](auto& p, auto workspace_bytes, auto builder) -> absl::Status {
+    p.block_offsets = s.block_offsets.as<int64_t>();
+    p.column_offsets = s.column_offsets.as<int64_t>();
+    TIERKV_RETURN_IF_ERROR(Ensure(s.sparse_workspace, workspace_bytes(p)));
+    p.workspace = s.sparse_workspace.data();
+    p.workspace_bytes = s.sparse_workspace.size();
+    auto build = [&] {
+      p.blocks = s.blocks.as<int32_t>();
+      p.blocks_capacity = static_cast<int64_t>(s.blocks.size() / 4);
+      return builder(p, st);
+    };
+    const absl::Status first = build();  // Sets the totals the retry needs.
+    TIERKV_RETURN_IF_ERROR(grow_and_retry(build, p.total_blocks, 0, first));
+    *total_blocks = p.total_blocks;
+    *total_columns = 0;
+    return absl::OkStatus();
+  };
+  switch (pattern.pattern) {
+    case kernels::SparsePattern::kAShape: {
+      cu::AShapeIndexParams p;
+      p.heads = hq;
+      p.num_queries = t;
+      p.query_position = ap.query_position;
+      p.n_init = pattern.a_shape.n_init;
+      p.local = pattern.a_shape.local;
+      return blocks_only(
+          p, [](const cu::AShapeIndexParams& x) { return cu::AShapeIndexWorkspaceBytes(x); },
+          [](cu::AShapeIndexParams& x, cu::Stream y) { return cu::BuildAShapeIndex(x, y); });
+    }
+    case kernels::SparsePattern::kBlockSparse: {
+      cu::BlockSparseIndexParams p;
+      p.q = ap.q;
+      p.ldq = ap.ldq;
+      p.k = ap.k;
+      p.ldkv = ap.ldkv;
+      p.num_queries = t;
+      p.query_position = ap.query_position;
+      p.num_q_heads = hq;
+      p.num_kv_heads = ap.num_kv_heads;
+      p.head_dim = ap.head_dim;
+      p.scale = ap.scale;
+      p.top_blocks = pattern.block_sparse.top_blocks;
+      return blocks_only(
+          p,
+          [hq](const cu::BlockSparseIndexParams& x) {
+            return cu::BlockSparseIndexWorkspaceBytes(x, std::min(hq, 8));  // 8 heads a round.
+          },
+          [](cu::BlockSparseIndexParams& x, cu::Stream y) {
+            return cu::BuildBlockSparseIndex(x, y);
+          });
+    }
+    case kernels::SparsePattern::kVerticalSlash:
+      break;
+    case kernels::SparsePattern::kDense:
+      return absl::InternalError("BuildSparseIndex: a dense head has no index");
+  }
+  const kernels::VerticalSlashParams& vs = pattern.vertical_slash;
   const int64_t vertical = std::min(vs.vertical, keys), slash = std::min(vs.slash, keys);
-  // Buffers may be reallocated below: nothing queued may still use the old ones.
-  TIERKV_RETURN_IF_ERROR(stream_.Synchronize());
   TIERKV_RETURN_IF_ERROR(Ensure(s.per_key, Bytes(hq * keys, 4)));
   TIERKV_RETURN_IF_ERROR(Ensure(s.per_distance, Bytes(hq * keys, 4)));
   TIERKV_RETURN_IF_ERROR(Ensure(s.verticals, Bytes(hq * std::max<int64_t>(vertical, 1), 4)));
   TIERKV_RETURN_IF_ERROR(Ensure(s.slashes, Bytes(hq * slash, 4)));
-  TIERKV_RETURN_IF_ERROR(Ensure(s.block_offsets, Bytes(hq * rows + 1, 8)));
-  TIERKV_RETURN_IF_ERROR(Ensure(s.column_offsets, Bytes(hq * rows + 1, 8)));
-  // Room for every visible block and every vertical of every row block: never exhausted.
-  TIERKV_RETURN_IF_ERROR(Ensure(s.blocks, Bytes(hq * rows * key_blocks, 4)));
-  TIERKV_RETURN_IF_ERROR(Ensure(s.columns, Bytes(hq * rows * std::max<int64_t>(vertical, 1), 4)));
-  TIERKV_RETURN_IF_ERROR(Ensure(s.skip, Bytes(hq, 1)));
-
   cu::AttentionMassParams mp;
   mp.q = ap.q;
   mp.ldq = ap.ldq;
@@ -678,10 +738,6 @@ absl::Status CudaModel::SparseLayerAttention(const cu::AttentionParams& ap, int 
   ip.query_position = ap.query_position;
   ip.block_offsets = s.block_offsets.as<int64_t>();
   ip.column_offsets = s.column_offsets.as<int64_t>();
-  ip.blocks = s.blocks.as<int32_t>();
-  ip.blocks_capacity = hq * rows * key_blocks;
-  ip.columns = s.columns.as<int32_t>();
-  ip.columns_capacity = hq * rows * std::max<int64_t>(vertical, 1);
   // Up to 8 heads' scores at a time in the estimate's workspace.
   const size_t ws = std::max({cu::AttentionMassMinWorkspaceBytes(mp) * std::min(hq, 8),
                               cu::TopIndicesWorkspaceBytes(tv), cu::TopIndicesWorkspaceBytes(ts),
@@ -693,44 +749,85 @@ absl::Status CudaModel::SparseLayerAttention(const cu::AttentionParams& ap, int 
   TIERKV_RETURN_IF_ERROR(cu::EstimateAttentionMass(mp, st));
   TIERKV_RETURN_IF_ERROR(cu::TopIndices(tv, st));
   TIERKV_RETURN_IF_ERROR(cu::TopIndices(ts, st));
-  TIERKV_RETURN_IF_ERROR(cu::BuildVerticalSlashIndex(ip, st));  // Waits for the counts.
+  auto build = [&] {
+    ip.blocks = s.blocks.as<int32_t>();
+    ip.blocks_capacity = static_cast<int64_t>(s.blocks.size() / 4);
+    ip.columns = s.columns.as<int32_t>();
+    ip.columns_capacity = static_cast<int64_t>(s.columns.size() / 4);
+    return cu::BuildVerticalSlashIndex(ip, st);  // Waits for the counts.
+  };
+  const absl::Status first = build();  // Sets the totals the retry needs.
+  TIERKV_RETURN_IF_ERROR(grow_and_retry(build, ip.total_blocks, ip.total_columns, first));
+  *total_blocks = ip.total_blocks;
+  *total_columns = ip.total_columns;
+  return absl::OkStatus();
+}
 
-  // Per head: dense when its pattern says so or its index covers more than max_coverage of
-  // the chunk's causal tiles.
-  s.host_block_offsets.resize(hq * rows + 1);
-  s.host_column_offsets.resize(hq * rows + 1);
-  TIERKV_RETURN_IF_ERROR(cu::CopyToHost(s.host_block_offsets.data(), s.block_offsets.data(),
-                                        Bytes(hq * rows + 1, 8)));
-  TIERKV_RETURN_IF_ERROR(cu::CopyToHost(s.host_column_offsets.data(), s.column_offsets.data(),
-                                        Bytes(hq * rows + 1, 8)));
+absl::Status CudaModel::SparseLayerAttention(const cu::AttentionParams& ap, int layer) const {
+  Scratch& s = *scratch_;
+  const cu::Stream st = stream_.get();
+  const int hq = ap.num_q_heads;
+  // A layer whose heads are all dense skips the estimate altogether.
+  if (!sparse_plan_->AnySparseHead(layer, hq)) return cu::Attention(ap, st);
+  const int64_t t = ap.num_queries;
+  const int64_t rows = (t + kernels::kSparseBlock - 1) / kernels::kSparseBlock;
+  // Buffers may be reallocated below: nothing queued may still use the old ones.
+  TIERKV_RETURN_IF_ERROR(stream_.Synchronize());
+  TIERKV_RETURN_IF_ERROR(Ensure(s.skip, Bytes(hq, 1)));
   double causal_tiles = 0;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t last = ap.query_position + std::min(t, (r + 1) * kernels::kSparseBlock) - 1;
     causal_tiles += static_cast<double>(last / kernels::kSparseBlock + 1);
   }
-  s.host_skip.assign(hq, 0);
-  bool any_sparse = false;
+  // Heads that share a pattern and its budgets share one index build (over every head: the
+  // builders take the q heads as a whole); each build's sparse heads then run in one launch,
+  // the others masked out by skip_heads.
+  std::vector<const kernels::HeadPattern*> groups;
+  std::vector<int> group_of(hq, -1);
   for (int h = 0; h < hq; ++h) {
-    const int64_t b = s.host_block_offsets[(h + 1) * rows] - s.host_block_offsets[h * rows];
-    const int64_t c = s.host_column_offsets[(h + 1) * rows] - s.host_column_offsets[h * rows];
-    const double coverage = (static_cast<double>(b) + c / 64.0) / causal_tiles;
-    const bool dense = sparse_plan_->For(layer, h).pattern == kernels::SparsePattern::kDense ||
-                       coverage > sparse_plan_->max_coverage;
-    s.host_skip[h] = dense ? 1 : 0;
-    any_sparse = any_sparse || !dense;
+    const kernels::HeadPattern& p = sparse_plan_->For(layer, h);
+    if (p.pattern == kernels::SparsePattern::kDense) continue;
+    size_t g = 0;
+    while (g < groups.size() && !SamePattern(*groups[g], p)) ++g;
+    if (g == groups.size()) groups.push_back(&p);
+    group_of[h] = static_cast<int>(g);
   }
-  // On the model's stream (a plain cudaMemcpy runs on the legacy stream, which a
-  // non-blocking stream does not wait for); pageable memory is staged before this returns.
-  TIERKV_RETURN_IF_ERROR(cu::CopyAsync(s.skip.data(), s.host_skip.data(), hq, st));
-  if (any_sparse) {
+  std::vector<uint8_t> dense(hq, 1);  // Heads left for the dense kernel.
+  for (size_t g = 0; g < groups.size(); ++g) {
+    int64_t total_blocks = 0, total_columns = 0;
+    TIERKV_RETURN_IF_ERROR(BuildSparseIndex(ap, *groups[g], &total_blocks, &total_columns));
+    // A head of this group whose index covers more than max_coverage of the chunk's causal
+    // tiles runs dense instead (never slower than dense).
+    s.host_block_offsets.resize(hq * rows + 1);
+    s.host_column_offsets.resize(hq * rows + 1);
+    TIERKV_RETURN_IF_ERROR(cu::CopyToHost(s.host_block_offsets.data(), s.block_offsets.data(),
+                                          Bytes(hq * rows + 1, 8)));
+    TIERKV_RETURN_IF_ERROR(cu::CopyToHost(s.host_column_offsets.data(),
+                                          s.column_offsets.data(), Bytes(hq * rows + 1, 8)));
+    s.host_skip.assign(hq, 1);
+    bool any_sparse = false;
+    for (int h = 0; h < hq; ++h) {
+      if (group_of[h] != static_cast<int>(g)) continue;
+      const int64_t b = s.host_block_offsets[(h + 1) * rows] - s.host_block_offsets[h * rows];
+      const int64_t c = s.host_column_offsets[(h + 1) * rows] - s.host_column_offsets[h * rows];
+      const double coverage = (static_cast<double>(b) + c / 64.0) / causal_tiles;
+      if (coverage > sparse_plan_->max_coverage) continue;
+      s.host_skip[h] = 0;
+      dense[h] = 0;
+      any_sparse = true;
+    }
+    if (!any_sparse) continue;
+    // On the model's stream (a plain cudaMemcpy runs on the legacy stream, which a
+    // non-blocking stream does not wait for); pageable memory is staged before this returns.
+    TIERKV_RETURN_IF_ERROR(cu::CopyAsync(s.skip.data(), s.host_skip.data(), hq, st));
     cu::SparseIndexView view{s.block_offsets.as<int64_t>(), s.blocks.as<int32_t>(),
                              s.column_offsets.as<int64_t>(), s.columns.as<int32_t>(),
                              s.skip.as<uint8_t>()};
-    view.total_blocks = ip.total_blocks;
-    view.total_columns = ip.total_columns;
+    view.total_blocks = total_blocks;
+    view.total_columns = total_columns;
     // The kernel's workspace (merged lists of row-block pairs) reuses the index builders'
     // one: their work on it is queued before this on the same stream. Growing it needs
-    // nothing queued to hold the old one, as above.
+    // nothing queued to hold the old one.
     const size_t kernel_ws = cu::SparseAttentionWorkspaceBytes(ap, view);
     if (kernel_ws > s.sparse_workspace.size()) {
       TIERKV_RETURN_IF_ERROR(stream_.Synchronize());
@@ -740,11 +837,15 @@ absl::Status CudaModel::SparseLayerAttention(const cu::AttentionParams& ap, int 
     sap.workspace = s.sparse_workspace.data();
     sap.workspace_bytes = s.sparse_workspace.size();
     TIERKV_RETURN_IF_ERROR(cu::SparseAttention(sap, view, st));
+    // The next group's build reuses the index buffers (and may grow them).
+    if (g + 1 < groups.size()) TIERKV_RETURN_IF_ERROR(stream_.Synchronize());
   }
-  // Dense heads, one q head at a time against its KV head.
+  // Dense heads: all of them in one call when no head went sparse, else one q head at a time
+  // against its KV head.
+  if (std::count(dense.begin(), dense.end(), 1) == hq) return cu::Attention(ap, st);
   const int group = hq / ap.num_kv_heads;
   for (int h = 0; h < hq; ++h) {
-    if (!s.host_skip[h]) continue;
+    if (!dense[h]) continue;
     cu::AttentionParams one = ap;
     one.q = ap.q + static_cast<int64_t>(h) * ap.head_dim;
     one.k = ap.k + static_cast<int64_t>(h / group) * ap.head_dim;

@@ -39,12 +39,12 @@ struct CudaModelOptions {
   // Tokens per forward chunk inside Prefill: bounds activation memory (about
   // chunk * (qkv + 2 * intermediate) * 2 bytes); results depend on it only by rounding.
   int64_t prefill_chunk_tokens = 8192;
-  // Sparse attention for long prefills (model/sparse_plan.h; null: dense). On the GPU every
-  // head's pattern must be vertical_slash with the same budgets, or dense (Load says which
-  // head is not). A forward chunk of at least 64 queries whose attention spans at least
-  // min_tokens keys estimates every head's index on the GPU and runs the sparse kernel; heads
-  // whose index covers more than max_coverage of the chunk's causal tiles, and dense heads,
-  // run the dense kernel.
+  // Sparse attention for long prefills (model/sparse_plan.h; null: dense): any pattern and
+  // budgets per head (no sliding window). A forward chunk of at least 64 queries whose
+  // attention spans at least min_tokens keys builds, on the GPU, the index of each distinct
+  // pattern of the layer (over every head; one build per distinct pattern and budgets) and
+  // runs the sparse kernel for that pattern's heads; heads whose index covers more than
+  // max_coverage of the chunk's causal tiles, and dense heads, run the dense kernel.
   std::shared_ptr<const SparsePlan> sparse_plan;
 };
 
@@ -189,6 +189,11 @@ class CudaModel {
   // One layer's attention of a chunk under sparse_plan_ (see CudaModelOptions::sparse_plan).
   absl::Status SparseLayerAttention(const kernels::cuda::AttentionParams& ap, int layer) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The index of `pattern` for every q head of the chunk into the scratch's index buffers
+  // (grown to the lists' totals when they do not fit); the totals come back.
+  absl::Status BuildSparseIndex(const kernels::cuda::AttentionParams& ap,
+                                const kernels::HeadPattern& pattern, int64_t* total_blocks,
+                                int64_t* total_columns) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Constant after construction.
   ModelConfig config_;
@@ -200,7 +205,6 @@ class CudaModel {
   kernels::cuda::DeviceBuffer rope_cos_, rope_sin_;     // [max_positions][head_dim / 2]
   int64_t rope_rows_ = 0;
   std::shared_ptr<const SparsePlan> sparse_plan_;
-  kernels::VerticalSlashParams sparse_budgets_;  // The plan's (one for every sparse head).
 
   mutable absl::Mutex mu_;
   std::unique_ptr<Scratch> scratch_ ABSL_GUARDED_BY(mu_);

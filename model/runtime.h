@@ -37,8 +37,8 @@ struct RuntimeOptions {
   uint32_t block_tokens = kDefaultBlockTokens;
   // Sparse attention for long prefills (model/sparse_plan.h; null: dense). The CPU runtime
   // runs every pattern through the reference kernels (correct, not fast); the GPU runtime
-  // runs vertical_slash heads (one set of budgets) and dense heads, and refuses other plans
-  // at load (CudaModelOptions::sparse_plan).
+  // runs every pattern with its GPU index builders and kernels
+  // (CudaModelOptions::sparse_plan).
   std::shared_ptr<const SparsePlan> sparse_plan;
 };
 

@@ -61,11 +61,11 @@ struct ModelSearchOptions {
 // Prefills `prompt` on the CPU model `model` (fp32, the reference) and searches every head of
 // every layer on the attention of the prompt's last forward chunk (its queries over all the
 // prompt's keys; at least 64 of them, else INVALID_ARGUMENT: load the model with a prefill
-// chunk as long as the prompt). Each head gets its own pattern and budgets: a plan for the
-// CPU runtime; the GPU runtime runs only plans of vertical_slash heads with one set of
-// budgets (and dense heads), so it refuses most searched plans today. Returns the plan (every head listed) and, in `choices` when not null, what
-// each head's candidates recovered ([layer][head]). `progress` (when set) runs after each
-// layer. INVALID_ARGUMENT for a model with a sliding window or bad options; errors of Prefill.
+// chunk as long as the prompt). Each head gets its own pattern and budgets (both runtimes run
+// such plans; the GPU builds one index per distinct pattern and budgets of a layer, so fewer
+// distinct choices cost less there). Returns the plan (every head listed) and, in `choices`
+// when not null, what each head's candidates recovered ([layer][head]). `progress` (when
+// set) runs after each layer. INVALID_ARGUMENT for a model with a sliding window or bad options; errors of Prefill.
 absl::StatusOr<SparsePlan> SearchModelPatterns(
     const Model& model, std::span<const uint32_t> prompt, const ModelSearchOptions& options,
     std::vector<std::vector<HeadChoice>>* choices = nullptr,

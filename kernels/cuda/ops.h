@@ -328,6 +328,76 @@ struct VerticalSlashIndexParams {
 size_t VerticalSlashIndexWorkspaceBytes(const VerticalSlashIndexParams& p);
 absl::Status BuildVerticalSlashIndex(VerticalSlashIndexParams& p, Stream stream);
 
+// The A-shape index (kernels::AShapeIndex of the shape, the same for every head) of `heads`
+// heads, in the CSR layout above. There are no columns: column_offsets are all written 0
+// (SparseAttention still wants a non-null columns pointer; it reads none). Counts and offsets
+// on the device, the total back to the host (the call waits for it), the lists only when they
+// fit blocks_capacity (else RESOURCE_EXHAUSTED naming the total; offsets written, lists not).
+// INVALID_ARGUMENT naming the field: heads, num_queries, query_position, keys, n_init, local,
+// block_offsets, column_offsets, blocks, blocks_capacity, workspace.
+struct AShapeIndexParams {
+  int heads = 0;                 // 1 .. 65535.
+  int64_t num_queries = 0;       // >= 1.
+  int64_t query_position = 0;    // >= 0; keys = query_position + num_queries <= 2^30.
+  int64_t n_init = 128;          // kernels::AShapeParams: >= 0.
+  int64_t local = 3968;          // >= 1.
+  int64_t* block_offsets = nullptr;   // [heads * row_blocks + 1]
+  int64_t* column_offsets = nullptr;  // [heads * row_blocks + 1], written all 0.
+  int32_t* blocks = nullptr;          // May be null when blocks_capacity is 0.
+  int64_t blocks_capacity = 0;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  int64_t total_blocks = 0;  // Out.
+};
+size_t AShapeIndexWorkspaceBytes(const AShapeIndexParams& p);
+absl::Status BuildAShapeIndex(AShapeIndexParams& p, Stream stream);
+
+// The block-sparse index of every query head at once (kernels::BuildBlockSparseIndex per
+// head, the same blocks bit for bit), in the CSR layout above (no columns; column_offsets
+// all 0). Steps: per-entry counts (data independent: max(top_blocks, own blocks) capped by the
+// visible blocks), offsets, the total back to the host (the call waits for it) and the
+// capacity check (RESOURCE_EXHAUSTED naming the total, before any pooling: offsets written,
+// lists and scores not); then queries and keys mean-pooled over 64 rows, the pooled scores of
+// a round of heads (a register-tiled fp32 product, no cuBLAS: kernels::PooledBlockScores's
+// documented arithmetic, so the same bits), and per (head, row block) the top blocks by a
+// radix select in the reference's order (higher score, then lower block, NaN last).
+// The pooled scores go to `scores` when set (every head at once), else to the workspace, as
+// many heads a round as it holds. The arithmetic is IEEE fp32 rounded to nearest with
+// denormals kept: the kernels must not be built with --use_fast_math / -ftz=true.
+// INVALID_ARGUMENT naming the field: num_q_heads, num_queries, query_position, keys,
+// block_offsets, column_offsets, blocks_capacity, blocks, head_dim, scale, top_blocks, q, k,
+// ldq, ldkv, workspace. q and k need no alignment beyond their element's.
+struct BlockSparseIndexParams {
+  const Bf16* q = nullptr;  // [num_queries][num_q_heads][head_dim], row stride ldq.
+  int64_t ldq = 0;
+  const Bf16* k = nullptr;  // [keys][num_kv_heads][head_dim], row stride ldkv.
+  int64_t ldkv = 0;
+  int64_t num_queries = 0;       // >= 1.
+  int64_t query_position = 0;    // >= 0; keys = query_position + num_queries <= 2^30.
+  int num_q_heads = 0;           // A multiple of num_kv_heads, at most 65535.
+  int num_kv_heads = 0;
+  int head_dim = 0;              // A multiple of 16, at most 256.
+  float scale = 0;               // Finite and positive.
+  int64_t top_blocks = 64;       // kernels::BlockSparseParams: >= 1.
+  // Optional out: [num_q_heads][row_blocks][key_blocks] (key_blocks = ceil(keys / 64)), what
+  // kernels::PooledBlockScores gives per head (-infinity where invisible). Needs
+  // row_blocks * key_blocks < 2^31 (so does the workspace path).
+  float* scores = nullptr;
+  int64_t* block_offsets = nullptr;   // [num_q_heads * row_blocks + 1]
+  int64_t* column_offsets = nullptr;  // [num_q_heads * row_blocks + 1], written all 0.
+  int32_t* blocks = nullptr;          // May be null when blocks_capacity is 0.
+  int64_t blocks_capacity = 0;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  int64_t total_blocks = 0;  // Out.
+};
+// Workspace for pooled scores of `heads_per_round` heads a round (clamped to
+// [1, num_q_heads]; ignored when p.scores is set): the pooled means (4 * head_dim *
+// (num_q_heads * row_blocks + num_kv_heads * key_blocks) bytes), the counts and their scan,
+// plus 4 * row_blocks * key_blocks bytes per head of a round. 0 for invalid params.
+size_t BlockSparseIndexWorkspaceBytes(const BlockSparseIndexParams& p, int heads_per_round);
+absl::Status BuildBlockSparseIndex(BlockSparseIndexParams& p, Stream stream);
+
 // ---------------------------------------------------------------------------------------
 // Checksums
 

@@ -261,4 +261,210 @@ absl::Status BuildVerticalSlashIndex(VerticalSlashIndexParams& p, Stream stream)
   return CudaStatus(internal::LaunchIndexFill(l, s), "index fill");
 }
 
+namespace {
+
+constexpr int kMaxGridY = 65535;
+
+internal::BlockShape ShapeOf(int64_t num_queries, int64_t query_position) {
+  return {num_queries, query_position, static_cast<int>(RowBlocks(num_queries)),
+          static_cast<int>((query_position + num_queries + 63) / 64)};
+}
+
+// The checks both data-independent-count builders share: where the queries sit, how many
+// heads, the output arrays.
+absl::Status CheckListShape(int heads, int64_t num_queries, int64_t query_position,
+                            std::string_view heads_field, const int64_t* block_offsets,
+                            const int64_t* column_offsets, const int32_t* blocks,
+                            int64_t blocks_capacity) {
+  if (num_queries < 1) return Bad("num_queries", "must be positive");
+  if (query_position < 0) return Bad("query_position", "must not be negative");
+  if (heads < 1 || heads > kMaxGridY) return Bad(heads_field, "outside [1, 65535]");
+  if (query_position + num_queries > (int64_t{1} << 30)) return Bad("keys", "2^30 or more");
+  if (RowBlocks(num_queries) * heads > (int64_t{1} << 31) - 2) {
+    return Bad(heads_field, "too many row blocks");
+  }
+  if (block_offsets == nullptr) return Bad("block_offsets", "null");
+  if (column_offsets == nullptr) return Bad("column_offsets", "null");
+  if (blocks_capacity < 0) return Bad("blocks_capacity", "negative");
+  if (blocks == nullptr && blocks_capacity > 0) return Bad("blocks", "null");
+  return absl::OkStatus();
+}
+
+size_t CountsBytes(int64_t entries) {
+  return Up((entries + 1) * 8) + Up(internal::ScanTempBytes(entries + 1));
+}
+
+// Counts (already enqueued into `counts`) to offsets, zero column offsets, and the total
+// back on the host into *total (also when it does not fit: the caller can grow and retry):
+// RESOURCE_EXHAUSTED when it does not fit `capacity`.
+absl::Status OffsetsAndTotal(const int64_t* counts, int64_t entries, int64_t* block_offsets,
+                             int64_t* column_offsets, void* scan_temp, size_t scan_temp_bytes,
+                             int64_t capacity, cudaStream_t s, int64_t* total_out) {
+  TIERKV_RETURN_IF_ERROR(CudaStatus(internal::LaunchOffsets(counts, entries, block_offsets,
+                                                            scan_temp, scan_temp_bytes, s),
+                                    "offsets"));
+  TIERKV_RETURN_IF_ERROR(
+      CudaStatus(cudaMemsetAsync(column_offsets, 0, (entries + 1) * 8, s), "memset"));
+  int64_t total = 0;
+  TIERKV_RETURN_IF_ERROR(CudaStatus(
+      cudaMemcpyAsync(&total, block_offsets + entries, 8, cudaMemcpyDeviceToHost, s), "total"));
+  TIERKV_RETURN_IF_ERROR(CudaStatus(cudaStreamSynchronize(s), "index counts"));
+  *total_out = total;
+  if (total > capacity) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the index has ", total, " blocks; room for ", capacity));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckAShape(const AShapeIndexParams& p) {
+  TIERKV_RETURN_IF_ERROR(CheckListShape(p.heads, p.num_queries, p.query_position, "heads",
+                                        p.block_offsets, p.column_offsets, p.blocks,
+                                        p.blocks_capacity));
+  if (p.n_init < 0) return Bad("n_init", absl::StrCat(p.n_init, " is negative"));
+  if (p.local < 1) return Bad("local", absl::StrCat(p.local, " must be at least 1"));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+size_t AShapeIndexWorkspaceBytes(const AShapeIndexParams& p) {
+  if (!CheckAShape(p).ok()) return 0;
+  return CountsBytes(RowBlocks(p.num_queries) * p.heads);
+}
+
+absl::Status BuildAShapeIndex(AShapeIndexParams& p, Stream stream) {
+  TIERKV_RETURN_IF_ERROR(CheckAShape(p));
+  if (p.workspace == nullptr) return Bad("workspace", "null");
+  const size_t need = AShapeIndexWorkspaceBytes(p);
+  if (p.workspace_bytes < need) {
+    return Bad("workspace", absl::StrCat(p.workspace_bytes, " bytes; ", need, " are needed"));
+  }
+  const internal::BlockShape shape = ShapeOf(p.num_queries, p.query_position);
+  const int64_t n = static_cast<int64_t>(shape.row_blocks) * p.heads;
+  Carver w(p.workspace, p.workspace_bytes);
+  int64_t* counts = w.Take<int64_t>(n + 1);
+  const cudaStream_t s = AsCuda(stream);
+  TIERKV_RETURN_IF_ERROR(CudaStatus(
+      internal::LaunchAShapeCounts(shape, p.heads, p.n_init, p.local, counts, s), "counts"));
+  TIERKV_RETURN_IF_ERROR(OffsetsAndTotal(counts, n, p.block_offsets, p.column_offsets, w.at(),
+                                         w.left(), p.blocks_capacity, s, &p.total_blocks));
+  const int64_t total = p.total_blocks;
+  if (total == 0) return absl::OkStatus();
+  return CudaStatus(internal::LaunchAShapeFill(shape, p.heads, p.n_init, p.local,
+                                               p.block_offsets, p.blocks, s),
+                    "A-shape fill");
+}
+
+namespace {
+
+absl::Status CheckBlockSparse(const BlockSparseIndexParams& p) {
+  if (p.num_q_heads < 1 || p.num_kv_heads < 1 || p.num_q_heads % p.num_kv_heads != 0) {
+    return Bad("num_q_heads", "must be a positive multiple of num_kv_heads");
+  }
+  TIERKV_RETURN_IF_ERROR(CheckListShape(p.num_q_heads, p.num_queries, p.query_position,
+                                        "num_q_heads", p.block_offsets, p.column_offsets,
+                                        p.blocks, p.blocks_capacity));
+  if (p.head_dim < 16 || p.head_dim > 256 || p.head_dim % 16 != 0) {
+    return Bad("head_dim", absl::StrCat(p.head_dim, " is not a multiple of 16 in [16, 256]"));
+  }
+  if (!(p.scale > 0) || !std::isfinite(p.scale)) return Bad("scale", "must be finite and positive");
+  if (p.top_blocks < 1) return Bad("top_blocks", absl::StrCat(p.top_blocks, " is below 1"));
+  if (p.q == nullptr) return Bad("q", "null");
+  if (p.k == nullptr) return Bad("k", "null");
+  if (p.ldq < static_cast<int64_t>(p.num_q_heads) * p.head_dim) {
+    return Bad("ldq", "smaller than a row");
+  }
+  if (p.ldkv < static_cast<int64_t>(p.num_kv_heads) * p.head_dim) {
+    return Bad("ldkv", "smaller than a row");
+  }
+  const internal::BlockShape shape = ShapeOf(p.num_queries, p.query_position);
+  if (static_cast<int64_t>(shape.row_blocks) * shape.key_blocks > (int64_t{1} << 31) - 1) {
+    return Bad("keys", "row_blocks * key_blocks pooled scores a head: 2^31 or more");
+  }
+  return absl::OkStatus();
+}
+
+size_t HeadScoresBytes(const internal::BlockShape& shape) {
+  return static_cast<size_t>(shape.row_blocks) * shape.key_blocks * sizeof(float);
+}
+
+// Everything but the pooled scores.
+size_t BlockSparseBaseBytes(const BlockSparseIndexParams& p, const internal::BlockShape& shape) {
+  const int64_t n = static_cast<int64_t>(shape.row_blocks) * p.num_q_heads;
+  return CountsBytes(n) +
+         Up(static_cast<size_t>(p.num_q_heads) * shape.row_blocks * p.head_dim * sizeof(float)) +
+         Up(static_cast<size_t>(p.num_kv_heads) * shape.key_blocks * p.head_dim * sizeof(float));
+}
+
+}  // namespace
+
+size_t BlockSparseIndexWorkspaceBytes(const BlockSparseIndexParams& p, int heads_per_round) {
+  if (!CheckBlockSparse(p).ok()) return 0;
+  const internal::BlockShape shape = ShapeOf(p.num_queries, p.query_position);
+  const size_t base = BlockSparseBaseBytes(p, shape);
+  if (p.scores != nullptr) return base;
+  const int heads = std::clamp(heads_per_round, 1, p.num_q_heads);
+  return base + static_cast<size_t>(heads) * HeadScoresBytes(shape);
+}
+
+absl::Status BuildBlockSparseIndex(BlockSparseIndexParams& p, Stream stream) {
+  TIERKV_RETURN_IF_ERROR(CheckBlockSparse(p));
+  if (p.workspace == nullptr) return Bad("workspace", "null");
+  const size_t need = BlockSparseIndexWorkspaceBytes(p, 1);
+  if (p.workspace_bytes < need) {
+    return Bad("workspace", absl::StrCat(p.workspace_bytes, " bytes; at least ", need,
+                                         " are needed"));
+  }
+  const internal::BlockShape shape = ShapeOf(p.num_queries, p.query_position);
+  const int64_t n = static_cast<int64_t>(shape.row_blocks) * p.num_q_heads;
+  const int64_t keys = p.query_position + p.num_queries;
+  Carver w(p.workspace, p.workspace_bytes);
+  int64_t* counts = w.Take<int64_t>(n + 1);
+  const size_t scan_bytes = Up(internal::ScanTempBytes(n + 1));
+  void* scan_temp = w.Take<uint8_t>(scan_bytes);
+  float* qbar = w.Take<float>(static_cast<size_t>(p.num_q_heads) * shape.row_blocks * p.head_dim);
+  float* kbar =
+      w.Take<float>(static_cast<size_t>(p.num_kv_heads) * shape.key_blocks * p.head_dim);
+  const cudaStream_t s = AsCuda(stream);
+  // The counts do not depend on the scores: the capacity is known to suffice (or not) before
+  // any pooling.
+  TIERKV_RETURN_IF_ERROR(CudaStatus(
+      internal::LaunchBlockSparseCounts(shape, p.num_q_heads, p.top_blocks, counts, s),
+      "counts"));
+  TIERKV_RETURN_IF_ERROR(OffsetsAndTotal(counts, n, p.block_offsets, p.column_offsets,
+                                         scan_temp, scan_bytes, p.blocks_capacity, s,
+                                         &p.total_blocks));
+  TIERKV_RETURN_IF_ERROR(CudaStatus(
+      internal::LaunchMeanPool(p.q, p.ldq, p.num_queries, p.num_q_heads, p.head_dim, qbar, s),
+      "pool queries"));
+  TIERKV_RETURN_IF_ERROR(CudaStatus(
+      internal::LaunchMeanPool(p.k, p.ldkv, keys, p.num_kv_heads, p.head_dim, kbar, s),
+      "pool keys"));
+  const int group = p.num_q_heads / p.num_kv_heads;
+  float* scores = p.scores;
+  int per_round = p.num_q_heads;
+  if (scores == nullptr) {
+    const size_t head_bytes = HeadScoresBytes(shape);
+    per_round = static_cast<int>(std::min<size_t>(p.num_q_heads, w.left() / head_bytes));
+    scores = reinterpret_cast<float*>(w.at());
+  }
+  for (int h0 = 0; h0 < p.num_q_heads; h0 += per_round) {
+    const int heads = std::min(per_round, p.num_q_heads - h0);
+    float* round_scores = p.scores != nullptr
+                              ? p.scores + static_cast<int64_t>(h0) * shape.row_blocks *
+                                               shape.key_blocks
+                              : scores;
+    TIERKV_RETURN_IF_ERROR(CudaStatus(
+        internal::LaunchBlockScores(qbar, kbar, shape, h0, heads, group, p.head_dim, p.scale,
+                                    /*write_invisible=*/p.scores != nullptr, round_scores, s),
+        "block scores"));
+    TIERKV_RETURN_IF_ERROR(
+        CudaStatus(internal::LaunchSelectBlocks(round_scores, shape, h0, heads, p.top_blocks,
+                                                p.block_offsets, p.blocks, s),
+                   "select blocks"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace tierkv::kernels::cuda

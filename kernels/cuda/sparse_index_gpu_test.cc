@@ -1,14 +1,24 @@
 // The sparse index builders on the GPU against the CPU reference (kernels/sparse_attention.h):
 // attention mass sums within fp32 rounding and bit-identical across runs; top-k and the
 // vertical-slash conversion exactly equal to the reference fed the same values; the whole
-// estimate-select-convert pipeline on planted inputs; and the time of that pipeline for a
-// Llama-3-8B layer at 128K tokens. Needs an sm_90 GPU; skips, saying why, without one.
+// estimate-select-convert pipeline on planted inputs; the A-shape lists and the block-sparse
+// pooled scores and lists exactly equal to the reference (bit for bit); capacities and bad
+// params refused with the reason; and the time of the vertical-slash pipeline and of the
+// block-sparse build for a Llama-3-8B layer at 128K tokens. Needs an sm_90 GPU; skips, saying
+// why, without one (the parameter checks, which return before any CUDA call, run anyway).
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/gpu_test_support.h"
@@ -20,7 +30,26 @@
 namespace tierkv::kernels::cuda {
 namespace {
 
+// Mean milliseconds of `reps` runs after one warm-up run; -1 (and a failure) when one fails.
+double MillisPerRun(const std::function<absl::Status()>& run, int reps) {
+  if (absl::Status first = run(); !first.ok()) {
+    ADD_FAILURE() << first;
+    return -1;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int r = 0; r < reps; ++r) {
+    if (absl::Status s = run(); !s.ok()) {
+      ADD_FAILURE() << s;
+      return -1;
+    }
+  }
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+             .count() /
+         reps;
+}
+
 using ::testing::HasSubstr;
+using ::testing::StartsWith;
 
 std::mt19937_64& Rng() {
   static std::mt19937_64 rng(std::random_device{}());
@@ -365,16 +394,8 @@ TEST(SparseIndexGpu, PipelineEqualsTheReferenceAndPrintsItsTime) {
       if (s.ok()) s = SynchronizeDevice();
       return s;
     };
-    {
-      absl::Status first = run();
-      ASSERT_TRUE(first.ok()) << first;
-    }
-    const auto t0 = std::chrono::steady_clock::now();
-    constexpr int kReps = 3;
-    for (int r = 0; r < kReps; ++r) ASSERT_TRUE(run().ok());
-    const double ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() /
-        kReps;
+    const double ms = MillisPerRun(run, 3);
+    ASSERT_GT(ms, 0) << "a run failed";
     std::printf("vertical-slash index, %lld tokens, %d q heads / %d kv heads, head_dim %d, "
                 "budgets %lld / %lld: %.2f ms a layer (estimate + top-k + conversion); "
                 "%lld blocks and %lld columns listed\n",
@@ -406,6 +427,493 @@ TEST(SparseIndexGpu, PipelineEqualsTheReferenceAndPrintsItsTime) {
         ExpectSameIndex(got[h], *want, h);
       }
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// A-shape and block-sparse
+
+// Per-head indices from CSR lists of `heads` x `rows` entries without columns (the column
+// offsets must all be 0).
+std::vector<SparseHeadIndex> HeadsOf(const std::vector<int64_t>& block_offsets,
+                                     const std::vector<int32_t>& blocks,
+                                     const std::vector<int64_t>& column_offsets, int heads,
+                                     int64_t rows) {
+  for (size_t i = 0; i < column_offsets.size(); ++i) {
+    EXPECT_EQ(column_offsets[i], 0) << "column offset " << i;
+  }
+  std::vector<SparseHeadIndex> out(heads);
+  for (int h = 0; h < heads; ++h) {
+    SparseHeadIndex& ix = out[h];
+    ix.block_begin.push_back(0);
+    ix.column_begin.push_back(0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t e = h * rows + r;
+      ix.blocks.insert(ix.blocks.end(), blocks.begin() + block_offsets[e],
+                       blocks.begin() + block_offsets[e + 1]);
+      ix.block_begin.push_back(static_cast<int64_t>(ix.blocks.size()));
+      ix.column_begin.push_back(0);
+    }
+  }
+  return out;
+}
+
+// The GPU A-shape index; `capacity` < 0: room for every block.
+absl::Status GpuAShape(const SparseShape& shape, const AShapeParams& a, int heads,
+                       int64_t capacity, std::vector<SparseHeadIndex>* out,
+                       int64_t* total = nullptr) {
+  const int64_t rows = (shape.num_queries + 63) / 64;
+  const int64_t n = rows * heads;
+  const int64_t key_blocks = (shape.query_position + shape.num_queries + 63) / 64;
+  const int64_t cap = capacity >= 0 ? capacity : n * key_blocks;
+  DeviceBuffer bo = Alloc((n + 1) * 8), co = Alloc((n + 1) * 8), blocks = Alloc(cap * 4);
+  AShapeIndexParams p;
+  p.heads = heads;
+  p.num_queries = shape.num_queries;
+  p.query_position = shape.query_position;
+  p.n_init = a.n_init;
+  p.local = a.local;
+  p.block_offsets = bo.as<int64_t>();
+  p.column_offsets = co.as<int64_t>();
+  p.blocks = blocks.as<int32_t>();
+  p.blocks_capacity = cap;
+  DeviceBuffer ws = Alloc(AShapeIndexWorkspaceBytes(p));
+  p.workspace = ws.data();
+  p.workspace_bytes = ws.size();
+  absl::Status s = BuildAShapeIndex(p, nullptr);
+  EXPECT_TRUE(SynchronizeDevice().ok());
+  if (total != nullptr) *total = p.total_blocks;
+  const auto block_offsets = *Download<int64_t>(bo.data(), n + 1);
+  EXPECT_EQ(block_offsets[n], p.total_blocks);  // Written whether the lists fit or not.
+  if (!s.ok()) return s;
+  *out = HeadsOf(block_offsets, *Download<int32_t>(blocks.data(), std::max<int64_t>(1, p.total_blocks)),
+                 *Download<int64_t>(co.data(), n + 1), heads, rows);
+  return s;
+}
+
+TEST(SparseIndexGpu, AShapeIndexEqualsTheReference) {
+  TIERKV_REQUIRE_GPU();
+  for (const SparseShape shape : {SparseShape{1000, 0}, SparseShape{777, 4321}, SparseShape{64, 64},
+                                  SparseShape{3, 10}, SparseShape{130, 32}, SparseShape{1, 0},
+                                  SparseShape{200, 5000}}) {
+    for (const AShapeParams a :
+         {AShapeParams{128, 3968}, AShapeParams{0, 1}, AShapeParams{100, 300},
+          AShapeParams{70, 150}, AShapeParams{5000, 64}, AShapeParams{1, int64_t{1} << 40},
+          AShapeParams{64, 64}}) {
+      SCOPED_TRACE(testing::Message() << "queries " << shape.num_queries << " at "
+                                      << shape.query_position << ", n_init " << a.n_init
+                                      << " local " << a.local);
+      const int heads = 3;
+      std::vector<SparseHeadIndex> got;
+      absl::Status s = GpuAShape(shape, a, heads, -1, &got);
+      ASSERT_TRUE(s.ok()) << s;
+      auto want = kernels::AShapeIndex(shape, a);
+      ASSERT_TRUE(want.ok());
+      for (int h = 0; h < heads; ++h) ExpectSameIndex(got[h], *want, h);
+    }
+  }
+}
+
+struct BlockCase {
+  int64_t nq, qp;
+  int qh, kvh, d;
+  int64_t top;
+};
+
+std::string Describe(const BlockCase& c) {
+  return testing::PrintToString(c.nq) + " queries at " + testing::PrintToString(c.qp) + ", " +
+         std::to_string(c.qh) + "/" + std::to_string(c.kvh) + " heads, d " +
+         std::to_string(c.d) + ", top " + testing::PrintToString(c.top);
+}
+
+struct GpuBlockSparseResult {
+  absl::Status status;
+  std::vector<SparseHeadIndex> index;
+  std::vector<float> scores;  // [heads][rows][key_blocks] when exported.
+  int64_t total = 0;
+  int64_t offsets_total = 0;  // block_offsets[heads * rows] as written.
+};
+
+// The GPU block-sparse build. export_scores: the scores into their own array (one round);
+// else rounds of heads_per_round heads in the workspace. capacity < 0: room for all.
+GpuBlockSparseResult GpuBlockSparse(const BlockCase& c, const std::vector<uint16_t>& q,
+                                    const std::vector<uint16_t>& k, float scale,
+                                    bool export_scores, int heads_per_round,
+                                    int64_t capacity = -1) {
+  const int64_t keys = c.qp + c.nq;
+  const int64_t rows = (c.nq + 63) / 64, key_blocks = (keys + 63) / 64;
+  const int64_t n = rows * c.qh;
+  const int64_t cap = capacity >= 0 ? capacity : n * key_blocks;
+  DeviceBuffer dq = Up(q), dk = Up(k);
+  DeviceBuffer bo = Alloc((n + 1) * 8), co = Alloc((n + 1) * 8), blocks = Alloc(cap * 4);
+  DeviceBuffer scores = Alloc(export_scores ? c.qh * rows * key_blocks * 4 : 16);
+  BlockSparseIndexParams p;
+  p.q = dq.as<Bf16>();
+  p.ldq = static_cast<int64_t>(c.qh) * c.d;
+  p.k = dk.as<Bf16>();
+  p.ldkv = static_cast<int64_t>(c.kvh) * c.d;
+  p.num_queries = c.nq;
+  p.query_position = c.qp;
+  p.num_q_heads = c.qh;
+  p.num_kv_heads = c.kvh;
+  p.head_dim = c.d;
+  p.scale = scale;
+  p.top_blocks = c.top;
+  p.scores = export_scores ? scores.as<float>() : nullptr;
+  p.block_offsets = bo.as<int64_t>();
+  p.column_offsets = co.as<int64_t>();
+  p.blocks = blocks.as<int32_t>();
+  p.blocks_capacity = cap;
+  const size_t ws_bytes = BlockSparseIndexWorkspaceBytes(p, heads_per_round);
+  EXPECT_GT(ws_bytes, 0u);
+  DeviceBuffer ws = Alloc(ws_bytes);
+  p.workspace = ws.data();
+  p.workspace_bytes = ws.size();
+  GpuBlockSparseResult r;
+  r.status = BuildBlockSparseIndex(p, nullptr);
+  EXPECT_TRUE(SynchronizeDevice().ok());
+  r.total = p.total_blocks;
+  const auto block_offsets = *Download<int64_t>(bo.data(), n + 1);
+  r.offsets_total = block_offsets[n];
+  if (!r.status.ok()) return r;
+  r.index = HeadsOf(block_offsets,
+                    *Download<int32_t>(blocks.data(), std::max<int64_t>(1, p.total_blocks)),
+                    *Download<int64_t>(co.data(), n + 1), c.qh, rows);
+  if (export_scores) r.scores = *Download<float>(scores.data(), c.qh * rows * key_blocks);
+  return r;
+}
+
+// The CPU reference's params over the fp32 images of q and k.
+kernels::AttentionParams RefParams(const BlockCase& c, const std::vector<float>& q,
+                                   const std::vector<float>& k, float scale,
+                                   std::vector<float>& out) {
+  kernels::AttentionParams ref;
+  ref.q = q.data();
+  ref.ldq = static_cast<int64_t>(c.qh) * c.d;
+  ref.k = k.data();
+  ref.v = k.data();
+  ref.ldkv = static_cast<int64_t>(c.kvh) * c.d;
+  out.resize(q.size());
+  ref.out = out.data();
+  ref.ldo = ref.ldq;
+  ref.num_queries = c.nq;
+  ref.query_position = c.qp;
+  ref.num_keys = c.qp + c.nq;
+  ref.num_q_heads = c.qh;
+  ref.num_kv_heads = c.kvh;
+  ref.head_dim = c.d;
+  ref.scale = scale;
+  return ref;
+}
+
+uint32_t Bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+// The GPU build of `c` (scores exported, and again in rounds of one head and of three)
+// against the reference: every pooled score bit for bit, every head's lists equal.
+void ExpectBlockSparseEqualsReference(const BlockCase& c, const std::vector<uint16_t>& q_bits,
+                                      const std::vector<float>& q, const std::vector<uint16_t>& k_bits,
+                                      const std::vector<float>& k) {
+  SCOPED_TRACE(Describe(c));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.d));
+  const int64_t rows = (c.nq + 63) / 64, key_blocks = (c.qp + c.nq + 63) / 64;
+  const GpuBlockSparseResult got = GpuBlockSparse(c, q_bits, k_bits, scale, true, 1);
+  ASSERT_TRUE(got.status.ok()) << got.status;
+  ASSERT_EQ(got.index.size(), static_cast<size_t>(c.qh));
+  std::vector<float> out;
+  const kernels::AttentionParams ref = RefParams(c, q, k, scale, out);
+  const SparseShape shape{c.nq, c.qp};
+  int64_t want_total = 0;
+  for (int h = 0; h < c.qh; ++h) {
+    auto want_scores = kernels::PooledBlockScores(ref, h);
+    ASSERT_TRUE(want_scores.ok()) << want_scores.status();
+    int bad = 0;
+    for (int64_t i = 0; i < rows * key_blocks; ++i) {
+      const float g = got.scores[h * rows * key_blocks + i], w = (*want_scores)[i];
+      // Any NaN ranks as NaN: its sign and payload (which differ between the CPU's and the
+      // GPU's NaN-producing operations) do not count.
+      const bool same = Bits(g) == Bits(w) || (std::isnan(g) && std::isnan(w));
+      if (!same && ++bad <= 3) {
+        ADD_FAILURE() << "head " << h << " row block " << i / key_blocks << " key block "
+                      << i % key_blocks << ": gpu " << g << ", reference " << w;
+      }
+    }
+    EXPECT_EQ(bad, 0) << "head " << h;
+    auto want = kernels::BuildBlockSparseIndex(ref, h, {c.top});
+    ASSERT_TRUE(want.ok()) << want.status();
+    ExpectSameIndex(got.index[h], *want, h);
+    EXPECT_TRUE(ValidateSparseIndex(got.index[h], shape).ok()) << "head " << h;
+    want_total += static_cast<int64_t>(want->blocks.size());
+  }
+  EXPECT_EQ(got.total, want_total);
+  EXPECT_EQ(got.offsets_total, want_total);
+  // The workspace path, one head a round and three: the same lists.
+  for (const int per_round : {1, 3}) {
+    const GpuBlockSparseResult again = GpuBlockSparse(c, q_bits, k_bits, scale, false, per_round);
+    ASSERT_TRUE(again.status.ok()) << again.status;
+    for (int h = 0; h < c.qh; ++h) ExpectSameIndex(again.index[h], got.index[h], h);
+  }
+}
+
+TEST(SparseIndexGpu, BlockSparseIndexEqualsTheReferenceBitForBit) {
+  TIERKV_REQUIRE_GPU();
+  for (const BlockCase& c : {
+           BlockCase{1000, 0, 4, 2, 128, 5},      // GQA.
+           BlockCase{777, 4321, 4, 1, 64, 8},     // Continuation (4321 % 64 = 33), GQA 4:1.
+           BlockCase{50, 0, 2, 2, 128, 3},        // One partial row block.
+           BlockCase{40, 100, 2, 1, 64, 2},       // One partial row block over two key blocks.
+           BlockCase{300, 0, 2, 1, 128, 1000},    // Budget above the visible blocks.
+           BlockCase{64, 64, 3, 1, 128, 1},       // Only the own blocks.
+           BlockCase{1, 500, 2, 2, 64, 4},        // A single query.
+           BlockCase{9000, 0, 2, 1, 64, 40},      // Several tiles, some wholly invisible.
+           BlockCase{5000, 3000, 4, 2, 128, 30},  // Several tiles, continuation.
+           BlockCase{200, 300000, 2, 1, 64, 50},  // Rows of > 4096 blocks (keys not cached).
+       }) {
+    const int64_t keys = c.qp + c.nq;
+    Bf16Tensor q(c.nq * c.qh * c.d), k(keys * c.kvh * c.d);
+    ExpectBlockSparseEqualsReference(c, q.bits, q.f32, k.bits, k.f32);
+  }
+}
+
+// Equal scores everywhere (ties go to the lower blocks), and scores that are +infinity,
+// -infinity and NaN (NaN after every number; the own blocks stay in against +infinity).
+TEST(SparseIndexGpu, BlockSparseTiesAndNonFiniteScoresMatchTheReference) {
+  TIERKV_REQUIRE_GPU();
+  const BlockCase c{700, 90, 4, 2, 64, 4};
+  const int64_t keys = c.qp + c.nq;
+  auto images = [](const std::vector<uint16_t>& bits) {
+    std::vector<float> f(bits.size());
+    for (size_t i = 0; i < bits.size(); ++i) f[i] = Bf16ToFloat(bits[i]);
+    return f;
+  };
+  for (const float value : {0.5f, 0.0f, -0.0f}) {
+    SCOPED_TRACE(testing::Message() << "every input " << value);
+    std::vector<uint16_t> q(c.nq * c.qh * c.d, FloatToBf16(value)),
+        k(keys * c.kvh * c.d, FloatToBf16(value));
+    ExpectBlockSparseEqualsReference(c, q, images(q), k, images(k));
+  }
+  Bf16Tensor q(c.nq * c.qh * c.d), k(keys * c.kvh * c.d);
+  auto set_key_block = [&](int64_t b, auto value_of) {
+    for (int64_t j = b * 64; j < std::min(keys, b * 64 + 64); ++j) {
+      for (int e = 0; e < c.kvh * c.d; ++e) k.bits[j * c.kvh * c.d + e] = value_of(e);
+    }
+  };
+  const uint16_t nan = FloatToBf16(std::numeric_limits<float>::quiet_NaN());
+  set_key_block(1, [&](int e) { return e % c.d == 0 ? nan : FloatToBf16(0.1f); });
+  set_key_block(2, [](int) { return FloatToBf16(1e30f); });
+  set_key_block(3, [](int) { return FloatToBf16(-1e30f); });
+  set_key_block(4, [](int) { return FloatToBf16(3e38f); });  // The sum overflows.
+  for (int64_t row = 5 * 64; row < 6 * 64; ++row) {  // Row block 5 points along everything.
+    for (int e = 0; e < c.qh * c.d; ++e) q.bits[row * c.qh * c.d + e] = FloatToBf16(1e30f);
+  }
+  ExpectBlockSparseEqualsReference(c, q.bits, images(q.bits), k.bits, images(k.bits));
+}
+
+TEST(SparseIndexGpu, AShapeAndBlockSparseRunOutOfRoomNamingTheirTotals) {
+  TIERKV_REQUIRE_GPU();
+  const SparseShape shape{777, 4321};
+  const AShapeParams a{100, 300};
+  auto want = kernels::AShapeIndex(shape, a);
+  ASSERT_TRUE(want.ok());
+  const int heads = 3;
+  const int64_t total = heads * static_cast<int64_t>(want->blocks.size());
+  for (const int64_t capacity : {int64_t{0}, total - 1}) {
+    std::vector<SparseHeadIndex> unused;
+    int64_t got_total = 0;
+    absl::Status s = GpuAShape(shape, a, heads, capacity, &unused, &got_total);
+    EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+    EXPECT_THAT(s.message(), HasSubstr(absl::StrCat(total, " blocks; room for ", capacity)));
+    EXPECT_EQ(got_total, total);
+  }
+  std::vector<SparseHeadIndex> fits;
+  ASSERT_TRUE(GpuAShape(shape, a, heads, total, &fits).ok());
+
+  const BlockCase c{1000, 70, 4, 2, 64, 6};
+  Bf16Tensor q(c.nq * c.qh * c.d), k((c.qp + c.nq) * c.kvh * c.d);
+  std::vector<float> out;
+  const float scale = 0.125f;
+  auto one = kernels::BuildBlockSparseIndex(RefParams(c, q.f32, k.f32, scale, out), 0, {c.top});
+  ASSERT_TRUE(one.ok());
+  const int64_t block_total = c.qh * static_cast<int64_t>(one->blocks.size());  // Counts fixed.
+  const GpuBlockSparseResult r =
+      GpuBlockSparse(c, q.bits, k.bits, scale, false, 1, block_total - 1);
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kResourceExhausted) << r.status;
+  EXPECT_THAT(r.status.message(),
+              HasSubstr(absl::StrCat(block_total, " blocks; room for ", block_total - 1)));
+  EXPECT_EQ(r.total, block_total);
+  EXPECT_EQ(r.offsets_total, block_total);
+  EXPECT_TRUE(GpuBlockSparse(c, q.bits, k.bits, scale, false, 1, block_total).status.ok());
+}
+
+// Parameter checks return before any CUDA call (the workspace is checked last, and is null
+// here but where its size is the point), so this runs without a GPU too. The pointers are
+// never dereferenced.
+TEST(SparseIndexGpu, AShapeAndBlockSparseRefuseBadParamsNamingTheField) {
+  int64_t* fake_offsets = reinterpret_cast<int64_t*>(uintptr_t{4096});
+  int32_t* fake_blocks = reinterpret_cast<int32_t*>(uintptr_t{8192});
+  const Bf16* fake_bf16 = reinterpret_cast<const Bf16*>(uintptr_t{16384});
+  auto expect_refused = [](const absl::Status& s, const std::string& field) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << field << ": " << s;
+    EXPECT_THAT(std::string(s.message()), StartsWith(field + ":")) << s;
+  };
+  AShapeIndexParams a;
+  a.heads = 2;
+  a.num_queries = 100;
+  a.query_position = 10;
+  a.block_offsets = fake_offsets;
+  a.column_offsets = fake_offsets;
+  a.blocks = fake_blocks;
+  a.blocks_capacity = 1000;
+  {
+    AShapeIndexParams p = a;
+    expect_refused(BuildAShapeIndex(p, nullptr), "workspace");  // The baseline is valid.
+  }
+  auto a_with = [&](auto change, const std::string& field) {
+    AShapeIndexParams p = a;
+    change(p);
+    expect_refused(BuildAShapeIndex(p, nullptr), field);
+    EXPECT_EQ(AShapeIndexWorkspaceBytes(p), 0u) << field;
+  };
+  a_with([](AShapeIndexParams& p) { p.heads = 0; }, "heads");
+  a_with([](AShapeIndexParams& p) { p.num_queries = 0; }, "num_queries");
+  a_with([](AShapeIndexParams& p) { p.query_position = -1; }, "query_position");
+  a_with([](AShapeIndexParams& p) { p.n_init = -1; }, "n_init");
+  a_with([](AShapeIndexParams& p) { p.local = 0; }, "local");
+  a_with([](AShapeIndexParams& p) { p.block_offsets = nullptr; }, "block_offsets");
+  a_with([](AShapeIndexParams& p) { p.column_offsets = nullptr; }, "column_offsets");
+  a_with([](AShapeIndexParams& p) { p.blocks = nullptr; }, "blocks");
+  a_with([](AShapeIndexParams& p) { p.blocks_capacity = -1; }, "blocks_capacity");
+  a_with([](AShapeIndexParams& p) { p.query_position = int64_t{1} << 30; }, "keys");
+
+  BlockSparseIndexParams b;
+  b.q = fake_bf16;
+  b.ldq = 4 * 64;
+  b.k = fake_bf16;
+  b.ldkv = 2 * 64;
+  b.num_queries = 100;
+  b.query_position = 10;
+  b.num_q_heads = 4;
+  b.num_kv_heads = 2;
+  b.head_dim = 64;
+  b.scale = 0.125f;
+  b.top_blocks = 4;
+  b.block_offsets = fake_offsets;
+  b.column_offsets = fake_offsets;
+  b.blocks = fake_blocks;
+  b.blocks_capacity = 1000;
+  {
+    BlockSparseIndexParams p = b;
+    expect_refused(BuildBlockSparseIndex(p, nullptr), "workspace");
+  }
+  auto b_with = [&](auto change, const std::string& field) {
+    BlockSparseIndexParams p = b;
+    change(p);
+    expect_refused(BuildBlockSparseIndex(p, nullptr), field);
+    EXPECT_EQ(BlockSparseIndexWorkspaceBytes(p, 1), 0u) << field;
+  };
+  b_with([](BlockSparseIndexParams& p) { p.num_kv_heads = 3; }, "num_q_heads");
+  b_with([](BlockSparseIndexParams& p) { p.num_q_heads = 0; }, "num_q_heads");
+  b_with([](BlockSparseIndexParams& p) { p.num_queries = 0; }, "num_queries");
+  b_with([](BlockSparseIndexParams& p) { p.query_position = -5; }, "query_position");
+  b_with([](BlockSparseIndexParams& p) { p.head_dim = 72; }, "head_dim");
+  b_with([](BlockSparseIndexParams& p) { p.head_dim = 512; }, "head_dim");
+  b_with([](BlockSparseIndexParams& p) { p.scale = 0.0f; }, "scale");
+  b_with([](BlockSparseIndexParams& p) { p.scale = std::nanf(""); }, "scale");
+  b_with([](BlockSparseIndexParams& p) { p.top_blocks = 0; }, "top_blocks");
+  b_with([](BlockSparseIndexParams& p) { p.q = nullptr; }, "q");
+  b_with([](BlockSparseIndexParams& p) { p.k = nullptr; }, "k");
+  b_with([](BlockSparseIndexParams& p) { p.ldq = 4 * 64 - 1; }, "ldq");
+  b_with([](BlockSparseIndexParams& p) { p.ldkv = 64; }, "ldkv");
+  b_with([](BlockSparseIndexParams& p) { p.block_offsets = nullptr; }, "block_offsets");
+  b_with([](BlockSparseIndexParams& p) { p.column_offsets = nullptr; }, "column_offsets");
+  b_with([](BlockSparseIndexParams& p) { p.blocks = nullptr; }, "blocks");
+  b_with([](BlockSparseIndexParams& p) { p.blocks_capacity = -1; }, "blocks_capacity");
+  b_with([](BlockSparseIndexParams& p) { p.query_position = int64_t{1} << 30; }, "keys");
+  // 2^30 keys (2^24 key blocks) from 10000 queries (157 row blocks): 2^31 or more pooled
+  // scores a head.
+  b_with(
+      [](BlockSparseIndexParams& p) {
+        p.num_queries = 10000;
+        p.query_position = (int64_t{1} << 30) - 10000;
+      },
+      "keys");
+}
+
+// The block-sparse build for a Llama-3-8B layer at 128K tokens (all heads a round, the
+// pooled scores in the workspace): its time, and two heads against the reference.
+TEST(SparseIndexGpu, BlockSparseIndexOfALayerAt128KEqualsTheReferenceAndPrintsItsTime) {
+  TIERKV_REQUIRE_GPU();
+  const BlockCase c{131072, 0, 32, 8, 128, 64};
+  const int64_t rows = c.nq / 64;
+  Bf16Tensor q(c.nq * c.qh * c.d, 0.5f, /*fast=*/true), k(c.nq * c.kvh * c.d, 0.5f, true);
+  DeviceBuffer dq = Up(q.bits), dk = Up(k.bits);
+  const int64_t n = rows * c.qh;
+  const int64_t cap = n * c.top;
+  DeviceBuffer bo = Alloc((n + 1) * 8), co = Alloc((n + 1) * 8), blocks = Alloc(cap * 4);
+  BlockSparseIndexParams p;
+  p.q = dq.as<Bf16>();
+  p.ldq = static_cast<int64_t>(c.qh) * c.d;
+  p.k = dk.as<Bf16>();
+  p.ldkv = static_cast<int64_t>(c.kvh) * c.d;
+  p.num_queries = c.nq;
+  p.num_q_heads = c.qh;
+  p.num_kv_heads = c.kvh;
+  p.head_dim = c.d;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(c.d));
+  p.top_blocks = c.top;
+  p.block_offsets = bo.as<int64_t>();
+  p.column_offsets = co.as<int64_t>();
+  p.blocks = blocks.as<int32_t>();
+  p.blocks_capacity = cap;
+  DeviceBuffer ws = Alloc(BlockSparseIndexWorkspaceBytes(p, c.qh));
+  p.workspace = ws.data();
+  p.workspace_bytes = ws.size();
+  auto run = [&] {
+    absl::Status s = BuildBlockSparseIndex(p, nullptr);
+    if (s.ok()) s = SynchronizeDevice();
+    return s;
+  };
+  const double ms = MillisPerRun(run, 5);
+  ASSERT_GT(ms, 0) << "a run failed";
+  std::printf("block-sparse index, %lld tokens, %d q heads / %d kv heads, head_dim %d, top %lld "
+              "blocks: %.2f ms a layer (pooling + pooled scores + selection, %lld blocks "
+              "listed; workspace %.0f MiB)\n",
+              static_cast<long long>(c.nq), c.qh, c.kvh, c.d, static_cast<long long>(c.top), ms,
+              static_cast<long long>(p.total_blocks), ws.size() / 1048576.0);
+  const auto block_offsets = *Download<int64_t>(bo.data(), n + 1);
+  const auto all_blocks = *Download<int32_t>(blocks.data(), p.total_blocks);
+  const auto heads = HeadsOf(block_offsets, all_blocks, *Download<int64_t>(co.data(), n + 1),
+                             c.qh, rows);
+  for (const int h : {0, c.qh - 1}) {
+    // One head's fp32 images (the whole layer's would take 2.5 GB).
+    const int g = h / (c.qh / c.kvh);
+    std::vector<float> qh(c.nq * c.d), kh(c.nq * c.d), out(c.nq * c.d);
+    for (int64_t i = 0; i < c.nq; ++i) {
+      for (int e = 0; e < c.d; ++e) {
+        qh[i * c.d + e] = Bf16ToFloat(q.bits[(i * c.qh + h) * c.d + e]);
+        kh[i * c.d + e] = Bf16ToFloat(k.bits[(i * c.kvh + g) * c.d + e]);
+      }
+    }
+    kernels::AttentionParams ref;
+    ref.q = qh.data();
+    ref.ldq = c.d;
+    ref.k = kh.data();
+    ref.v = kh.data();
+    ref.ldkv = c.d;
+    ref.out = out.data();
+    ref.ldo = c.d;
+    ref.num_queries = c.nq;
+    ref.num_keys = c.nq;
+    ref.num_q_heads = 1;
+    ref.num_kv_heads = 1;
+    ref.head_dim = c.d;
+    ref.scale = p.scale;
+    auto want = kernels::BuildBlockSparseIndex(ref, 0, {c.top});
+    ASSERT_TRUE(want.ok()) << want.status();
+    ExpectSameIndex(heads[h], *want, h);
   }
 }
 

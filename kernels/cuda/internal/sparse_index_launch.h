@@ -60,6 +60,51 @@ size_t ScanTempBytes(int64_t n);
 cudaError_t LaunchIndexCounts(const IndexLaunch& l, cudaStream_t stream);
 cudaError_t LaunchIndexFill(const IndexLaunch& l, cudaStream_t stream);
 
+// offsets[i] = counts[0] + ... + counts[i - 1] for i <= n (n + 1 entries of each; the total
+// lands in offsets[n] when counts[n] is 0). temp: ScanTempBytes(n + 1) bytes.
+cudaError_t LaunchOffsets(const int64_t* counts, int64_t n, int64_t* offsets, void* temp,
+                          size_t temp_bytes, cudaStream_t stream);
+
+// Where a call's queries sit: row block r holds query rows [64 r, min(64 r + 64,
+// num_queries)) at positions query_position + row; key blocks cover keys [0, query_position +
+// num_queries). Row block r sees key blocks 0 .. (its last position) / 64.
+struct BlockShape {
+  int64_t num_queries;
+  int64_t query_position;
+  int row_blocks;
+  int key_blocks;
+};
+
+// A-shape (kernels::AShapeIndex): counts[h * row_blocks + r] for every head (the same per
+// head), and counts[heads * row_blocks] = 0; then the lists at block_offsets.
+cudaError_t LaunchAShapeCounts(BlockShape s, int heads, int64_t n_init, int64_t local,
+                               int64_t* counts, cudaStream_t stream);
+cudaError_t LaunchAShapeFill(BlockShape s, int heads, int64_t n_init, int64_t local,
+                             const int64_t* block_offsets, int32_t* blocks, cudaStream_t stream);
+
+// Block-sparse: counts min(max(top_blocks, own blocks), visible blocks) per (head, row block),
+// and 0 at counts[heads * row_blocks].
+cudaError_t LaunchBlockSparseCounts(BlockShape s, int heads, int64_t top_blocks, int64_t* counts,
+                                    cudaStream_t stream);
+// out[h][blk][e] = (sum over rows i of block blk, in increasing i, of x[i][h][e]) / n, fp32,
+// each addition and the division rounded to nearest (the rows of the block: [64 blk,
+// min(64 blk + 64, rows))). x is bf16 [rows][heads][head_dim] with row stride ld; out is
+// [heads][ceil(rows / 64)][head_dim].
+cudaError_t LaunchMeanPool(const uint16_t* x, int64_t ld, int64_t rows, int heads, int head_dim,
+                           float* out, cudaStream_t stream);
+// scores[h - head0][r][b] for heads [head0, head0 + heads): scale * (fma chain over e of
+// qbar[h][r][e] * kbar[h / group][b][e]) where b is visible from r, -infinity where it is not.
+// Tiles of 64 x 64 wholly invisible are written only when write_invisible is set.
+// head_dim: a multiple of 16.
+cudaError_t LaunchBlockScores(const float* qbar, const float* kbar, BlockShape s, int head0,
+                              int heads, int group, int head_dim, float scale,
+                              bool write_invisible, float* scores, cudaStream_t stream);
+// The blocks of (h, r) for heads [head0, head0 + heads) from their scores (laid out as
+// LaunchBlockScores writes them), ascending, at blocks + block_offsets[h * row_blocks + r].
+cudaError_t LaunchSelectBlocks(const float* scores, BlockShape s, int head0, int heads,
+                               int64_t top_blocks, const int64_t* block_offsets, int32_t* blocks,
+                               cudaStream_t stream);
+
 }  // namespace tierkv::kernels::cuda::internal
 
 #endif  // TIERKV_KERNELS_CUDA_INTERNAL_SPARSE_INDEX_LAUNCH_H_
