@@ -154,8 +154,7 @@ absl::Status CheckTop(const TopIndicesParams& p) {
 size_t TopIndicesWorkspaceBytes(const TopIndicesParams& p) {
   if (!CheckTop(p).ok()) return 0;
   const size_t total = static_cast<size_t>(p.n) * p.segments;
-  return 4 * Up(total * 4) + Up((p.segments + 1) * 8) +
-         Up(internal::TopSortTempBytes(p.n, p.segments));
+  return 2 * Up(total * 8) + 2 * Up(total * 4) + Up(internal::TopSortTempBytes(p.n, p.segments));
 }
 
 absl::Status TopIndices(const TopIndicesParams& p, Stream stream) {
@@ -168,11 +167,10 @@ absl::Status TopIndices(const TopIndicesParams& p, Stream stream) {
   const size_t total = static_cast<size_t>(p.n) * p.segments;
   Carver w(p.workspace, p.workspace_bytes);
   internal::TopScratch s;
-  s.keys = w.Take<float>(total);
-  s.keys_sorted = w.Take<float>(total);
+  s.keys = w.Take<uint64_t>(total);
+  s.keys_sorted = w.Take<uint64_t>(total);
   s.indices = w.Take<int32_t>(total);
   s.indices_sorted = w.Take<int32_t>(total);
-  s.offsets = w.Take<int64_t>(p.segments + 1);
   s.temp_bytes = w.left();
   s.temp = w.at();
   return CudaStatus(internal::LaunchTopIndices(p.values, p.n, p.segments, p.count, p.keep, p.out,
@@ -209,7 +207,8 @@ absl::Status CheckIndex(const VerticalSlashIndexParams& p) {
 size_t VerticalSlashIndexWorkspaceBytes(const VerticalSlashIndexParams& p) {
   if (!CheckIndex(p).ok()) return 0;
   const int64_t n = RowBlocks(p.num_queries) * p.heads;
-  return 2 * Up((n + 1) * 8) + Up(internal::ScanTempBytes(n + 1));
+  return 2 * Up((n + 1) * 8) + Up(p.heads * std::max<int64_t>(p.num_slashes, 1) * 8) +
+         Up(p.heads * 4) + Up(internal::ScanTempBytes(n + 1));
 }
 
 absl::Status BuildVerticalSlashIndex(VerticalSlashIndexParams& p, Stream stream) {
@@ -233,6 +232,8 @@ absl::Status BuildVerticalSlashIndex(VerticalSlashIndexParams& p, Stream stream)
   l.key_blocks = static_cast<int>((p.query_position + p.num_queries + 63) / 64);
   l.block_counts = w.Take<int64_t>(n + 1);
   l.column_counts = w.Take<int64_t>(n + 1);
+  l.runs = w.Take<int2>(p.heads * std::max<int64_t>(p.num_slashes, 1));
+  l.run_counts = w.Take<int>(p.heads);
   l.block_offsets = p.block_offsets;
   l.column_offsets = p.column_offsets;
   l.blocks = p.blocks;

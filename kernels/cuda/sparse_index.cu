@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_scan.cuh>
-#include <cub/device/device_segmented_radix_sort.cuh>
+#include <cub/device/device_radix_sort.cuh>
 
 #include "kernels/cuda/internal/bf16.cuh"
 #include "kernels/cuda/internal/sparse_index_launch.h"
@@ -24,7 +24,8 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 // Row statistics of one head's score rows: grid (rows, heads). Row i (query position
 // pos0 + i) sees keys [0, pos0 + i]; stats[h][i] = (max of scale * s, sum of exp(scale * s -
-// max)), reduced in a fixed tree.
+// max)), in one pass (each thread keeps a running maximum and rescales its sum when it
+// grows), the threads' pairs then combined in a fixed tree.
 __global__ void __launch_bounds__(kThreads)
     RowStatsKernel(const float* scores, int64_t ld, int64_t head_stride, int64_t pos0,
                    float scale, float2* stats) {
@@ -32,28 +33,36 @@ __global__ void __launch_bounds__(kThreads)
   const int h = blockIdx.y;
   const float* row = scores + h * head_stride + static_cast<int64_t>(i) * ld;
   const int64_t visible = pos0 + i + 1;
-  __shared__ float red[kThreads];
-  float m = -INFINITY;
-  for (int64_t j = threadIdx.x; j < visible; j += kThreads) m = fmaxf(m, scale * row[j]);
-  red[threadIdx.x] = m;
-  __syncthreads();
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + s]);
-    __syncthreads();
-  }
-  m = red[0];
-  __syncthreads();
-  float sum = 0.0f;
+  __shared__ float red_m[kThreads], red_s[kThreads];
+  float m = -INFINITY, sum = 0.0f;
   for (int64_t j = threadIdx.x; j < visible; j += kThreads) {
-    sum += exp2f((scale * row[j] - m) * kLog2e);
+    const float x = scale * row[j];
+    if (x > m) {
+      sum = sum * exp2f((m - x) * kLog2e) + 1.0f;
+      m = x;
+    } else {
+      sum += exp2f((x - m) * kLog2e);
+    }
   }
-  red[threadIdx.x] = sum;
+  red_m[threadIdx.x] = m;
+  red_s[threadIdx.x] = sum;
   __syncthreads();
   for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
+    if (threadIdx.x < s) {
+      const float m1 = red_m[threadIdx.x], m2 = red_m[threadIdx.x + s];
+      const float mx = fmaxf(m1, m2);
+      // A thread that saw no key holds (-inf, 0): it adds nothing (and no NaN).
+      const float s1 = m1 == -INFINITY ? 0.0f : red_s[threadIdx.x] * exp2f((m1 - mx) * kLog2e);
+      const float s2 =
+          m2 == -INFINITY ? 0.0f : red_s[threadIdx.x + s] * exp2f((m2 - mx) * kLog2e);
+      red_m[threadIdx.x] = mx;
+      red_s[threadIdx.x] = s1 + s2;
+    }
     __syncthreads();
   }
-  if (threadIdx.x == 0) stats[static_cast<int64_t>(h) * gridDim.x + i] = make_float2(m, red[0]);
+  if (threadIdx.x == 0) {
+    stats[static_cast<int64_t>(h) * gridDim.x + i] = make_float2(red_m[0], red_s[0]);
+  }
 }
 
 // Per key (grid.x over keys, grid.y heads) and per distance (the same threads): the softmax
@@ -80,71 +89,109 @@ __global__ void __launch_bounds__(kThreads)
   per_distance[static_cast<int64_t>(h) * keys + j] = by_distance;
 }
 
-// Sort input: forced indices get +infinity, NaN gets -infinity; values paired with indices.
+// Sort keys of TopIndices: the segment in the high bits, then the value's rank in
+// descending order (forced indices 0, before any value; NaN as -infinity; -0 as +0, so equal
+// values stay equal); a stable ascending sort of them with the indices as payload puts each
+// segment's chosen first, equal values by lower index.
+__device__ __forceinline__ uint32_t DescendingRank(float v) {
+  if (isnan(v)) v = -INFINITY;
+  if (v == 0.0f) v = 0.0f;
+  uint32_t u = __float_as_uint(v);
+  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // Ascends with the value.
+  return ~u;
+}
 __global__ void PrepareTopKernel(const float* values, int64_t n, int64_t total, int64_t keep,
-                                 float* keys, int32_t* indices) {
+                                 uint64_t* keys, int32_t* indices) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (t >= total) return;
-  const int64_t i = t % n;
-  const float v = values[t];
-  keys[t] = i < keep ? INFINITY : (isnan(v) ? -INFINITY : v);
+  const int64_t segment = t / n, i = t % n;
+  keys[t] = (static_cast<uint64_t>(segment) << 32) | (i < keep ? 0u : DescendingRank(values[t]));
   indices[t] = static_cast<int32_t>(i);
 }
 
-// The first `count` sorted indices of each segment, to be sorted ascending next.
+// The first `count` sorted indices of each segment, keyed (segment, index) to be sorted
+// ascending next.
 __global__ void TakeTopKernel(const int32_t* sorted, int64_t n, int64_t count, int segments,
-                              int32_t* out) {
+                              uint64_t* out) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (t >= count * segments) return;
-  const int64_t s = t / count, i = t % count;
-  out[t] = sorted[s * n + i];
+  const int64_t segment = t / count, i = t % count;
+  out[t] = (static_cast<uint64_t>(segment) << 32) |
+           static_cast<uint32_t>(sorted[segment * n + i]);
 }
 
-// Segment offsets s * step, s = 0 .. segments.
-__global__ void OffsetsKernel(int64_t step, int segments, int64_t* offsets) {
-  const int s = blockIdx.x * kThreads + threadIdx.x;
-  if (s <= segments) offsets[s] = s * step;
+__global__ void UnpackTopKernel(const uint64_t* sorted, int64_t total, int32_t* out) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (t < total) out[t] = static_cast<int32_t>(sorted[t] & 0xffffffffu);
 }
 
 struct IndexArgs {
   const int32_t* verticals;
   int64_t num_verticals;
-  const int32_t* slashes;
+  const int2* runs;         // [heads][num_slashes]: merged slash runs (SlashRunsKernel).
+  const int* run_counts;    // [heads]
   int64_t num_slashes;
   int64_t num_queries, query_position;
   int row_blocks;
   int key_blocks;  // Of the whole call: bits of the bitmap.
 };
 
+// The slashes of head blockIdx.x (ascending distances) as runs [d0, d1] of distances at
+// most 64 apart. Every row block's key blocks from the run's slashes are then exactly those
+// of keys [first - d1, last - d0]: between two slashes of a run lies a gap of keys shorter
+// than a key block, so no block falls in it whole. Runs are what the conversion marks, once
+// per row block (thousands of random slashes make a few runs; a recency band one).
+constexpr int kRunThreads = 1024;
+__global__ void __launch_bounds__(kRunThreads)
+    SlashRunsKernel(const int32_t* slashes, int64_t num_slashes, int2* runs, int* run_counts) {
+  using Scan = cub::BlockScan<int, kRunThreads>;
+  __shared__ typename Scan::TempStorage scan;
+  __shared__ int carry;
+  const int h = blockIdx.x;
+  const int32_t* d = slashes + static_cast<int64_t>(h) * num_slashes;
+  int2* out = runs + static_cast<int64_t>(h) * num_slashes;
+  if (threadIdx.x == 0) carry = 0;
+  __syncthreads();
+  for (int64_t base = 0; base < num_slashes; base += kRunThreads) {
+    const int64_t i = base + threadIdx.x;
+    const bool in = i < num_slashes;
+    const bool starts = in && (i == 0 || d[i] - d[i - 1] > 64);
+    int before = 0, total = 0;
+    Scan(scan).ExclusiveSum(starts ? 1 : 0, before, total);
+    // Run k starts at its first slash; it ends where the next starts (or at the last slash).
+    if (starts) out[carry + before].x = d[i];
+    const bool ends = in && (i + 1 == num_slashes || d[i + 1] - d[i] > 64);
+    if (ends) out[carry + before + (starts ? 1 : 0) - 1].y = d[i];
+    __syncthreads();
+    if (threadIdx.x == 0) carry += total;
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) run_counts[h] = carry;
+}
+
 // Marks the key blocks row block r of head h reaches; returns nothing, leaves the bitmap in
 // shared memory (key_blocks bits, zeroed by the caller).
 __device__ void MarkBlocks(const IndexArgs& a, int h, int r, uint32_t* bits) {
   const int64_t first = a.query_position + static_cast<int64_t>(r) * 64;
   const int64_t last = a.query_position + min(a.num_queries, static_cast<int64_t>(r + 1) * 64) - 1;
-  const int32_t* slashes = a.slashes + static_cast<int64_t>(h) * a.num_slashes;
-  // Each thread takes a contiguous run of the (ascending) slashes: their block ranges move
-  // down as the distance grows, so it merges touching ranges and marks each merged range
-  // once. (One atomic per slash made thousands of threads hit the same few words.)
+  const int2* runs = a.runs + static_cast<int64_t>(h) * a.num_slashes;
+  const int n = a.run_counts[h];
+  // Blocks lo .. hi, a word at a time.
   auto mark = [&](int64_t lo, int64_t hi) {
-    for (int64_t b = lo; b <= hi; ++b) atomicOr(&bits[b / 32], 1u << (b % 32));
-  };
-  const int64_t per = (a.num_slashes + kThreads - 1) / kThreads;
-  const int64_t t_end = min(a.num_slashes, (threadIdx.x + 1) * per);
-  int64_t cur_lo = 0, cur_hi = -1;  // Pending merged range (empty while cur_hi < cur_lo).
-  for (int64_t t = threadIdx.x * per; t < t_end; ++t) {
-    const int64_t d = slashes[t];
-    const int64_t hi = last - d;
-    if (hi < 0) break;  // Later distances are larger still.
-    const int64_t b_lo = (first - d > 0 ? first - d : 0) / 64, b_hi = hi / 64;
-    if (cur_hi >= cur_lo && b_hi >= cur_lo - 1) {
-      cur_lo = min(cur_lo, b_lo);
-    } else {
-      mark(cur_lo, cur_hi);
-      cur_lo = b_lo;
-      cur_hi = b_hi;
+    for (int64_t w = lo / 32; w <= hi / 32; ++w) {
+      const int from = w == lo / 32 ? static_cast<int>(lo % 32) : 0;
+      const int to = w == hi / 32 ? static_cast<int>(hi % 32) : 31;
+      const uint32_t mask = (to == 31 ? ~0u : (2u << to) - 1u) & ~((1u << from) - 1u);
+      atomicOr(&bits[w], mask);
     }
+  };
+  for (int k = threadIdx.x; k < n; k += kThreads) {
+    const int2 run = runs[k];
+    const int64_t hi = last - run.x;
+    if (hi < 0) continue;  // Every slash of the run lies past this row block's keys.
+    const int64_t lo = first - run.y > 0 ? first - run.y : 0;
+    mark(lo / 64, hi / 64);
   }
-  mark(cur_lo, cur_hi);
   if (threadIdx.x == 0) {
     // The blocks of the row block's own positions (two when it starts inside a key block).
     const int64_t diagonal = last / 64, first_block = first / 64;
@@ -199,11 +246,24 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) carry = 0;
   __syncthreads();
   const int32_t* verticals = a.verticals + static_cast<int64_t>(h) * a.num_verticals;
-  for (int64_t base = 0; base < a.num_verticals; base += kThreads) {
+  // Verticals ascend: the ones this row block sees are a prefix.
+  int64_t visible = 0;
+  {
+    int64_t hi = a.num_verticals;
+    while (visible < hi) {
+      const int64_t mid = (visible + hi) / 2;
+      if (verticals[mid] <= last) {
+        visible = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+  }
+  for (int64_t base = 0; base < visible; base += kThreads) {
     const int64_t t = base + threadIdx.x;
     int keep = 0;
     int32_t v = 0;
-    if (t < a.num_verticals) {
+    if (t < visible) {
       v = verticals[t];
       keep = v <= last && ((bits[(v / 64) / 32] >> ((v / 64) % 32)) & 1u) == 0;
     }
@@ -525,39 +585,49 @@ cudaError_t LaunchMass(const float* scores, int64_t ld, int64_t head_stride, int
   return cudaGetLastError();
 }
 
+// Bits of the sort keys: 32 for the rank or index, enough above them for the segment.
+int SortEndBit(int segments) {
+  int bits = 0;
+  while ((int64_t{1} << bits) < segments) ++bits;
+  return 32 + bits;
+}
+
 size_t TopSortTempBytes(int64_t n, int segments) {
   size_t a = 0, b = 0;
   const int64_t total = n * segments;
-  cub::DeviceSegmentedRadixSort::SortPairsDescending(
-      nullptr, a, static_cast<const float*>(nullptr), static_cast<float*>(nullptr),
-      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), total, segments,
-      static_cast<const int64_t*>(nullptr), static_cast<const int64_t*>(nullptr));
-  cub::DeviceSegmentedRadixSort::SortKeys(nullptr, b, static_cast<const int32_t*>(nullptr),
-                                          static_cast<int32_t*>(nullptr), total, segments,
-                                          static_cast<const int64_t*>(nullptr),
-                                          static_cast<const int64_t*>(nullptr));
+  cub::DeviceRadixSort::SortPairs(nullptr, a, static_cast<const uint64_t*>(nullptr),
+                                  static_cast<uint64_t*>(nullptr),
+                                  static_cast<const int32_t*>(nullptr),
+                                  static_cast<int32_t*>(nullptr), total, 0,
+                                  SortEndBit(segments));
+  cub::DeviceRadixSort::SortKeys(nullptr, b, static_cast<const uint64_t*>(nullptr),
+                                 static_cast<uint64_t*>(nullptr), total, 0,
+                                 SortEndBit(segments));
   return a > b ? a : b;
 }
 
 cudaError_t LaunchTopIndices(const float* values, int64_t n, int segments, int64_t count,
                              int64_t keep, int32_t* out, const TopScratch& w,
                              cudaStream_t stream) {
+  // One radix sort over every segment at once (keys carry the segment): the whole device
+  // works on it, where a segmented sort gives each segment one block.
   const int64_t total = n * segments;
+  const int end_bit = SortEndBit(segments);
   PrepareTopKernel<<<Grid(total), kThreads, 0, stream>>>(values, n, total, keep, w.keys,
                                                          w.indices);
-  OffsetsKernel<<<Grid(segments + 1), kThreads, 0, stream>>>(n, segments, w.offsets);
   size_t temp = w.temp_bytes;
-  cudaError_t err = cub::DeviceSegmentedRadixSort::SortPairsDescending(
-      w.temp, temp, w.keys, w.keys_sorted, w.indices, w.indices_sorted, total, segments,
-      w.offsets, w.offsets + 1, 0, 32, stream);
+  cudaError_t err = cub::DeviceRadixSort::SortPairs(w.temp, temp, w.keys, w.keys_sorted,
+                                                    w.indices, w.indices_sorted, total, 0,
+                                                    end_bit, stream);
   if (err != cudaSuccess) return err;
   TakeTopKernel<<<Grid(count * segments), kThreads, 0, stream>>>(w.indices_sorted, n, count,
-                                                                 segments, w.indices);
-  OffsetsKernel<<<Grid(segments + 1), kThreads, 0, stream>>>(count, segments, w.offsets);
+                                                                 segments, w.keys);
   temp = w.temp_bytes;
-  err = cub::DeviceSegmentedRadixSort::SortKeys(w.temp, temp, w.indices, out, count * segments,
-                                                segments, w.offsets, w.offsets + 1, 0, 32, stream);
+  err = cub::DeviceRadixSort::SortKeys(w.temp, temp, w.keys, w.keys_sorted, count * segments, 0,
+                                       end_bit, stream);
   if (err != cudaSuccess) return err;
+  UnpackTopKernel<<<Grid(count * segments), kThreads, 0, stream>>>(w.keys_sorted,
+                                                                   count * segments, out);
   return cudaGetLastError();
 }
 
@@ -569,7 +639,13 @@ size_t ScanTempBytes(int64_t n) {
 }
 
 cudaError_t LaunchIndexCounts(const IndexLaunch& l, cudaStream_t stream) {
-  IndexArgs a{l.verticals, l.num_verticals, l.slashes, l.num_slashes, l.num_queries,
+  if (l.num_slashes > 0) {
+    SlashRunsKernel<<<l.heads, kRunThreads, 0, stream>>>(l.slashes, l.num_slashes, l.runs,
+                                                         l.run_counts);
+  } else {
+    cudaMemsetAsync(l.run_counts, 0, sizeof(int) * l.heads, stream);
+  }
+  IndexArgs a{l.verticals, l.num_verticals, l.runs, l.run_counts, l.num_slashes, l.num_queries,
               l.query_position, l.row_blocks, l.key_blocks};
   const size_t smem = static_cast<size_t>((l.key_blocks + 31) / 32) * 4;
   IndexKernel<false><<<dim3(l.row_blocks, l.heads), kThreads, smem, stream>>>(
@@ -588,7 +664,7 @@ cudaError_t LaunchIndexCounts(const IndexLaunch& l, cudaStream_t stream) {
 }
 
 cudaError_t LaunchIndexFill(const IndexLaunch& l, cudaStream_t stream) {
-  IndexArgs a{l.verticals, l.num_verticals, l.slashes, l.num_slashes, l.num_queries,
+  IndexArgs a{l.verticals, l.num_verticals, l.runs, l.run_counts, l.num_slashes, l.num_queries,
               l.query_position, l.row_blocks, l.key_blocks};
   const size_t smem = static_cast<size_t>((l.key_blocks + 31) / 32) * 4;
   IndexKernel<true><<<dim3(l.row_blocks, l.heads), kThreads, smem, stream>>>(

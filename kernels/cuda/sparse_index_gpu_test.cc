@@ -211,7 +211,7 @@ TEST(SparseIndexGpu, TopIndicesEqualTheReference) {
   TIERKV_REQUIRE_GPU();
   for (const auto& [n, segments, count, keep] :
        {std::tuple<int64_t, int, int64_t, int64_t>{1000, 3, 100, 30},
-        {131072, 4, 1000, 30}, {6096, 2, 6096, 100}, {50, 5, 7, 0}}) {
+        {131072, 4, 1000, 30}, {6096, 2, 6096, 100}, {50, 5, 7, 0}, {300, 33, 40, 3}}) {
     SCOPED_TRACE(testing::Message() << n << " x " << segments << ", top " << count << " keep "
                                     << keep);
     std::vector<float> values(n * segments);
@@ -221,6 +221,12 @@ TEST(SparseIndexGpu, TopIndicesEqualTheReference) {
     for (int s = 0; s < segments; ++s) {
       for (int i = 0; i < 20 && i < n; ++i) values[s * n + (i * 7919) % n] = 0.5f;
       values[s * n + n / 2] = 0.0f;
+      // -0 equals +0 (ties by index), infinities, and a NaN (ranked as -infinity).
+      values[s * n + n / 3] = -0.0f;
+      values[s * n + n / 5] = 0.0f;
+      values[s * n + n - 1] = INFINITY;
+      values[s * n + n / 7] = -INFINITY;
+      values[s * n + n / 11] = std::numeric_limits<float>::quiet_NaN();
     }
     const std::vector<int32_t> got = GpuTop(values, n, segments, count, keep);
     for (int s = 0; s < segments; ++s) {

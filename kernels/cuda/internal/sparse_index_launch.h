@@ -22,14 +22,13 @@ cudaError_t LaunchMass(const float* scores, int64_t ld, int64_t head_stride, int
                        int64_t pos0, int64_t keys, float scale, const float2* stats,
                        float* per_key, float* per_distance, cudaStream_t stream);
 
-// Scratch of LaunchTopIndices, all device memory: keys / keys_sorted (n * segments floats),
-// indices / indices_sorted (n * segments int32), offsets (segments + 1 int64), temp.
+// Scratch of LaunchTopIndices, all device memory: keys / keys_sorted (n * segments uint64),
+// indices / indices_sorted (n * segments int32), temp.
 struct TopScratch {
-  float* keys;
-  float* keys_sorted;
+  uint64_t* keys;
+  uint64_t* keys_sorted;
   int32_t* indices;
   int32_t* indices_sorted;
-  int64_t* offsets;
   void* temp;
   size_t temp_bytes;
 };
@@ -45,6 +44,9 @@ struct IndexLaunch {
   int heads;
   int64_t num_queries, query_position;
   int row_blocks, key_blocks;
+  // Scratch: the slashes merged into runs per head (heads * num_slashes) and their counts.
+  int2* runs;
+  int* run_counts;
   // Counts (heads * row_blocks + 1 entries each; the last is 0) and their exclusive sums.
   int64_t* block_counts;
   int64_t* column_counts;
