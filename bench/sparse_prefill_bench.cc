@@ -16,6 +16,15 @@
 // prompts shorter than --min-tokens run it without estimating at all; the dense kernel is
 // timed on every input for these decisions' record.
 //
+// --sweep=N (instead of the above) measures where the dense fallback should start: at N
+// tokens, indices of growing coverage of two kinds, A-shape windows (adjacent row blocks list
+// nearly the same blocks) and blocks drawn at random per row block (they list different
+// ones: the worst case for the kernel's pairs of row blocks), the same index for every
+// head; per index the covered fraction of the causal tiles (listed), the tiles the kernel
+// computes for its pairs (computed), and its time against the dense kernel's. The index is
+// built before the decision, so the fallback pays off above the coverage where the sparse
+// kernel takes as long as the dense one: the break-even printed per kind.
+//
 // FLOPs as attention_bench: causal = 4 * S * S * head_dim * q_heads / 2; a sparse kernel's
 // rate is the covered fraction of that over its time. SDPA comes from bench/sdpa_baseline.py
 // (bench/sdpa_runner.h); run from the repository root.
@@ -55,7 +64,7 @@ struct Flags {
   int warmup = 1;
   int64_t vertical = 1000;
   int64_t slash = 6096;
-  double max_coverage = 0.3;
+  double max_coverage = 0.85;  // SparsePlan's default (measured: --sweep).
   // Below this many tokens the dense kernel runs without estimating an index (at 32K the
   // estimate and conversion alone cost a quarter of the dense attention).
   int64_t min_tokens = 65536;
@@ -63,6 +72,7 @@ struct Flags {
   std::string sdpa_script = "bench/sdpa_baseline.py";
   int sdpa_timeout_s = 1200;
   bool sdpa = true;
+  int64_t sweep = 0;  // Tokens of the coverage sweep; 0: none.
 };
 
 [[noreturn]] void Die(const std::string& why) {
@@ -104,13 +114,16 @@ Flags ParseFlags(int argc, char** argv) {
       f.sdpa_script = v;
     } else if (const char* v = value("--sdpa-timeout")) {
       f.sdpa_timeout_s = static_cast<int>(to_i64(v));
+    } else if (const char* v = value("--sweep")) {
+      f.sweep = to_i64(v);
+      if (f.sweep < 128 || f.sweep % 64 != 0) Die("--sweep: a multiple of 64, >= 128");
     } else if (a == "--no-sdpa") {
       f.sdpa = false;
     } else {
       Die(absl::StrCat("unknown flag ", a,
                        "; flags: --seq=32768,... --kinds=structured,unstructured --runs=3 "
-                       "--warmup=1 --vertical=1000 --slash=6096 --max-coverage=0.3 --min-tokens=65536 "
-                       "--sdpa-script=bench/sdpa_baseline.py --sdpa-timeout=1200 --no-sdpa"));
+                       "--warmup=1 --vertical=1000 --slash=6096 --max-coverage=0.85 --min-tokens=65536 "
+                       "--sdpa-script=bench/sdpa_baseline.py --sdpa-timeout=1200 --no-sdpa --sweep=65536"));
     }
   }
   for (int64_t s : f.seq) {
@@ -369,10 +382,125 @@ Row Measure(const Flags& f, int64_t n, const std::string& kind) {
   return row;
 }
 
+// One head's index as a CSR (row block r: blocks[bo[r] .. bo[r + 1])), no columns.
+struct HostIndex {
+  std::vector<int64_t> bo = {0};
+  std::vector<int32_t> blocks;
+};
+
+// The coverage sweep (--sweep): see the top of the file.
+int Sweep(const Flags& f) {
+  const int64_t n = f.sweep, rows = n / 64;
+  const Inputs in = Make(n, false);
+  DeviceBuffer dq = Up(in.q), dk = Up(in.k), dv = Up(in.v);
+  DeviceBuffer out = Alloc(in.q.size() * 2);
+  AttentionParams ap;
+  ap.q = dq.as<Bf16>();
+  ap.ldq = kHeads * kHeadDim;
+  ap.k = dk.as<Bf16>();
+  ap.v = dv.as<Bf16>();
+  ap.ldkv = kKvHeads * kHeadDim;
+  ap.out = out.as<Bf16>();
+  ap.ldo = ap.ldq;
+  ap.num_queries = n;
+  ap.num_keys = n;
+  ap.num_q_heads = kHeads;
+  ap.num_kv_heads = kKvHeads;
+  ap.head_dim = kHeadDim;
+  ap.scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
+  const double causal_tiles = static_cast<double>(rows) * (rows + 1) / 2;
+  const double dense_ms = Time(f, [&] { return Attention(ap, nullptr); }, "dense attention");
+  std::printf("coverage sweep: %lld tokens, 32/8 heads, d 128, one index for every head; "
+              "dense kernel %.2f ms\n\n| kind | parameter | listed coverage | computed "
+              "coverage | sparse kernel ms | sparse / dense |\n|---|---:|---:|---:|---:|---:|\n",
+              static_cast<long long>(n), dense_ms);
+  struct Point {
+    double listed, ratio;
+  };
+  auto run = [&](const char* kind, double param, const HostIndex& h) -> Point {
+    // Every head the same index; the tiles the kernel computes: per pair of row blocks the
+    // union of their blocks, twice (both row blocks' rows).
+    std::vector<int64_t> bo = {0};
+    std::vector<int32_t> blocks;
+    for (int head = 0; head < kHeads; ++head) {
+      for (int64_t r = 0; r < rows; ++r) {
+        blocks.insert(blocks.end(), h.blocks.begin() + h.bo[r], h.blocks.begin() + h.bo[r + 1]);
+        bo.push_back(static_cast<int64_t>(blocks.size()));
+      }
+    }
+    double computed = 0;
+    for (int64_t r = 0; r < rows; r += 2) {
+      std::vector<int32_t> u(h.blocks.begin() + h.bo[r],
+                             h.blocks.begin() + h.bo[std::min(r + 2, rows)]);
+      std::sort(u.begin(), u.end());
+      computed += 2.0 * static_cast<double>(std::unique(u.begin(), u.end()) - u.begin());
+    }
+    const std::vector<int64_t> co(bo.size(), 0);
+    const std::vector<int32_t> no_columns(1, 0);
+    DeviceBuffer d_bo = Up(bo), d_blocks = Up(blocks), d_co = Up(co), d_cols = Up(no_columns);
+    SparseIndexView view{d_bo.as<int64_t>(), d_blocks.as<int32_t>(), d_co.as<int64_t>(),
+                         d_cols.as<int32_t>()};
+    view.total_blocks = static_cast<int64_t>(blocks.size());
+    view.total_columns = 0;
+    DeviceBuffer ws = Alloc(std::max<size_t>(SparseAttentionWorkspaceBytes(ap, view), 1));
+    AttentionParams sp = ap;
+    sp.workspace = ws.data();
+    sp.workspace_bytes = ws.size();
+    const double ms = Time(f, [&] { return SparseAttention(sp, view, nullptr); }, kind);
+    const double listed = static_cast<double>(h.blocks.size()) / causal_tiles;
+    std::printf("| %s | %g | %.3f | %.3f | %.2f | %.3f |\n", kind, param, listed,
+                computed / causal_tiles, ms, ms / dense_ms);
+    std::fflush(stdout);
+    return {listed, ms / dense_ms};
+  };
+  auto break_even = [](const std::vector<Point>& pts) {
+    // The listed coverage where sparse / dense crosses 1, interpolated between the points
+    // around it; 1 when the kernel never gets slower than dense.
+    for (size_t i = 1; i < pts.size(); ++i) {
+      if (pts[i].ratio >= 1.0 && pts[i - 1].ratio < 1.0) {
+        const double t = (1.0 - pts[i - 1].ratio) / (pts[i].ratio - pts[i - 1].ratio);
+        return pts[i - 1].listed + t * (pts[i].listed - pts[i - 1].listed);
+      }
+    }
+    return pts.empty() || pts.back().ratio < 1.0 ? 1.0 : 0.0;
+  };
+  std::vector<Point> a_shape, random_blocks;
+  for (double c : {0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0}) {
+    // A window of w blocks behind the diagonal covers about c of the triangle when
+    // w = rows (1 - sqrt(1 - c)).
+    const int64_t w = std::max<int64_t>(1, static_cast<int64_t>(
+                                               std::lround(rows * (1 - std::sqrt(1 - c)))));
+    HostIndex h;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t b = std::max<int64_t>(0, r - w + 1); b <= r; ++b) {
+        h.blocks.push_back(static_cast<int32_t>(b));
+      }
+      h.bo.push_back(static_cast<int64_t>(h.blocks.size()));
+    }
+    a_shape.push_back(run("window", static_cast<double>(w), h));
+  }
+  uint64_t x = 0x2545f4914f6cdd1dull;
+  for (double p : {0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0}) {
+    HostIndex h;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t b = 0; b <= r; ++b) {
+        if (b == r || (Uniform(x) + 1.0f) / 2.0f < p) h.blocks.push_back(static_cast<int32_t>(b));
+      }
+      h.bo.push_back(static_cast<int64_t>(h.blocks.size()));
+    }
+    random_blocks.push_back(run("random blocks", p, h));
+  }
+  std::printf("\nbreak-even listed coverage (sparse kernel as slow as dense): window %.2f, "
+              "random blocks %.2f\n",
+              break_even(a_shape), break_even(random_blocks));
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   const Flags f = ParseFlags(argc, argv);
   absl::StatusOr<DeviceInfo> dev = CurrentDevice();
   if (!dev.ok() || !Available()) Die("no usable sm_90 CUDA device");
+  if (f.sweep > 0) return Sweep(f);
   std::printf("device: %s; layout %d q heads, %d KV heads, head_dim %d, bf16, causal; "
               "vertical-slash budgets %lld / %lld; dense above %.2f of the tiles and below "
               "%lld tokens\n",
