@@ -797,32 +797,17 @@ absl::Status CudaModel::SparseLayerAttention(const cu::AttentionParams& ap, int 
     int64_t total_blocks = 0, total_columns = 0;
     TIERKV_RETURN_IF_ERROR(BuildSparseIndex(ap, *groups[g], &total_blocks, &total_columns));
     // A head of this group whose index covers more than max_coverage of the chunk's causal
-    // tiles runs dense instead (never slower than dense).
+    // tiles runs dense instead (never slower than dense). Coverage is what the kernel will
+    // compute (its pairs of row blocks take the union of both lists), where it can say;
+    // else the listed blocks plus columns / 64.
     s.host_block_offsets.resize(hq * rows + 1);
     s.host_column_offsets.resize(hq * rows + 1);
     TIERKV_RETURN_IF_ERROR(cu::CopyToHost(s.host_block_offsets.data(), s.block_offsets.data(),
                                           Bytes(hq * rows + 1, 8)));
     TIERKV_RETURN_IF_ERROR(cu::CopyToHost(s.host_column_offsets.data(),
                                           s.column_offsets.data(), Bytes(hq * rows + 1, 8)));
-    s.host_skip.assign(hq, 1);
-    bool any_sparse = false;
-    for (int h = 0; h < hq; ++h) {
-      if (group_of[h] != static_cast<int>(g)) continue;
-      const int64_t b = s.host_block_offsets[(h + 1) * rows] - s.host_block_offsets[h * rows];
-      const int64_t c = s.host_column_offsets[(h + 1) * rows] - s.host_column_offsets[h * rows];
-      const double coverage = (static_cast<double>(b) + c / 64.0) / causal_tiles;
-      if (coverage > sparse_plan_->max_coverage) continue;
-      s.host_skip[h] = 0;
-      dense[h] = 0;
-      any_sparse = true;
-    }
-    if (!any_sparse) continue;
-    // On the model's stream (a plain cudaMemcpy runs on the legacy stream, which a
-    // non-blocking stream does not wait for); pageable memory is staged before this returns.
-    TIERKV_RETURN_IF_ERROR(cu::CopyAsync(s.skip.data(), s.host_skip.data(), hq, st));
     cu::SparseIndexView view{s.block_offsets.as<int64_t>(), s.blocks.as<int32_t>(),
-                             s.column_offsets.as<int64_t>(), s.columns.as<int32_t>(),
-                             s.skip.as<uint8_t>()};
+                             s.column_offsets.as<int64_t>(), s.columns.as<int32_t>()};
     view.total_blocks = total_blocks;
     view.total_columns = total_columns;
     // The kernel's workspace (merged lists of row-block pairs) reuses the index builders'
@@ -836,6 +821,33 @@ absl::Status CudaModel::SparseLayerAttention(const cu::AttentionParams& ap, int 
     cu::AttentionParams sap = ap;
     sap.workspace = s.sparse_workspace.data();
     sap.workspace_bytes = s.sparse_workspace.size();
+    absl::StatusOr<std::vector<int64_t>> computed =
+        cu::SparseAttentionComputedTiles(sap, view, st);
+    if (!computed.ok() && computed.status().code() != absl::StatusCode::kFailedPrecondition) {
+      return computed.status();
+    }
+    s.host_skip.assign(hq, 1);
+    bool any_sparse = false;
+    for (int h = 0; h < hq; ++h) {
+      if (group_of[h] != static_cast<int>(g)) continue;
+      const int64_t b = s.host_block_offsets[(h + 1) * rows] - s.host_block_offsets[h * rows];
+      const int64_t c = s.host_column_offsets[(h + 1) * rows] - s.host_column_offsets[h * rows];
+      const double tiles =
+          computed.ok() ? static_cast<double>((*computed)[h]) : static_cast<double>(b) + c / 64.0;
+      // (The computed tiles can pass the causal ones by the rounding to whole tiles: a
+      // max_coverage of 1 still means never falling back.)
+      if (sparse_plan_->max_coverage < 1.0 && tiles / causal_tiles > sparse_plan_->max_coverage) {
+        continue;
+      }
+      s.host_skip[h] = 0;
+      dense[h] = 0;
+      any_sparse = true;
+    }
+    if (!any_sparse) continue;
+    // On the model's stream (a plain cudaMemcpy runs on the legacy stream, which a
+    // non-blocking stream does not wait for); pageable memory is staged before this returns.
+    TIERKV_RETURN_IF_ERROR(cu::CopyAsync(s.skip.data(), s.host_skip.data(), hq, st));
+    view.skip_heads = s.skip.as<uint8_t>();
     TIERKV_RETURN_IF_ERROR(cu::SparseAttention(sap, view, st));
     // The next group's build reuses the index buffers (and may grow them).
     if (g + 1 < groups.size()) TIERKV_RETURN_IF_ERROR(stream_.Synchronize());

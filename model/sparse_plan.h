@@ -16,11 +16,11 @@ struct SparsePlan {
   // dense attention everywhere.
   int64_t min_tokens = 8192;
   // A head whose index would cover more than this fraction of the causal work runs the dense
-  // kernel instead (never slower than dense). Measured on an H200 (sparse_prefill_bench
-  // --sweep): the GPU sparse kernel takes as long as the dense one at 0.93-0.95 coverage for
-  // indices whose adjacent row blocks list nearly the same blocks (windows, slash lines),
-  // but at 0.60 for blocks drawn at random per row block (its pairs of row blocks then
-  // compute the union of both lists); 0.85 keeps the first kind safely faster.
+  // kernel instead (never slower than dense; 1: never falls back). The GPU counts the tiles
+  // its kernel computes (pairs of row blocks compute the union of both lists). Measured on
+  // an H200 (sparse_prefill_bench --sweep): the sparse kernel takes as long as the dense one
+  // at 0.93-0.95 of the tiles for windows and slash lines, 0.84 for blocks drawn at random
+  // per row block.
   double max_coverage = 0.85;
   kernels::HeadPattern default_pattern;
   // layers[l][h]: query head h of layer l. Empty (or shorter than the model) means the

@@ -252,6 +252,16 @@ struct SparseIndexView {
 size_t SparseAttentionWorkspaceBytes(const AttentionParams& p, const SparseIndexView& index);
 absl::Status SparseAttention(const AttentionParams& p, const SparseIndexView& index,
                              Stream stream);
+// Per q head, the 64 x 64 tiles SparseAttention computes for `index`: on Hopper each pair of
+// row blocks computes the union of both lists for both (more than the index lists when
+// neighbouring row blocks list different blocks, up to twice; rounded to whole 128-key
+// tiles), which is what its time follows. Skipped heads count 0. Needs SparseAttention's
+// workspace and waits for the counts. FAILED_PRECONDITION where the Hopper kernel does not
+// run (the mma.sync kernel computes exactly the listed blocks plus columns / 64 per row
+// block, rounded up).
+absl::StatusOr<std::vector<int64_t>> SparseAttentionComputedTiles(const AttentionParams& p,
+                                                                   const SparseIndexView& index,
+                                                                   Stream stream);
 
 // ---------------------------------------------------------------------------------------
 // Sparse prefill index building (semantics and CPU reference: kernels/sparse_attention.h)

@@ -2,6 +2,9 @@
 // (wgmma on two row blocks where it runs, mma.sync otherwise), then the launch.
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/internal/check.h"
 #include "kernels/cuda/internal/sparse_attention_launch.h"
@@ -108,6 +111,49 @@ size_t SparseAttentionWorkspaceBytes(const AttentionParams& p, const SparseIndex
 absl::Status SparseAttention(const AttentionParams& p, const SparseIndexView& index,
                              Stream stream) {
   return Run(p, index, internal::kSparseAuto, stream);
+}
+
+absl::StatusOr<std::vector<int64_t>> SparseAttentionComputedTiles(const AttentionParams& p,
+                                                                   const SparseIndexView& index,
+                                                                   Stream stream) {
+  if (absl::Status s = Check(p, index); !s.ok()) return s;
+  std::vector<int64_t> tiles(p.num_q_heads, 0);
+  if (p.num_queries == 0) return tiles;
+  const internal::SparseArgs a = ArgsOf(p, index);
+  if (!internal::SparseWgmmaSupports(a, p.head_dim)) {
+    return absl::FailedPreconditionError(
+        "computed tiles: the Hopper sparse kernel does not take these params");
+  }
+  const internal::SparseWorkspaceLayout l = LayoutOf(p, index);
+  if (p.workspace == nullptr || p.workspace_bytes < l.bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "workspace: ", p.workspace_bytes, " bytes", p.workspace == nullptr ? " (null)" : "",
+        "; SparseAttentionWorkspaceBytes = ", l.bytes));
+  }
+  auto* base = static_cast<uint8_t*>(p.workspace);
+  internal::SparseWorkspace ws;
+  ws.merged_blocks = reinterpret_cast<uint32_t*>(base + l.blocks_offset);
+  ws.merged_columns = reinterpret_cast<uint32_t*>(base + l.columns_offset);
+  ws.pair_blocks = reinterpret_cast<int*>(base + l.pairs_offset);
+  auto* device_tiles = reinterpret_cast<int64_t*>(base + l.tiles_offset);
+  const auto cu_stream = reinterpret_cast<cudaStream_t>(stream);
+  if (absl::Status s = CudaStatus(
+          internal::LaunchSparsePairTiles(a, ws, device_tiles, cu_stream), "computed tiles");
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CudaStatus(cudaMemcpyAsync(tiles.data(), device_tiles,
+                                                  tiles.size() * sizeof(int64_t),
+                                                  cudaMemcpyDeviceToHost, cu_stream),
+                                  "computed tiles copy");
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CudaStatus(cudaStreamSynchronize(cu_stream), "computed tiles");
+      !s.ok()) {
+    return s;
+  }
+  return tiles;
 }
 
 namespace internal {

@@ -308,6 +308,28 @@ TEST(SparseAttentionGpu, RandomIndicesMatchTheReferenceInEveryVariant) {
           pr.Run([&] { return RunSparse(p, index.View(), variant, ws); });
       EXPECT_LT(RelativeError(got, cpu_out), 1e-2) << internal::SparseVariantName(variant);
     }
+    // The tiles the Hopper kernel computes: per pair of row blocks, the union of their
+    // blocks plus both column lists 64 at a time, in whole 128-key tiles, for 128 rows.
+    p.workspace = ws.data();
+    p.workspace_bytes = ws.size();
+    auto computed = SparseAttentionComputedTiles(p, index.View(), nullptr);
+    ASSERT_TRUE(computed.ok()) << computed.status();
+    for (int h = 0; h < c.qh; ++h) {
+      const SparseHeadIndex& ix = heads[h];
+      int64_t want = 0;
+      for (int64_t r = 0; r < ix.num_row_blocks(); r += 2) {
+        std::vector<int32_t> u;
+        int64_t columns = 0;
+        for (int64_t q = r; q < std::min(r + 2, ix.num_row_blocks()); ++q) {
+          for (int32_t b : ix.BlocksOf(q)) u.push_back(b);
+          columns += static_cast<int64_t>(ix.ColumnsOf(q).size());
+        }
+        std::sort(u.begin(), u.end());
+        const int64_t slots = (std::unique(u.begin(), u.end()) - u.begin()) + (columns + 63) / 64;
+        want += 4 * ((slots + 1) / 2);
+      }
+      EXPECT_EQ((*computed)[h], want) << "head " << h;
+    }
   }
 }
 

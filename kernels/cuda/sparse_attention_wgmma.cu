@@ -102,6 +102,34 @@ __global__ void MergePairsKernel(SparseArgs a, int pairs, uint32_t* merged_block
       blocks - shared_blocks;
 }
 
+// Per head (one block each): the 64 x 64 tiles the kernel computes, from MergePairsKernel's
+// counts: a pair's slots (its distinct blocks and its merged columns 64 at a time), rounded
+// up to whole 128-key tiles, each computed for 128 query rows (4 tiles of 64 x 64).
+__global__ void PairTilesKernel(SparseArgs a, int pairs, const int* pair_blocks,
+                                int64_t* tiles) {
+  const int head = blockIdx.x;
+  __shared__ int64_t partial[128];
+  int64_t sum = 0;
+  if (a.skip_heads == nullptr || a.skip_heads[head] == 0) {
+    for (int pair = threadIdx.x; pair < pairs; pair += blockDim.x) {
+      const int64_t e = static_cast<int64_t>(head) * a.row_blocks + 2 * pair;
+      const bool has_second = 2 * pair + 1 < a.row_blocks;
+      const int64_t columns =
+          (has_second ? a.column_offsets[e + 2] : a.column_offsets[e + 1]) - a.column_offsets[e];
+      const int64_t slots =
+          pair_blocks[static_cast<int64_t>(head) * pairs + pair] + (columns + 63) / 64;
+      sum += 4 * ((slots + 1) / 2);
+    }
+  }
+  partial[threadIdx.x] = sum;
+  __syncthreads();
+  for (int step = 64; step > 0; step >>= 1) {
+    if (threadIdx.x < step) partial[threadIdx.x] += partial[threadIdx.x + step];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) tiles[head] = partial[0];
+}
+
 template <int kHeadDim_, int kStages_>
 struct SpCfg {
   static constexpr int kHeadDim = kHeadDim_;
@@ -425,6 +453,15 @@ bool SparseWgmmaSupports(const SparseArgs& s, int head_dim) {
          reinterpret_cast<uintptr_t>(s.k) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(s.v) % 16 == 0 && s.ldq % 8 == 0 && s.ldkv % 8 == 0 &&
          int64_t{(s.row_blocks + 1) / 2} * s.num_q_heads < (int64_t{1} << 31);
+}
+
+cudaError_t LaunchSparsePairTiles(const SparseArgs& s, const SparseWorkspace& ws,
+                                  int64_t* tiles, cudaStream_t stream) {
+  const int pairs = (s.row_blocks + 1) / 2;
+  MergePairsKernel<<<static_cast<unsigned>(pairs) * s.num_q_heads, 128, 0, stream>>>(
+      s, pairs, ws.merged_blocks, ws.merged_columns, ws.pair_blocks);
+  PairTilesKernel<<<s.num_q_heads, 128, 0, stream>>>(s, pairs, ws.pair_blocks, tiles);
+  return cudaGetLastError();
 }
 
 cudaError_t LaunchSparseAttentionWgmma(const SparseArgs& s, int head_dim, int variant,

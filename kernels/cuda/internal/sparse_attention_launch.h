@@ -50,7 +50,7 @@ struct SparseWorkspace {
   int* pair_blocks = nullptr;
 };
 struct SparseWorkspaceLayout {
-  size_t blocks_offset, columns_offset, pairs_offset, bytes;
+  size_t blocks_offset, columns_offset, pairs_offset, tiles_offset, bytes;
 };
 inline SparseWorkspaceLayout LayOutSparseWorkspace(int64_t total_blocks, int64_t total_columns,
                                                    int num_q_heads, int64_t row_blocks) {
@@ -59,11 +59,17 @@ inline SparseWorkspaceLayout LayOutSparseWorkspace(int64_t total_blocks, int64_t
   l.blocks_offset = 0;
   l.columns_offset = up(static_cast<size_t>(total_blocks) * 4);
   l.pairs_offset = l.columns_offset + up(static_cast<size_t>(total_columns) * 4);
-  l.bytes = l.pairs_offset + up(static_cast<size_t>(num_q_heads) * ((row_blocks + 1) / 2) * 4);
+  l.tiles_offset =
+      l.pairs_offset + up(static_cast<size_t>(num_q_heads) * ((row_blocks + 1) / 2) * 4);
+  l.bytes = l.tiles_offset + up(static_cast<size_t>(num_q_heads) * 8);  // Per-head tiles.
   return l;
 }
 // Whether the wgmma kernel takes these args (head_dim, alignment for the TMA, grid size).
 bool SparseWgmmaSupports(const SparseArgs& a, int head_dim);
+// The merge of LaunchSparseAttentionWgmma, then per head the 64 x 64 tiles its kernel would
+// compute into tiles[num_q_heads] (device memory; 0 for skipped heads).
+cudaError_t LaunchSparsePairTiles(const SparseArgs& a, const SparseWorkspace& ws,
+                                  int64_t* tiles, cudaStream_t stream);
 // cudaErrorNotSupported, with nothing enqueued, when the tensor maps cannot be built.
 cudaError_t LaunchSparseAttentionWgmma(const SparseArgs& a, int head_dim, int variant,
                                        const SparseWorkspace& ws, cudaStream_t stream);
