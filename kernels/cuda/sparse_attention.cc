@@ -61,6 +61,26 @@ internal::SparseWorkspaceLayout LayoutOf(const AttentionParams& p, const SparseI
                                          p.num_q_heads, (p.num_queries + 63) / 64);
 }
 
+// The Hopper kernel's workspace carved out of p.workspace (INVALID_ARGUMENT when it is too
+// small); *tiles, when set, gets the per-head tile counts' place.
+absl::StatusOr<internal::SparseWorkspace> CarveWorkspace(const AttentionParams& p,
+                                                         const SparseIndexView& index,
+                                                         int64_t** tiles = nullptr) {
+  const internal::SparseWorkspaceLayout l = LayoutOf(p, index);
+  if (p.workspace == nullptr || p.workspace_bytes < l.bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "workspace: ", p.workspace_bytes, " bytes", p.workspace == nullptr ? " (null)" : "",
+        "; the sparse kernel needs SparseAttentionWorkspaceBytes = ", l.bytes));
+  }
+  auto* base = static_cast<uint8_t*>(p.workspace);
+  internal::SparseWorkspace ws;
+  ws.merged_blocks = reinterpret_cast<uint32_t*>(base + l.blocks_offset);
+  ws.merged_columns = reinterpret_cast<uint32_t*>(base + l.columns_offset);
+  ws.pair_blocks = reinterpret_cast<int*>(base + l.pairs_offset);
+  if (tiles != nullptr) *tiles = reinterpret_cast<int64_t*>(base + l.tiles_offset);
+  return ws;
+}
+
 absl::Status Run(const AttentionParams& p, const SparseIndexView& index, int variant,
                  Stream stream) {
   if (absl::Status s = Check(p, index); !s.ok()) return s;
@@ -78,19 +98,10 @@ absl::Status Run(const AttentionParams& p, const SparseIndexView& index, int var
           "sparse attention kernel ", internal::SparseVariantName(variant),
           " does not take these params (head_dim, alignment or grid size)"));
     }
-    const internal::SparseWorkspaceLayout l = LayoutOf(p, index);
-    if (p.workspace == nullptr || p.workspace_bytes < l.bytes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "workspace: ", p.workspace_bytes, " bytes", p.workspace == nullptr ? " (null)" : "",
-          "; the sparse kernel needs SparseAttentionWorkspaceBytes = ", l.bytes));
-    }
-    auto* base = static_cast<uint8_t*>(p.workspace);
-    internal::SparseWorkspace ws;
-    ws.merged_blocks = reinterpret_cast<uint32_t*>(base + l.blocks_offset);
-    ws.merged_columns = reinterpret_cast<uint32_t*>(base + l.columns_offset);
-    ws.pair_blocks = reinterpret_cast<int*>(base + l.pairs_offset);
+    absl::StatusOr<internal::SparseWorkspace> ws = CarveWorkspace(p, index);
+    if (!ws.ok()) return ws.status();
     const cudaError_t e =
-        internal::LaunchSparseAttentionWgmma(a, p.head_dim, variant, ws, cu_stream);
+        internal::LaunchSparseAttentionWgmma(a, p.head_dim, variant, *ws, cu_stream);
     if (e != cudaErrorNotSupported || requested != internal::kSparseAuto) {
       return CudaStatus(e, "SparseAttention launch (wgmma)");
     }
@@ -124,21 +135,12 @@ absl::StatusOr<std::vector<int64_t>> SparseAttentionComputedTiles(const Attentio
     return absl::FailedPreconditionError(
         "computed tiles: the Hopper sparse kernel does not take these params");
   }
-  const internal::SparseWorkspaceLayout l = LayoutOf(p, index);
-  if (p.workspace == nullptr || p.workspace_bytes < l.bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "workspace: ", p.workspace_bytes, " bytes", p.workspace == nullptr ? " (null)" : "",
-        "; SparseAttentionWorkspaceBytes = ", l.bytes));
-  }
-  auto* base = static_cast<uint8_t*>(p.workspace);
-  internal::SparseWorkspace ws;
-  ws.merged_blocks = reinterpret_cast<uint32_t*>(base + l.blocks_offset);
-  ws.merged_columns = reinterpret_cast<uint32_t*>(base + l.columns_offset);
-  ws.pair_blocks = reinterpret_cast<int*>(base + l.pairs_offset);
-  auto* device_tiles = reinterpret_cast<int64_t*>(base + l.tiles_offset);
+  int64_t* device_tiles = nullptr;
+  absl::StatusOr<internal::SparseWorkspace> ws = CarveWorkspace(p, index, &device_tiles);
+  if (!ws.ok()) return ws.status();
   const auto cu_stream = reinterpret_cast<cudaStream_t>(stream);
   if (absl::Status s = CudaStatus(
-          internal::LaunchSparsePairTiles(a, ws, device_tiles, cu_stream), "computed tiles");
+          internal::LaunchSparsePairTiles(a, *ws, device_tiles, cu_stream), "computed tiles");
       !s.ok()) {
     return s;
   }
