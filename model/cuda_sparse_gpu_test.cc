@@ -133,6 +133,41 @@ TEST(CudaSparseModel, EveryPatternRunsAndCoveringPlansMatchDense) {
   EXPECT_GT(narrowed, 5e-2);
 }
 
+// Logits after prefilling `first` tokens of `prompt`, then the rest in a second call: the
+// second call's queries start at position `first`, past a cached prefix.
+std::vector<float> ContinuedLogits(const Runtime& rt, const std::vector<uint32_t>& prompt,
+                                   size_t first) {
+  auto seq = rt.NewSequence(static_cast<int64_t>(prompt.size()));
+  EXPECT_TRUE(seq.ok()) << seq.status();
+  if (!seq.ok()) return {};
+  const std::span<const uint32_t> all(prompt);
+  EXPECT_TRUE(rt.Prefill(all.first(first), seq->get()).ok());
+  auto l = rt.Prefill(all.subspan(first), seq->get());
+  EXPECT_TRUE(l.ok()) << l.status();
+  return l.ok() ? *l : std::vector<float>();
+}
+
+TEST(CudaSparseModel, ContinuingFromACachedPrefixRunsThePlan) {
+  TIERKV_REQUIRE_GPU();
+  // 1000 tokens as 601 + 399: the second call starts off the 64 grid and attends over all
+  // 1000 keys (min_tokens 256 counts them), with every pattern of the mixed plans.
+  auto dense = Gpu(nullptr);
+  auto covering = Gpu(MixedPlan(true));
+  auto narrow = Gpu(MixedPlan(false));
+  ASSERT_TRUE(dense.ok() && covering.ok() && narrow.ok());
+  const auto prompt = Prompt(1000, 5);
+  const auto want = ContinuedLogits(**dense, prompt, 601);
+  ASSERT_FALSE(want.empty());
+  EXPECT_LT(RelativeDiff(want, Logits(**dense, prompt)), 1e-2);  // Continuing is prefilling.
+  const double full = RelativeDiff(ContinuedLogits(**covering, prompt, 601), want);
+  const double narrowed = RelativeDiff(ContinuedLogits(**narrow, prompt, 601), want);
+  std::printf("1000-token prompt prefilled as 601 + 399, mixed plans against dense: covering "
+              "%.2e, narrow %.2e\n",
+              full, narrowed);
+  EXPECT_LT(full, 2e-2);
+  EXPECT_GT(narrowed, 5e-2);
+}
+
 TEST(CudaSparseModel, AShapePlanAgreesWithTheCpuModel) {
   TIERKV_REQUIRE_GPU();
   // A-shape indices do not depend on the data: the GPU and CPU models use the same ones, so

@@ -4,6 +4,7 @@
 
 #include <utility>
 
+#include "core/status.h"
 #include "kernels/cuda/internal/check.h"
 
 namespace tierkv::kernels::cuda {
@@ -159,12 +160,18 @@ absl::Status CopyToHost(void* dst, const void* src, size_t bytes) {
   return CudaStatus(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
 }
 
+// cudaMemcpy device to device and cudaMemset of device memory may return before the work
+// is done (it runs on the legacy stream, which non-blocking streams do not wait for): wait
+// for it, as these calls promise.
 absl::Status CopyDeviceToDevice(void* dst, const void* src, size_t bytes) {
-  return CudaStatus(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpy D2D");
+  TIERKV_RETURN_IF_ERROR(
+      CudaStatus(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpy D2D"));
+  return CudaStatus(cudaStreamSynchronize(cudaStreamLegacy), "cudaMemcpy D2D (wait)");
 }
 
 absl::Status FillBytes(void* dst, int value, size_t bytes) {
-  return CudaStatus(cudaMemset(dst, value, bytes), "cudaMemset");
+  TIERKV_RETURN_IF_ERROR(CudaStatus(cudaMemset(dst, value, bytes), "cudaMemset"));
+  return CudaStatus(cudaStreamSynchronize(cudaStreamLegacy), "cudaMemset (wait)");
 }
 
 absl::Status StreamSynchronize(Stream stream) {

@@ -127,7 +127,7 @@ class HostRegistration {
 absl::Status CopyToDevice(void* dst, const void* src, size_t bytes);
 absl::Status CopyToHost(void* dst, const void* src, size_t bytes);
 absl::Status CopyDeviceToDevice(void* dst, const void* src, size_t bytes);
-// Sets `bytes` bytes of device memory to `value`.
+// Sets `bytes` bytes of device memory to `value`; returns once they are set.
 absl::Status FillBytes(void* dst, int value, size_t bytes);
 // Waits for the work queued on `stream`; its first asynchronous error, if any.
 absl::Status StreamSynchronize(Stream stream);
