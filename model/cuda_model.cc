@@ -627,7 +627,8 @@ absl::Status Ensure(DeviceBuffer& buffer, size_t bytes) {
 
 absl::Status CudaModel::BuildSparseIndex(const cu::AttentionParams& ap,
                                          const kernels::HeadPattern& pattern,
-                                         int64_t* total_blocks, int64_t* total_columns) const {
+                                         int64_t* mass_last_q, int64_t* total_blocks,
+                                         int64_t* total_columns) const {
   Scratch& s = *scratch_;
   const cu::Stream st = stream_.get();
   const int hq = ap.num_q_heads;
@@ -706,8 +707,13 @@ absl::Status CudaModel::BuildSparseIndex(const cu::AttentionParams& ap,
   }
   const kernels::VerticalSlashParams& vs = pattern.vertical_slash;
   const int64_t vertical = std::min(vs.vertical, keys), slash = std::min(vs.slash, keys);
-  TIERKV_RETURN_IF_ERROR(Ensure(s.per_key, Bytes(hq * keys, 4)));
-  TIERKV_RETURN_IF_ERROR(Ensure(s.per_distance, Bytes(hq * keys, 4)));
+  // The sums stay valid for the chunk: a later vertical-slash build with other budgets but the
+  // same last_q reuses them (never reallocated once they hold them).
+  const bool have_mass = *mass_last_q == std::min<int64_t>(vs.last_q, t);
+  if (!have_mass) {
+    TIERKV_RETURN_IF_ERROR(Ensure(s.per_key, Bytes(hq * keys, 4)));
+    TIERKV_RETURN_IF_ERROR(Ensure(s.per_distance, Bytes(hq * keys, 4)));
+  }
   TIERKV_RETURN_IF_ERROR(Ensure(s.verticals, Bytes(hq * std::max<int64_t>(vertical, 1), 4)));
   TIERKV_RETURN_IF_ERROR(Ensure(s.slashes, Bytes(hq * slash, 4)));
   cu::AttentionMassParams mp;
@@ -746,7 +752,10 @@ absl::Status CudaModel::BuildSparseIndex(const cu::AttentionParams& ap,
   mp.workspace = tv.workspace = ts.workspace = ip.workspace = s.sparse_workspace.data();
   mp.workspace_bytes = tv.workspace_bytes = ts.workspace_bytes = ip.workspace_bytes =
       s.sparse_workspace.size();
-  TIERKV_RETURN_IF_ERROR(cu::EstimateAttentionMass(mp, st));
+  if (!have_mass) {
+    TIERKV_RETURN_IF_ERROR(cu::EstimateAttentionMass(mp, st));
+    *mass_last_q = mp.last_q;
+  }
   TIERKV_RETURN_IF_ERROR(cu::TopIndices(tv, st));
   TIERKV_RETURN_IF_ERROR(cu::TopIndices(ts, st));
   auto build = [&] {
@@ -793,9 +802,11 @@ absl::Status CudaModel::SparseLayerAttention(const cu::AttentionParams& ap, int 
     group_of[h] = static_cast<int>(g);
   }
   std::vector<uint8_t> dense(hq, 1);  // Heads left for the dense kernel.
+  int64_t mass_last_q = -1;  // The chunk's attention mass is not computed yet.
   for (size_t g = 0; g < groups.size(); ++g) {
     int64_t total_blocks = 0, total_columns = 0;
-    TIERKV_RETURN_IF_ERROR(BuildSparseIndex(ap, *groups[g], &total_blocks, &total_columns));
+    TIERKV_RETURN_IF_ERROR(
+        BuildSparseIndex(ap, *groups[g], &mass_last_q, &total_blocks, &total_columns));
     // A head of this group whose index covers more than max_coverage of the chunk's causal
     // tiles runs dense instead (never slower than dense). Coverage is what the kernel will
     // compute (its pairs of row blocks take the union of both lists), where it can say;

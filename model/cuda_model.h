@@ -191,9 +191,12 @@ class CudaModel {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The index of `pattern` for every q head of the chunk into the scratch's index buffers
   // (grown to the lists' totals when they do not fit); the totals come back.
+  // *mass_last_q says for which last_q the scratch already holds this chunk's attention mass
+  // (-1: none); vertical-slash builds with the same last_q reuse it, others set it.
   absl::Status BuildSparseIndex(const kernels::cuda::AttentionParams& ap,
-                                const kernels::HeadPattern& pattern, int64_t* total_blocks,
-                                int64_t* total_columns) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                                const kernels::HeadPattern& pattern, int64_t* mass_last_q,
+                                int64_t* total_blocks, int64_t* total_columns) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Constant after construction.
   ModelConfig config_;

@@ -133,6 +133,23 @@ TEST(CudaSparseModel, EveryPatternRunsAndCoveringPlansMatchDense) {
   EXPECT_GT(narrowed, 5e-2);
 }
 
+TEST(CudaSparseModel, BudgetGroupsShareTheEstimateAndGiveTheSameBits) {
+  TIERKV_REQUIRE_GPU();
+  // keep_first 30 of 8 verticals is clamped to 8: the odd heads form a second group with the
+  // same effective budgets, which reuses the first group's attention mass. Per head the
+  // result must not depend on the grouping.
+  auto one_group = VsPlan(8, 8, 256);
+  auto two_groups = VsPlan(8, 8, 256);
+  two_groups->layers.assign(4, std::vector<kernels::HeadPattern>(8, two_groups->default_pattern));
+  for (auto& layer : two_groups->layers) {
+    for (size_t h = 1; h < layer.size(); h += 2) layer[h].vertical_slash.keep_first = 30;
+  }
+  auto a = Gpu(one_group), b = Gpu(two_groups);
+  ASSERT_TRUE(a.ok() && b.ok());
+  const auto prompt = Prompt(1000, 6);
+  EXPECT_EQ(Logits(**a, prompt), Logits(**b, prompt));
+}
+
 // Logits after prefilling `first` tokens of `prompt`, then the rest in a second call: the
 // second call's queries start at position `first`, past a cached prefix.
 std::vector<float> ContinuedLogits(const Runtime& rt, const std::vector<uint32_t>& prompt,
