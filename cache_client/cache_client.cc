@@ -181,6 +181,16 @@ class GrpcCacheClient : public CacheClient {
     return found.found();
   }
 
+  absl::StatusOr<uint32_t> ReportCorrupt(const BlockKey& key) override {
+    v1::EvictRequest request;
+    request.add_keys(std::string(KeyBytes(key)));
+    request.set_corrupt(true);
+    v1::EvictResponse response;
+    auto ctx = Context();
+    TIERKV_RETURN_IF_ERROR(FromGrpcStatus(stub_->Evict(ctx.get(), request, &response)));
+    return response.evicted();
+  }
+
   ~GrpcCacheClient() override {
     endpoint_.reset();  // Before the engine that made it.
   }

@@ -120,6 +120,14 @@ class CacheClient {
                                                          std::span<const BlockKey> keys,
                                                          InPlaceUse use) = 0;
 
+  // A block this client read did not match its checksum (the reader has stopped using it):
+  // asks the cache manager to drop it, so that later Lookups miss it and a recomputed block
+  // can take its place (Store skips blocks that are still cached). The cache manager checks
+  // the bytes itself and keeps a block that matches. Returns how many blocks went (the block
+  // and its descendants; 0 when it matched). Errors of the Evict call (FAILED_PRECONDITION
+  // while another reader holds it: a later reader reports it again).
+  virtual absl::StatusOr<uint32_t> ReportCorrupt(const BlockKey& key) = 0;
+
   // Number of blocks of `keys` a Lookup finds, without fetching.
   virtual absl::StatusOr<size_t> CountCached(const ModelSpec& spec,
                                              std::span<const BlockKey> keys) = 0;

@@ -1735,6 +1735,64 @@ absl::StatusOr<EvictResult> BlockIndex::Evict(const std::vector<std::string>& ra
   return result;
 }
 
+absl::StatusOr<EvictResult> BlockIndex::DropCorrupt(const std::vector<std::string>& raw_keys) {
+  TIERKV_ASSIGN_OR_RETURN(std::vector<BlockKey> keys, ParseKeys(raw_keys, "keys"));
+  absl::MutexLock lock(&mu_);
+  std::vector<BlockKey> doomed;
+  absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> corrupt;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    auto it = blocks_.find(keys[i]);
+    if (it == blocks_.end()) {
+      return absl::NotFoundError(absl::StrCat("keys[", i, "]: block ", ToHex(keys[i]),
+                                              " is not committed here; nothing was dropped"));
+    }
+    const CommittedBlock& block = *it->second;
+    uint64_t actual = block.checksum;
+    if (block.in_host) {
+      actual = pool_->Checksum(block.space);
+    } else if (block.in_gpu) {
+      std::vector<uint64_t> sums(1);
+      const PoolAllocation space = block.gpu_space;
+      TIERKV_RETURN_IF_ERROR(gpu_->Checksums(std::span<const PoolAllocation>(&space, 1), sums));
+      actual = sums[0];
+    }
+    if (actual != block.checksum) {
+      corrupt.insert(keys[i]);
+      CollectSubtree(keys[i], doomed);
+    }
+  }
+  absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> unique;
+  for (const BlockKey& key : doomed) {
+    if (!unique.insert(key).second) continue;
+    const CommittedBlock& block = *blocks_.at(key);
+    if (block.moving || block.readers > 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "block ", ToHex(key), block.moving ? " is being moved between tiers" : " is leased",
+          " (it or an ancestor does not match its checksum); nothing was dropped: retry once "
+          "its readers are done"));
+    }
+  }
+  EvictResult result;
+  for (auto it = doomed.rbegin(); it != doomed.rend(); ++it) {
+    auto block = blocks_.find(*it);
+    if (block == blocks_.end()) continue;
+    CommittedBlock& b = *block->second;
+    if (b.pinned) {  // Unpinned the way SetPinned does, so the kept counts stay exact.
+      b.pinned = false;
+      UpdateProtection(b, /*was_protected=*/true);
+      --pinned_blocks_;
+    }
+    result.bytes_freed += b.space.reserved_bytes;
+    if (b.ssd) result.bytes_freed += b.ssd->reserved;
+    if (b.in_gpu) result.bytes_freed += b.gpu_space.reserved_bytes;
+    ++result.evicted;
+    // Descendants of a corrupt block are intact but unreachable without it.
+    const bool bad = corrupt.contains(*it);
+    RemoveBlock(b, bad ? "checksum failure reported by a reader" : "requested", bad);
+  }
+  return result;
+}
+
 // ---------------------------------------------------------------------------------------
 // Reads and reports.
 

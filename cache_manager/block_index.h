@@ -359,6 +359,14 @@ class BlockIndex {
   // Evicts the blocks and their committed descendants. NOT_FOUND (a key not committed),
   // FAILED_PRECONDITION (one of them is pinned or leased); nothing changes on error.
   absl::StatusOr<EvictResult> Evict(const std::vector<std::string>& keys);
+  // Blocks a reader found not matching their checksums: each one's bytes are checked here
+  // (its host copy, else its GPU copy; a block only on SSD is checked when the SSD tier
+  // reads it). One that does not match goes with its committed descendants, counted as
+  // dropped for a checksum failure, pinned or not (a pin keeps data, and this data is
+  // wrong); one that matches stays (the reader's copy went wrong, not the block). NOT_FOUND
+  // (a key not committed), FAILED_PRECONDITION (a doomed block is leased by a reader or
+  // moving between tiers); nothing changes on error.
+  absl::StatusOr<EvictResult> DropCorrupt(const std::vector<std::string>& keys);
 
   // Holds a committed block against eviction (as a reader) until the returned hold is
   // destroyed; `info` runs under the lock. NOT_FOUND when the key is not committed,

@@ -406,6 +406,49 @@ TEST_F(BlockIndexTest, InspectRecognisesTokensCachedUnderAnotherModel) {
   EXPECT_EQ((*r)[2].state, InspectState::kNeverStored);
 }
 
+TEST_F(BlockIndexTest, DropCorruptChecksTheBytesAndDropsOnlyWrongBlocks) {
+  auto a = Chain(4);
+  ASSERT_TRUE(Store(a, 0, 4).ok());
+  auto space_of = [&](const BlockKey& key) {
+    PoolAllocation space;
+    const std::vector<std::string> keys = {Bytes(key)};
+    auto r = index_->Lookup(keys, std::nullopt, {}, false, absl::ZeroDuration(),
+                            [&](const CommittedBlock& b) { space = b.space; });
+    EXPECT_TRUE(r.ok() && r->found == 1);
+    return space;
+  };
+  // Intact bytes: the reader's copy went wrong, not the block. Nothing goes.
+  auto r = index_->DropCorrupt({Bytes(a[1])});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->evicted, 0u);
+  EXPECT_EQ(Found(a), 4u);
+  // A bit flipped in block 1's host copy: it goes with its descendants, pinned or not, and
+  // counts as a checksum drop (the descendants as requested evictions).
+  const PoolAllocation space = space_of(a[1]);
+  pool_->base()[space.extents[0].offset + 100] ^= 0x10;
+  ASSERT_TRUE(index_->SetPinned({Bytes(a[1]), Bytes(a[3])}, true).ok());
+  uint64_t lease = 0;
+  EXPECT_EQ(Found(a, /*lease=*/true, &lease), 4u);
+  EXPECT_EQ(index_->DropCorrupt({Bytes(a[1])}).status().code(),
+            absl::StatusCode::kFailedPrecondition);  // A reader holds it.
+  EXPECT_EQ(Found(a), 4u);
+  ASSERT_TRUE(index_->ReleaseLease(lease).ok());
+  const IndexStats before = index_->Stats();
+  r = index_->DropCorrupt({Bytes(a[1])});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->evicted, 3u);
+  EXPECT_EQ(Found(a), 1u);
+  const IndexStats after = index_->Stats();
+  EXPECT_EQ(after.dropped_corrupt, before.dropped_corrupt + 1);
+  EXPECT_EQ(after.evicted_requested, before.evicted_requested + 2);
+  EXPECT_EQ(index_->DropCorrupt({Bytes(a[2])}).status().code(), absl::StatusCode::kNotFound);
+  ExpectInvariants();
+  // The chain can be stored again over the dropped blocks.
+  ASSERT_TRUE(Store(a, 1, 4).ok());
+  EXPECT_EQ(Found(a), 4u);
+  ExpectInvariants();
+}
+
 TEST_F(BlockIndexTest, ReadCopiesBytesAndChecksumMatches) {
   auto chain = Chain(1);
   ASSERT_TRUE(Store(chain, 0, 1, 10000).ok());

@@ -444,6 +444,29 @@ TEST_F(GpuTierTest, EvictFreesGpuSpace) {
   ExpectInvariants();
 }
 
+TEST_F(GpuTierTest, DropCorruptChecksGpuOnlyBlocksOnTheDevice) {
+  Open(8, 8);
+  auto a = Chain(3, 1);
+  ASSERT_TRUE(Store(a, 0, 3).ok());
+  auto r = index_->DropCorrupt({Bytes(a[1])});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->evicted, 0u);  // The bytes match: it stays.
+  gpu_->set_fail_checksums(true);
+  EXPECT_EQ(index_->DropCorrupt({Bytes(a[1])}).status().code(), absl::StatusCode::kInternal);
+  gpu_->set_fail_checksums(false);
+  EXPECT_EQ(index_->Stats().gpu_blocks, 3u);
+  // A bit flipped in every page of device memory: block 1 goes with its child.
+  for (uint64_t off = 0; off < 8 * kBlock; off += kPage) gpu_->device_bytes()[off + 7] ^= 1;
+  r = index_->DropCorrupt({Bytes(a[1])});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->evicted, 2u);
+  EXPECT_EQ(r->bytes_freed, 2 * kBlock);
+  const IndexStats s = index_->Stats();
+  EXPECT_EQ(s.gpu_blocks, 1u);
+  EXPECT_EQ(s.dropped_corrupt, 1u);
+  ExpectInvariants();
+}
+
 TEST_F(GpuTierTest, WriteThroughKeepsNewBlocksInHostMemory) {
   Open(8, 8, /*ssd_blocks=*/16, /*write_through=*/true);
   auto a = Chain(2, 1);

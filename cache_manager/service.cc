@@ -474,7 +474,8 @@ grpc::ServerUnaryReactor* CacheServiceImpl::Unpin(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* CacheServiceImpl::Evict(grpc::CallbackServerContext* context,
                                                   const v1::EvictRequest* request,
                                                   v1::EvictResponse* response) {
-  auto result = ctx_.index->Evict(Strings(request->keys()));
+  auto result = request->corrupt() ? ctx_.index->DropCorrupt(Strings(request->keys()))
+                                   : ctx_.index->Evict(Strings(request->keys()));
   if (result.ok()) {
     response->set_evicted(result->evicted);
     response->set_bytes_freed(result->bytes_freed);

@@ -66,6 +66,7 @@ absl::StatusOr<PreparedSequence> PrepareSequence(const Runtime& model, CacheClie
     // blocks where they lie, checking their checksums while the bytes move (on the GPU for
     // blocks in GPU memory). Runs of blocks in one tier go in one call each.
     bool bad_block = false;
+    size_t bad_at = 0;  // Index in out.keys of the block that failed its checksum.
     auto used = cache->UsePrefixInPlace(
         spec, std::span(out.keys).first(reusable),
         [&](std::span<const std::span<const PayloadPiece>> blocks,
@@ -88,8 +89,11 @@ absl::StatusOr<PreparedSequence> PrepareSequence(const Runtime& model, CacheClie
               });
             }
             if (!kept.ok()) break;  // Nothing of the run was kept: compute from here.
+            if (intact < run.size() && !bad_block) {
+              bad_block = true;
+              bad_at = taken + intact;
+            }
             taken += *kept;
-            if (intact < run.size()) bad_block = true;
             if (*kept < run.size()) break;
           }
           return taken;
@@ -100,8 +104,13 @@ absl::StatusOr<PreparedSequence> PrepareSequence(const Runtime& model, CacheClie
       out.lookup_time = used->lookup_time;
       out.fetch_time = used->use_time;
       out.cached_blocks = std::min<uint32_t>(used->used, static_cast<uint32_t>(reusable));
-      // A block whose bytes did not match ends the prefix (a checksum failure).
-      if (bad_block) ++out.checksum_failures;
+      // A block whose bytes did not match ends the prefix (a checksum failure). The lease is
+      // gone: ask the cache manager to drop it (it checks the bytes itself), so the block
+      // this prefill recomputes can replace it instead of being skipped as already cached.
+      if (bad_block) {
+        ++out.checksum_failures;
+        (void)cache->ReportCorrupt(out.keys[bad_at]);  // Best effort: another reader retries.
+      }
       if (used->lease_lost && out.cached_blocks > 0) {
         // The blocks may have changed under the read: start over and compute everything.
         out.seq.reset();  // Its device memory goes back before the new one is taken.
@@ -117,6 +126,11 @@ absl::StatusOr<PreparedSequence> PrepareSequence(const Runtime& model, CacheClie
       out.lookup_time = fetched->lookup_time;
       out.fetch_time = fetched->fetch_time;
       out.checksum_failures = fetched->checksum_failures;
+      if (fetched->checksum_failures > 0 && fetched->blocks.size() < reusable) {
+        // The first block not delivered failed its checksum (or vanished): let the cache
+        // manager check it and drop it if its bytes are wrong (best effort, as above).
+        (void)cache->ReportCorrupt(out.keys[fetched->blocks.size()]);
+      }
       // A block of the wrong size cannot be used: the prefix ends before it.
       size_t usable = 0;
       while (usable < fetched->blocks.size() &&

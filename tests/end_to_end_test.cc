@@ -2,6 +2,7 @@
 // `tierkv up` runs them), driven over gRPC like a frontend.
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <fstream>
 #include <random>
 
@@ -171,6 +172,54 @@ TEST_F(EndToEndTest, InPlaceReadsFromTheHostTierStopAtACorruptBlock) {
       EXPECT_EQ(*seq->seq->ExtractBlock(b), *local->ExtractBlock(b)) << "block " << b;
     }
   }
+}
+
+// A block whose bytes went bad in the host tier is dropped when a reader finds it (the
+// cache manager checks the bytes itself), so the next prefill stores a good one in its place
+// instead of skipping it as cached; every reader meanwhile gets the cold run's KV.
+TEST_F(EndToEndTest, ACorruptBlockIsDroppedAndStoredAgain) {
+  const auto prompt = Prompt(16 * 6 + 3, 7);
+  v1::PrefillResponse stored;
+  ASSERT_TRUE(Prefill(prompt, &stored, "drop").ok());
+  ASSERT_EQ(stored.stored_blocks(), 6u);
+  const Runtime& model = all_->model();
+  auto local = *model.NewSequence(static_cast<int64_t>(prompt.size()));
+  const auto cold_logits = model.Prefill(prompt, local.get());
+  ASSERT_TRUE(cold_logits.ok());
+
+  // Flip a bit of block 3 where it lies in the host tier (found by its bytes).
+  const std::string block3 = *local->ExtractBlock(3);
+  const std::span<uint8_t> region = all_->cache_manager().HostTierRegion();
+  uint8_t* at = std::search(region.data(), region.data() + region.size(),
+                            reinterpret_cast<const uint8_t*>(block3.data()),
+                            reinterpret_cast<const uint8_t*>(block3.data()) + 256);
+  ASSERT_NE(at, region.data() + region.size()) << "block 3 not found in the host tier";
+  at[100] ^= 0x04;
+
+  CacheClientOptions options;
+  options.address = all_->address();
+  auto client = *CacheClient::Create(options);
+  client->SetLocalHostTier(all_->cache_manager().HostTierRegion());
+  const auto keys = *ComputeBlockKeys(model.spec(), "drop", prompt);
+  {
+    auto seq = PrepareSequence(model, client.get(), "drop", prompt, /*cache_required=*/true);
+    ASSERT_TRUE(seq.ok()) << seq.status();
+    EXPECT_EQ(seq->cached_blocks, 3u);
+    EXPECT_EQ(seq->checksum_failures, 1u);
+    EXPECT_EQ(seq->logits, *cold_logits);
+  }
+  // Dropped with the blocks after it (unreachable without it).
+  EXPECT_EQ(*client->CountCached(model.spec(), keys), 3u);
+  EXPECT_EQ(*client->ReportCorrupt(keys[1]), 0u) << "an intact block stays";
+  v1::PrefillResponse again;
+  ASSERT_TRUE(Prefill(prompt, &again, "drop").ok());
+  EXPECT_EQ(again.cached_tokens(), 16u * 3);
+  EXPECT_EQ(again.stored_blocks(), 3u);
+  auto seq = PrepareSequence(model, client.get(), "drop", prompt, /*cache_required=*/true);
+  ASSERT_TRUE(seq.ok()) << seq.status();
+  EXPECT_EQ(seq->cached_blocks, 6u);
+  EXPECT_EQ(seq->checksum_failures, 0u);
+  EXPECT_EQ(seq->logits, *cold_logits);
 }
 
 TEST_F(EndToEndTest, SharedPrefixIsReusedAndSaltsIsolateTenants) {
