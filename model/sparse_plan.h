@@ -14,7 +14,12 @@ namespace tierkv {
 struct SparsePlan {
   // Prefill calls whose attention spans fewer keys than this (cached prefix included) run
   // dense attention everywhere.
-  int64_t min_tokens = 8192;
+  // Measured on an H200 (sparse_prefill_bench --min-tokens=0, vertical-slash 1000 / 6096,
+  // Llama-3-8B layer): the index costs more than it saves below 32K (16K: structured heads
+  // 1.1x slower than dense, unstructured 1.3x); at 32K structured heads run 1.65x faster and
+  // unstructured ones (which fall back to dense after the estimate) 1.12x slower; at 64K
+  // 3.5x faster and 1.04x slower.
+  int64_t min_tokens = 32768;
   // A head whose index would cover more than this fraction of the causal work runs the dense
   // kernel instead (never slower than dense; 1: never falls back). The GPU counts the tiles
   // its kernel computes (pairs of row blocks compute the union of both lists). Measured on

@@ -54,7 +54,7 @@ absl::StatusOr<HeadChoice> SearchHeadPattern(const kernels::AttentionParams& p, 
 struct ModelSearchOptions {
   PatternSearchOptions head;
   // Written into the plan (see SparsePlan).
-  int64_t min_tokens = 8192;
+  int64_t min_tokens = SparsePlan{}.min_tokens;
   double max_coverage = 0.85;
 };
 

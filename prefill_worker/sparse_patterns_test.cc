@@ -499,7 +499,7 @@ TEST(SparsePatternsToJson, WritesKeysInAFixedOrder) {
   plan.layers[2][0].pattern = SparsePattern::kAShape;
   EXPECT_EQ(SparsePatternsToJson(plan, 12, 4), R"({
   "format": "tierkv-sparse-patterns/v1",
-  "min_tokens": 8192,
+  "min_tokens": 32768,
   "max_coverage": 0.85,
   "default": {
     "pattern": "vertical_slash",
