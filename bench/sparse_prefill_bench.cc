@@ -268,27 +268,38 @@ struct Row {
   }
 };
 
+// One layer's inputs on the device (Make's) and the attention params over them.
+struct Layer {
+  DeviceBuffer dq, dk, dv, out;
+  AttentionParams params;
+  Layer(int64_t n, bool structured) {
+    const Inputs in = Make(n, structured);
+    dq = Up(in.q);
+    dk = Up(in.k);
+    dv = Up(in.v);
+    out = Alloc(in.q.size() * 2);
+    params.q = dq.as<Bf16>();
+    params.ldq = kHeads * kHeadDim;
+    params.k = dk.as<Bf16>();
+    params.v = dv.as<Bf16>();
+    params.ldkv = kKvHeads * kHeadDim;
+    params.out = out.as<Bf16>();
+    params.ldo = params.ldq;
+    params.num_queries = n;
+    params.num_keys = n;
+    params.num_q_heads = kHeads;
+    params.num_kv_heads = kKvHeads;
+    params.head_dim = kHeadDim;
+    params.scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
+  }
+};
+
 Row Measure(const Flags& f, int64_t n, const std::string& kind) {
   Row row;
   row.seq = n;
   row.kind = kind;
-  const Inputs in = Make(n, kind == "structured");
-  DeviceBuffer dq = Up(in.q), dk = Up(in.k), dv = Up(in.v);
-  DeviceBuffer out = Alloc(in.q.size() * 2);
-  AttentionParams ap;
-  ap.q = dq.as<Bf16>();
-  ap.ldq = kHeads * kHeadDim;
-  ap.k = dk.as<Bf16>();
-  ap.v = dv.as<Bf16>();
-  ap.ldkv = kKvHeads * kHeadDim;
-  ap.out = out.as<Bf16>();
-  ap.ldo = ap.ldq;
-  ap.num_queries = n;
-  ap.num_keys = n;
-  ap.num_q_heads = kHeads;
-  ap.num_kv_heads = kKvHeads;
-  ap.head_dim = kHeadDim;
-  ap.scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
+  const Layer layer(n, kind == "structured");
+  const AttentionParams& ap = layer.params;
 
   // Estimation: sums, then the top lines of every head.
   DeviceBuffer per_key = Alloc(kHeads * n * 4), per_distance = Alloc(kHeads * n * 4);
@@ -391,23 +402,8 @@ struct HostIndex {
 // The coverage sweep (--sweep): see the top of the file.
 int Sweep(const Flags& f) {
   const int64_t n = f.sweep, rows = n / 64;
-  const Inputs in = Make(n, false);
-  DeviceBuffer dq = Up(in.q), dk = Up(in.k), dv = Up(in.v);
-  DeviceBuffer out = Alloc(in.q.size() * 2);
-  AttentionParams ap;
-  ap.q = dq.as<Bf16>();
-  ap.ldq = kHeads * kHeadDim;
-  ap.k = dk.as<Bf16>();
-  ap.v = dv.as<Bf16>();
-  ap.ldkv = kKvHeads * kHeadDim;
-  ap.out = out.as<Bf16>();
-  ap.ldo = ap.ldq;
-  ap.num_queries = n;
-  ap.num_keys = n;
-  ap.num_q_heads = kHeads;
-  ap.num_kv_heads = kKvHeads;
-  ap.head_dim = kHeadDim;
-  ap.scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
+  const Layer layer(n, false);
+  const AttentionParams& ap = layer.params;
   const double causal_tiles = static_cast<double>(rows) * (rows + 1) / 2;
   const double dense_ms = Time(f, [&] { return Attention(ap, nullptr); }, "dense attention");
   std::printf("coverage sweep: %lld tokens, 32/8 heads, d 128, one index for every head; "
