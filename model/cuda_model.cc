@@ -78,11 +78,9 @@ bool SamePattern(const kernels::HeadPattern& a, const kernels::HeadPattern& b) {
   switch (a.pattern) {
     case kernels::SparsePattern::kAShape:
       return a.a_shape.n_init == b.a_shape.n_init && a.a_shape.local == b.a_shape.local;
-    case kernels::SparsePattern::kVerticalSlash: {
-      const kernels::VerticalSlashParams &x = a.vertical_slash, &y = b.vertical_slash;
-      return x.vertical == y.vertical && x.slash == y.slash && x.keep_first == y.keep_first &&
-             x.keep_near == y.keep_near && x.last_q == y.last_q;
-    }
+    case kernels::SparsePattern::kVerticalSlash:
+      // One build takes every head's own budgets; the estimate needs one last_q.
+      return a.vertical_slash.last_q == b.vertical_slash.last_q;
     case kernels::SparsePattern::kBlockSparse:
       return a.block_sparse.top_blocks == b.block_sparse.top_blocks;
     case kernels::SparsePattern::kDense:
@@ -627,6 +625,7 @@ absl::Status Ensure(DeviceBuffer& buffer, size_t bytes) {
 
 absl::Status CudaModel::BuildSparseIndex(const cu::AttentionParams& ap,
                                          const kernels::HeadPattern& pattern,
+                                         std::span<const kernels::HeadPattern* const> members,
                                          int64_t* mass_last_q, int64_t* total_blocks,
                                          int64_t* total_columns) const {
   Scratch& s = *scratch_;
@@ -706,7 +705,20 @@ absl::Status CudaModel::BuildSparseIndex(const cu::AttentionParams& ap,
       return absl::InternalError("BuildSparseIndex: a dense head has no index");
   }
   const kernels::VerticalSlashParams& vs = pattern.vertical_slash;
-  const int64_t vertical = std::min(vs.vertical, keys), slash = std::min(vs.slash, keys);
+  // Each member head its own budgets (others none: they are not run from this index); the
+  // largest sizes the rows of the line lists.
+  std::vector<int64_t> head_v(hq, 0), head_s(hq, 0), keep_v(hq, 0), keep_s(hq, 0);
+  int64_t vertical = 0, slash = 1;
+  for (int h = 0; h < hq; ++h) {
+    if (members[h] == nullptr) continue;
+    const kernels::VerticalSlashParams& own = members[h]->vertical_slash;
+    head_v[h] = std::min(own.vertical, keys);
+    head_s[h] = std::min(own.slash, keys);
+    keep_v[h] = std::min(own.keep_first, head_v[h]);
+    keep_s[h] = std::min(own.keep_near, head_s[h]);
+    vertical = std::max(vertical, head_v[h]);
+    slash = std::max(slash, head_s[h]);
+  }
   // The sums stay valid for the chunk: a later vertical-slash build with other budgets but the
   // same last_q reuses them (never reallocated once they hold them).
   const bool have_mass = *mass_last_q == std::min<int64_t>(vs.last_q, t);
@@ -730,15 +742,21 @@ absl::Status CudaModel::BuildSparseIndex(const cu::AttentionParams& ap,
   mp.last_q = std::min<int64_t>(vs.last_q, t);
   mp.per_key = s.per_key.as<float>();
   mp.per_distance = s.per_distance.as<float>();
-  cu::TopIndicesParams tv{s.per_key.as<float>(), keys, hq, vertical,
-                          std::min(vs.keep_first, vertical), s.verticals.as<int32_t>()};
-  cu::TopIndicesParams ts{s.per_distance.as<float>(), keys, hq, slash,
-                          std::min(vs.keep_near, slash), s.slashes.as<int32_t>()};
+  cu::TopIndicesParams tv{s.per_key.as<float>(), keys, hq, vertical, 0,
+                          s.verticals.as<int32_t>()};
+  tv.segment_counts = head_v.data();
+  tv.segment_keeps = keep_v.data();
+  cu::TopIndicesParams ts{s.per_distance.as<float>(), keys, hq, slash, 0,
+                          s.slashes.as<int32_t>()};
+  ts.segment_counts = head_s.data();
+  ts.segment_keeps = keep_s.data();
   cu::VerticalSlashIndexParams ip;
   ip.verticals = s.verticals.as<int32_t>();
   ip.num_verticals = vertical;
   ip.slashes = s.slashes.as<int32_t>();
   ip.num_slashes = slash;
+  ip.head_verticals = head_v.data();
+  ip.head_slashes = head_s.data();
   ip.heads = hq;
   ip.num_queries = t;
   ip.query_position = ap.query_position;
@@ -805,8 +823,12 @@ absl::Status CudaModel::SparseLayerAttention(const cu::AttentionParams& ap, int 
   int64_t mass_last_q = -1;  // The chunk's attention mass is not computed yet.
   for (size_t g = 0; g < groups.size(); ++g) {
     int64_t total_blocks = 0, total_columns = 0;
-    TIERKV_RETURN_IF_ERROR(
-        BuildSparseIndex(ap, *groups[g], &mass_last_q, &total_blocks, &total_columns));
+    std::vector<const kernels::HeadPattern*> members(hq, nullptr);
+    for (int h = 0; h < hq; ++h) {
+      if (group_of[h] == static_cast<int>(g)) members[h] = &sparse_plan_->For(layer, h);
+    }
+    TIERKV_RETURN_IF_ERROR(BuildSparseIndex(ap, *groups[g], members, &mass_last_q,
+                                            &total_blocks, &total_columns));
     // A head of this group whose index covers more than max_coverage of the chunk's causal
     // tiles runs dense instead (never slower than dense). Coverage is what the kernel will
     // compute (its pairs of row blocks take the union of both lists), where it can say;

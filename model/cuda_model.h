@@ -42,7 +42,8 @@ struct CudaModelOptions {
   // Sparse attention for long prefills (model/sparse_plan.h; null: dense): any pattern and
   // budgets per head (no sliding window). A forward chunk of at least 64 queries whose
   // attention spans at least min_tokens keys builds, on the GPU, the index of each distinct
-  // pattern of the layer (over every head; one build per distinct pattern and budgets) and
+  // pattern of the layer (over every head; vertical-slash heads in one build each with its
+  // own budgets, A-shape / block-sparse one build per distinct window / block count) and
   // runs the sparse kernel for that pattern's heads; heads whose index covers more than
   // max_coverage of the chunk's causal tiles, and dense heads, run the dense kernel.
   std::shared_ptr<const SparsePlan> sparse_plan;
@@ -190,13 +191,16 @@ class CudaModel {
   absl::Status SparseLayerAttention(const kernels::cuda::AttentionParams& ap, int layer) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The index of `pattern` for every q head of the chunk into the scratch's index buffers
-  // (grown to the lists' totals when they do not fit); the totals come back.
+  // (grown to the lists' totals when they do not fit); the totals come back. members[h] is
+  // head h's own pattern when it is in this build (vertical-slash heads of one build may
+  // differ in budgets: each gets its own), else null.
   // *mass_last_q says for which last_q the scratch already holds this chunk's attention mass
   // (-1: none); vertical-slash builds with the same last_q reuse it, others set it.
   absl::Status BuildSparseIndex(const kernels::cuda::AttentionParams& ap,
-                                const kernels::HeadPattern& pattern, int64_t* mass_last_q,
-                                int64_t* total_blocks, int64_t* total_columns) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                                const kernels::HeadPattern& pattern,
+                                std::span<const kernels::HeadPattern* const> members,
+                                int64_t* mass_last_q, int64_t* total_blocks,
+                                int64_t* total_columns) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Constant after construction.
   ModelConfig config_;

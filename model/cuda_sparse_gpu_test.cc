@@ -133,21 +133,28 @@ TEST(CudaSparseModel, EveryPatternRunsAndCoveringPlansMatchDense) {
   EXPECT_GT(narrowed, 5e-2);
 }
 
-TEST(CudaSparseModel, BudgetGroupsShareTheEstimateAndGiveTheSameBits) {
+TEST(CudaSparseModel, PerHeadBudgetsGiveEachHeadItsOwnIndex) {
   TIERKV_REQUIRE_GPU();
-  // keep_first 30 of 8 verticals is clamped to 8: the odd heads form a second group with the
-  // same effective budgets, which reuses the first group's attention mass. Per head the
-  // result must not depend on the grouping.
+  // keep_first 30 of 8 verticals is clamped to 8: odd heads whose plan lists other raw
+  // budgets but the same effective ones must give the bits of the uniform plan (one build
+  // with per-head budgets); odd heads with really different budgets must not.
   auto one_group = VsPlan(8, 8, 256);
   auto two_groups = VsPlan(8, 8, 256);
   two_groups->layers.assign(4, std::vector<kernels::HeadPattern>(8, two_groups->default_pattern));
   for (auto& layer : two_groups->layers) {
     for (size_t h = 1; h < layer.size(); h += 2) layer[h].vertical_slash.keep_first = 30;
   }
-  auto a = Gpu(one_group), b = Gpu(two_groups);
-  ASSERT_TRUE(a.ok() && b.ok());
+  auto different = VsPlan(8, 8, 256);
+  different->layers = two_groups->layers;
+  for (auto& layer : different->layers) {
+    for (size_t h = 1; h < layer.size(); h += 2) layer[h].vertical_slash.slash = 64;
+  }
+  auto a = Gpu(one_group), b = Gpu(two_groups), c = Gpu(different);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
   const auto prompt = Prompt(1000, 6);
-  EXPECT_EQ(Logits(**a, prompt), Logits(**b, prompt));
+  const auto uniform = Logits(**a, prompt);
+  EXPECT_EQ(Logits(**b, prompt), uniform);
+  EXPECT_GT(RelativeDiff(Logits(**c, prompt), uniform), 1e-3);
 }
 
 // Logits after prefilling `first` tokens of `prompt`, then the rest in a second call: the

@@ -62,8 +62,8 @@ struct ModelSearchOptions {
 // every layer on the attention of the prompt's last forward chunk (its queries over all the
 // prompt's keys; at least 64 of them, else INVALID_ARGUMENT: load the model with a prefill
 // chunk as long as the prompt). Each head gets its own pattern and budgets (both runtimes run
-// such plans; the GPU builds one index per distinct pattern and budgets of a layer, so fewer
-// distinct choices cost less there). Returns the plan (every head listed) and, in `choices`
+// such plans; the GPU builds the vertical-slash heads of a layer in one index with per-head
+// budgets, and A-shape / block-sparse heads once per distinct window / block count). Returns the plan (every head listed) and, in `choices`
 // when not null, what each head's candidates recovered ([layer][head]). `progress` (when
 // set) runs after each layer. INVALID_ARGUMENT for a model with a sliding window or bad options; errors of Prefill.
 absl::StatusOr<SparsePlan> SearchModelPatterns(

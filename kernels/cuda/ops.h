@@ -304,6 +304,11 @@ struct TopIndicesParams {
   int32_t* out = nullptr;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+  // Optional, host arrays of `segments` entries: segment s takes its own count_s <= count
+  // and keep_s <= count_s (out[s][count_s .. count) is filled with INT32_MAX); `count` is
+  // then the row stride of `out`. Null: every segment takes count and keep.
+  const int64_t* segment_counts = nullptr;
+  const int64_t* segment_keeps = nullptr;
 };
 size_t TopIndicesWorkspaceBytes(const TopIndicesParams& p);
 absl::Status TopIndices(const TopIndicesParams& p, Stream stream);
@@ -320,6 +325,11 @@ struct VerticalSlashIndexParams {
   int64_t num_verticals = 0;
   const int32_t* slashes = nullptr;    // [heads][num_slashes], ascending per head.
   int64_t num_slashes = 0;
+  // Optional, host arrays of `heads` entries: head h uses the first head_verticals[h] <=
+  // num_verticals of its verticals and head_slashes[h] <= num_slashes of its slashes
+  // (num_verticals / num_slashes stay the row strides). Null: all of them.
+  const int64_t* head_verticals = nullptr;
+  const int64_t* head_slashes = nullptr;
   int heads = 0;
   int64_t num_queries = 0;
   int64_t query_position = 0;

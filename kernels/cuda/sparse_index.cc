@@ -146,6 +146,21 @@ absl::Status CheckTop(const TopIndicesParams& p) {
   if (p.keep < 0 || p.keep > p.count) return Bad("keep", "outside [0, count]");
   if (p.n * p.segments > (int64_t{1} << 31) - 1) return Bad("n", "n * segments above 2^31 - 1");
   if (p.values == nullptr || (p.count > 0 && p.out == nullptr)) return Bad("values/out", "null");
+  if ((p.segment_counts == nullptr) != (p.segment_keeps == nullptr)) {
+    return Bad("segment_counts/segment_keeps", "set one without the other");
+  }
+  if (p.segment_counts != nullptr) {
+    for (int s = 0; s < p.segments; ++s) {
+      if (p.segment_counts[s] < 0 || p.segment_counts[s] > p.count) {
+        return Bad("segment_counts", absl::StrCat("[", s, "] = ", p.segment_counts[s],
+                                                  " outside [0, count = ", p.count, "]"));
+      }
+      if (p.segment_keeps[s] < 0 || p.segment_keeps[s] > p.segment_counts[s]) {
+        return Bad("segment_keeps", absl::StrCat("[", s, "] = ", p.segment_keeps[s],
+                                                 " outside [0, segment_counts[", s, "]]"));
+      }
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -154,7 +169,8 @@ absl::Status CheckTop(const TopIndicesParams& p) {
 size_t TopIndicesWorkspaceBytes(const TopIndicesParams& p) {
   if (!CheckTop(p).ok()) return 0;
   const size_t total = static_cast<size_t>(p.n) * p.segments;
-  return 2 * Up(total * 8) + 2 * Up(total * 4) + Up(internal::TopSortTempBytes(p.n, p.segments));
+  return 2 * Up(total * 8) + 2 * Up(total * 4) + 2 * Up(p.segments * 8) +
+         Up(internal::TopSortTempBytes(p.n, p.segments));
 }
 
 absl::Status TopIndices(const TopIndicesParams& p, Stream stream) {
@@ -171,11 +187,27 @@ absl::Status TopIndices(const TopIndicesParams& p, Stream stream) {
   s.keys_sorted = w.Take<uint64_t>(total);
   s.indices = w.Take<int32_t>(total);
   s.indices_sorted = w.Take<int32_t>(total);
+  s.counts = nullptr;
+  s.keeps = nullptr;
+  int64_t* counts = w.Take<int64_t>(p.segments);
+  int64_t* keeps = w.Take<int64_t>(p.segments);
+  const cudaStream_t st = AsCuda(stream);
+  if (p.segment_counts != nullptr) {
+    // From pageable memory: staged before the calls return, so the caller's arrays may go.
+    TIERKV_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(counts, p.segment_counts, p.segments * 8,
+                                                      cudaMemcpyHostToDevice, st),
+                                      "segment counts"));
+    TIERKV_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(keeps, p.segment_keeps, p.segments * 8,
+                                                      cudaMemcpyHostToDevice, st),
+                                      "segment keeps"));
+    s.counts = counts;
+    s.keeps = keeps;
+  }
   s.temp_bytes = w.left();
   s.temp = w.at();
-  return CudaStatus(internal::LaunchTopIndices(p.values, p.n, p.segments, p.count, p.keep, p.out,
-                                               s, AsCuda(stream)),
-                    "TopIndices");
+  return CudaStatus(
+      internal::LaunchTopIndices(p.values, p.n, p.segments, p.count, p.keep, p.out, s, st),
+      "TopIndices");
 }
 
 namespace {
@@ -192,6 +224,18 @@ absl::Status CheckIndex(const VerticalSlashIndexParams& p) {
     return Bad("verticals/slashes", "null");
   }
   if (p.block_offsets == nullptr || p.column_offsets == nullptr) return Bad("offsets", "null");
+  for (int h = 0; p.head_verticals != nullptr && h < p.heads; ++h) {
+    if (p.head_verticals[h] < 0 || p.head_verticals[h] > p.num_verticals) {
+      return Bad("head_verticals", absl::StrCat("[", h, "] = ", p.head_verticals[h],
+                                                " outside [0, num_verticals]"));
+    }
+  }
+  for (int h = 0; p.head_slashes != nullptr && h < p.heads; ++h) {
+    if (p.head_slashes[h] < 0 || p.head_slashes[h] > p.num_slashes) {
+      return Bad("head_slashes", absl::StrCat("[", h, "] = ", p.head_slashes[h],
+                                              " outside [0, num_slashes]"));
+    }
+  }
   const int64_t keys = p.query_position + p.num_queries;
   if (keys > (int64_t{1} << 30)) return Bad("keys", "2^30 or more");
   if (RowBlocks(p.num_queries) * p.heads > (int64_t{1} << 31) - 2) {
@@ -208,7 +252,7 @@ size_t VerticalSlashIndexWorkspaceBytes(const VerticalSlashIndexParams& p) {
   if (!CheckIndex(p).ok()) return 0;
   const int64_t n = RowBlocks(p.num_queries) * p.heads;
   return 2 * Up((n + 1) * 8) + Up(p.heads * std::max<int64_t>(p.num_slashes, 1) * 8) +
-         Up(p.heads * 4) + Up(internal::ScanTempBytes(n + 1));
+         Up(p.heads * 4) + 2 * Up(p.heads * 8) + Up(internal::ScanTempBytes(n + 1));
 }
 
 absl::Status BuildVerticalSlashIndex(VerticalSlashIndexParams& p, Stream stream) {
@@ -234,6 +278,10 @@ absl::Status BuildVerticalSlashIndex(VerticalSlashIndexParams& p, Stream stream)
   l.column_counts = w.Take<int64_t>(n + 1);
   l.runs = w.Take<int2>(p.heads * std::max<int64_t>(p.num_slashes, 1));
   l.run_counts = w.Take<int>(p.heads);
+  int64_t* head_verticals = w.Take<int64_t>(p.heads);
+  int64_t* head_slashes = w.Take<int64_t>(p.heads);
+  l.head_verticals = nullptr;
+  l.head_slashes = nullptr;
   l.block_offsets = p.block_offsets;
   l.column_offsets = p.column_offsets;
   l.blocks = p.blocks;
@@ -241,6 +289,19 @@ absl::Status BuildVerticalSlashIndex(VerticalSlashIndexParams& p, Stream stream)
   l.scan_temp_bytes = w.left();
   l.scan_temp = w.at();
   const cudaStream_t s = AsCuda(stream);
+  // Per-head line counts from pageable memory: staged before the calls return.
+  if (p.head_verticals != nullptr) {
+    TIERKV_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(head_verticals, p.head_verticals,
+                                                      p.heads * 8, cudaMemcpyHostToDevice, s),
+                                      "head verticals"));
+    l.head_verticals = head_verticals;
+  }
+  if (p.head_slashes != nullptr) {
+    TIERKV_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(head_slashes, p.head_slashes, p.heads * 8,
+                                                      cudaMemcpyHostToDevice, s),
+                                      "head slashes"));
+    l.head_slashes = head_slashes;
+  }
   TIERKV_RETURN_IF_ERROR(CudaStatus(cudaMemsetAsync(l.block_counts, 0, (n + 1) * 8, s), "memset"));
   TIERKV_RETURN_IF_ERROR(
       CudaStatus(cudaMemsetAsync(l.column_counts, 0, (n + 1) * 8, s), "memset"));

@@ -101,23 +101,26 @@ __device__ __forceinline__ uint32_t DescendingRank(float v) {
   return ~u;
 }
 __global__ void PrepareTopKernel(const float* values, int64_t n, int64_t total, int64_t keep,
-                                 uint64_t* keys, int32_t* indices) {
+                                 const int64_t* keeps, uint64_t* keys, int32_t* indices) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (t >= total) return;
   const int64_t segment = t / n, i = t % n;
-  keys[t] = (static_cast<uint64_t>(segment) << 32) | (i < keep ? 0u : DescendingRank(values[t]));
+  const int64_t forced = keeps != nullptr ? keeps[segment] : keep;
+  keys[t] = (static_cast<uint64_t>(segment) << 32) | (i < forced ? 0u : DescendingRank(values[t]));
   indices[t] = static_cast<int32_t>(i);
 }
 
-// The first `count` sorted indices of each segment, keyed (segment, index) to be sorted
-// ascending next.
-__global__ void TakeTopKernel(const int32_t* sorted, int64_t n, int64_t count, int segments,
-                              uint64_t* out) {
+// The first `count` (or counts[segment]) sorted indices of each segment, keyed (segment,
+// index) to be sorted ascending next; a segment's slots past its own count get INT32_MAX,
+// which sorts after every index.
+__global__ void TakeTopKernel(const int32_t* sorted, int64_t n, int64_t count,
+                              const int64_t* counts, int segments, uint64_t* out) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (t >= count * segments) return;
   const int64_t segment = t / count, i = t % count;
+  const int64_t mine = counts != nullptr ? counts[segment] : count;
   out[t] = (static_cast<uint64_t>(segment) << 32) |
-           static_cast<uint32_t>(sorted[segment * n + i]);
+           static_cast<uint32_t>(i < mine ? sorted[segment * n + i] : 0x7fffffff);
 }
 
 __global__ void UnpackTopKernel(const uint64_t* sorted, int64_t total, int32_t* out) {
@@ -131,6 +134,7 @@ struct IndexArgs {
   const int2* runs;         // [heads][num_slashes]: merged slash runs (SlashRunsKernel).
   const int* run_counts;    // [heads]
   int64_t num_slashes;
+  const int64_t* head_verticals;  // Null: num_verticals for every head.
   int64_t num_queries, query_position;
   int row_blocks;
   int key_blocks;  // Of the whole call: bits of the bitmap.
@@ -143,24 +147,26 @@ struct IndexArgs {
 // per row block (thousands of random slashes make a few runs; a recency band one).
 constexpr int kRunThreads = 1024;
 __global__ void __launch_bounds__(kRunThreads)
-    SlashRunsKernel(const int32_t* slashes, int64_t num_slashes, int2* runs, int* run_counts) {
+    SlashRunsKernel(const int32_t* slashes, int64_t num_slashes, const int64_t* head_slashes,
+                    int2* runs, int* run_counts) {
   using Scan = cub::BlockScan<int, kRunThreads>;
   __shared__ typename Scan::TempStorage scan;
   __shared__ int carry;
   const int h = blockIdx.x;
   const int32_t* d = slashes + static_cast<int64_t>(h) * num_slashes;
   int2* out = runs + static_cast<int64_t>(h) * num_slashes;
+  const int64_t mine = head_slashes != nullptr ? head_slashes[h] : num_slashes;
   if (threadIdx.x == 0) carry = 0;
   __syncthreads();
-  for (int64_t base = 0; base < num_slashes; base += kRunThreads) {
+  for (int64_t base = 0; base < mine; base += kRunThreads) {
     const int64_t i = base + threadIdx.x;
-    const bool in = i < num_slashes;
+    const bool in = i < mine;
     const bool starts = in && (i == 0 || d[i] - d[i - 1] > 64);
     int before = 0, total = 0;
     Scan(scan).ExclusiveSum(starts ? 1 : 0, before, total);
     // Run k starts at its first slash; it ends where the next starts (or at the last slash).
     if (starts) out[carry + before].x = d[i];
-    const bool ends = in && (i + 1 == num_slashes || d[i + 1] - d[i] > 64);
+    const bool ends = in && (i + 1 == mine || d[i + 1] - d[i] > 64);
     if (ends) out[carry + before + (starts ? 1 : 0) - 1].y = d[i];
     __syncthreads();
     if (threadIdx.x == 0) carry += total;
@@ -249,7 +255,7 @@ __global__ void __launch_bounds__(kThreads)
   // Verticals ascend: the ones this row block sees are a prefix.
   int64_t visible = 0;
   {
-    int64_t hi = a.num_verticals;
+    int64_t hi = a.head_verticals != nullptr ? a.head_verticals[h] : a.num_verticals;
     while (visible < hi) {
       const int64_t mid = (visible + hi) / 2;
       if (verticals[mid] <= last) {
@@ -613,15 +619,15 @@ cudaError_t LaunchTopIndices(const float* values, int64_t n, int segments, int64
   // works on it, where a segmented sort gives each segment one block.
   const int64_t total = n * segments;
   const int end_bit = SortEndBit(segments);
-  PrepareTopKernel<<<Grid(total), kThreads, 0, stream>>>(values, n, total, keep, w.keys,
-                                                         w.indices);
+  PrepareTopKernel<<<Grid(total), kThreads, 0, stream>>>(values, n, total, keep, w.keeps,
+                                                         w.keys, w.indices);
   size_t temp = w.temp_bytes;
   cudaError_t err = cub::DeviceRadixSort::SortPairs(w.temp, temp, w.keys, w.keys_sorted,
                                                     w.indices, w.indices_sorted, total, 0,
                                                     end_bit, stream);
   if (err != cudaSuccess) return err;
   TakeTopKernel<<<Grid(count * segments), kThreads, 0, stream>>>(w.indices_sorted, n, count,
-                                                                 segments, w.keys);
+                                                                 w.counts, segments, w.keys);
   temp = w.temp_bytes;
   err = cub::DeviceRadixSort::SortKeys(w.temp, temp, w.keys, w.keys_sorted, count * segments, 0,
                                        end_bit, stream);
@@ -640,13 +646,14 @@ size_t ScanTempBytes(int64_t n) {
 
 cudaError_t LaunchIndexCounts(const IndexLaunch& l, cudaStream_t stream) {
   if (l.num_slashes > 0) {
-    SlashRunsKernel<<<l.heads, kRunThreads, 0, stream>>>(l.slashes, l.num_slashes, l.runs,
-                                                         l.run_counts);
+    SlashRunsKernel<<<l.heads, kRunThreads, 0, stream>>>(l.slashes, l.num_slashes,
+                                                         l.head_slashes, l.runs, l.run_counts);
   } else {
     cudaMemsetAsync(l.run_counts, 0, sizeof(int) * l.heads, stream);
   }
-  IndexArgs a{l.verticals, l.num_verticals, l.runs, l.run_counts, l.num_slashes, l.num_queries,
-              l.query_position, l.row_blocks, l.key_blocks};
+  IndexArgs a{l.verticals,     l.num_verticals,  l.runs,          l.run_counts,
+              l.num_slashes,   l.head_verticals, l.num_queries,   l.query_position,
+              l.row_blocks,    l.key_blocks};
   const size_t smem = static_cast<size_t>((l.key_blocks + 31) / 32) * 4;
   IndexKernel<false><<<dim3(l.row_blocks, l.heads), kThreads, smem, stream>>>(
       a, l.block_counts, l.column_counts, nullptr, nullptr, nullptr, nullptr);
@@ -664,8 +671,9 @@ cudaError_t LaunchIndexCounts(const IndexLaunch& l, cudaStream_t stream) {
 }
 
 cudaError_t LaunchIndexFill(const IndexLaunch& l, cudaStream_t stream) {
-  IndexArgs a{l.verticals, l.num_verticals, l.runs, l.run_counts, l.num_slashes, l.num_queries,
-              l.query_position, l.row_blocks, l.key_blocks};
+  IndexArgs a{l.verticals,     l.num_verticals,  l.runs,          l.run_counts,
+              l.num_slashes,   l.head_verticals, l.num_queries,   l.query_position,
+              l.row_blocks,    l.key_blocks};
   const size_t smem = static_cast<size_t>((l.key_blocks + 31) / 32) * 4;
   IndexKernel<true><<<dim3(l.row_blocks, l.heads), kThreads, smem, stream>>>(
       a, nullptr, nullptr, l.block_offsets, l.column_offsets, l.blocks, l.columns);

@@ -188,7 +188,9 @@ TEST(SparseIndexGpu, AttentionMassMatchesTheReferenceAndRepeatsBitForBit) {
 }
 
 std::vector<int32_t> GpuTop(const std::vector<float>& values, int64_t n, int segments,
-                            int64_t count, int64_t keep) {
+                            int64_t count, int64_t keep,
+                            const std::vector<int64_t>* counts = nullptr,
+                            const std::vector<int64_t>* keeps = nullptr) {
   DeviceBuffer dv = Up(values);
   DeviceBuffer out = Alloc(std::max<int64_t>(1, count * segments) * 4);
   TopIndicesParams p;
@@ -198,6 +200,10 @@ std::vector<int32_t> GpuTop(const std::vector<float>& values, int64_t n, int seg
   p.count = count;
   p.keep = keep;
   p.out = out.as<int32_t>();
+  if (counts != nullptr) {
+    p.segment_counts = counts->data();
+    p.segment_keeps = keeps->data();
+  }
   DeviceBuffer ws = Alloc(TopIndicesWorkspaceBytes(p));
   p.workspace = ws.data();
   p.workspace_bytes = ws.size();
@@ -239,10 +245,48 @@ TEST(SparseIndexGpu, TopIndicesEqualTheReference) {
   }
 }
 
+TEST(SparseIndexGpu, TopIndicesTakeEachSegmentsOwnCountAndKeep) {
+  TIERKV_REQUIRE_GPU();
+  const int64_t n = 5000;
+  const int segments = 5;
+  const std::vector<int64_t> counts = {0, 1, 700, 1000, 333}, keeps = {0, 1, 30, 0, 333};
+  std::vector<float> values(n * segments);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  for (float& v : values) v = u(Rng());
+  for (int s = 0; s < segments; ++s) values[s * n + 77] = values[s * n + 78];  // A tie.
+  const std::vector<int32_t> got = GpuTop(values, n, segments, 1000, 0, &counts, &keeps);
+  for (int s = 0; s < segments; ++s) {
+    const std::vector<int32_t> want =
+        kernels::TopIndices(std::span<const float>(values).subspan(s * n, n), counts[s], keeps[s]);
+    const auto row = got.begin() + s * 1000;
+    EXPECT_EQ(std::vector<int32_t>(row, row + counts[s]), want) << "segment " << s;
+    EXPECT_TRUE(std::all_of(row + counts[s], row + 1000,
+                            [](int32_t x) { return x == std::numeric_limits<int32_t>::max(); }))
+        << "segment " << s << ": padding";
+  }
+  // A count above the stride, or a keep above its count: INVALID_ARGUMENT naming the field.
+  TopIndicesParams bad;
+  bad.values = reinterpret_cast<const float*>(16);
+  bad.n = n;
+  bad.segments = 2;
+  bad.count = 10;
+  bad.out = reinterpret_cast<int32_t*>(16);
+  const int64_t too_many[] = {5, 11}, keeps_ok[] = {0, 0}, too_kept[] = {6, 0};
+  bad.segment_counts = too_many;
+  bad.segment_keeps = keeps_ok;
+  EXPECT_THAT(TopIndices(bad, nullptr).message(), HasSubstr("segment_counts"));
+  const int64_t counts_ok[] = {5, 10};
+  bad.segment_counts = counts_ok;
+  bad.segment_keeps = too_kept;
+  EXPECT_THAT(TopIndices(bad, nullptr).message(), HasSubstr("segment_keeps"));
+}
+
 // The GPU conversion of per-head lines, as CPU SparseHeadIndex lists.
 std::vector<SparseHeadIndex> GpuIndex(const std::vector<int32_t>& verticals, int64_t nv,
                                       const std::vector<int32_t>& slashes, int64_t ns, int heads,
-                                      const SparseShape& shape, int64_t capacity_blocks = -1) {
+                                      const SparseShape& shape, int64_t capacity_blocks = -1,
+                                      const std::vector<int64_t>* head_verticals = nullptr,
+                                      const std::vector<int64_t>* head_slashes = nullptr) {
   DeviceBuffer dv = Up(verticals), ds = Up(slashes);
   const int64_t rows = (shape.num_queries + 63) / 64;
   const int64_t n = rows * heads;
@@ -266,6 +310,8 @@ std::vector<SparseHeadIndex> GpuIndex(const std::vector<int32_t>& verticals, int
   p.blocks_capacity = cap_b;
   p.columns = columns.as<int32_t>();
   p.columns_capacity = cap_c;
+  if (head_verticals != nullptr) p.head_verticals = head_verticals->data();
+  if (head_slashes != nullptr) p.head_slashes = head_slashes->data();
   DeviceBuffer ws = Alloc(VerticalSlashIndexWorkspaceBytes(p));
   p.workspace = ws.data();
   p.workspace_bytes = ws.size();
@@ -339,6 +385,23 @@ TEST(SparseIndexGpu, VerticalSlashIndexEqualsTheReference) {
     }
     // Too little room: RESOURCE_EXHAUSTED with the totals.
     GpuIndex(verticals, nv, slashes, ns, heads, shape, /*capacity_blocks=*/0);
+    // Each head its own number of lines (a prefix of its row; the rest is padding).
+    const std::vector<int64_t> hv = {nv, nv / 2, 0}, hs = {ns / 3, ns, 1};
+    std::vector<int32_t> padded_v = verticals, padded_s = slashes;
+    for (int h = 0; h < heads; ++h) {
+      std::fill(padded_v.begin() + h * nv + hv[h], padded_v.begin() + (h + 1) * nv, INT32_MAX);
+      std::fill(padded_s.begin() + h * ns + hs[h], padded_s.begin() + (h + 1) * ns, INT32_MAX);
+    }
+    const std::vector<SparseHeadIndex> own =
+        GpuIndex(padded_v, nv, padded_s, ns, heads, shape, -1, &hv, &hs);
+    ASSERT_EQ(own.size(), static_cast<size_t>(heads));
+    for (int h = 0; h < heads; ++h) {
+      const std::vector<int32_t> v(per_head_v[h].begin(), per_head_v[h].begin() + hv[h]);
+      const std::vector<int32_t> sl(per_head_s[h].begin(), per_head_s[h].begin() + hs[h]);
+      auto want = kernels::VerticalSlashIndex(shape, v, sl);
+      ASSERT_TRUE(want.ok()) << want.status();
+      ExpectSameIndex(own[h], *want, h);
+    }
   }
 }
 

@@ -29,6 +29,9 @@ struct TopScratch {
   uint64_t* keys_sorted;
   int32_t* indices;
   int32_t* indices_sorted;
+  // Per-segment count and keep (device memory), or null: the scalar ones for every segment.
+  const int64_t* counts;
+  const int64_t* keeps;
   void* temp;
   size_t temp_bytes;
 };
@@ -47,6 +50,9 @@ struct IndexLaunch {
   // Scratch: the slashes merged into runs per head (heads * num_slashes) and their counts.
   int2* runs;
   int* run_counts;
+  // Per-head line counts (device memory), or null: num_verticals / num_slashes for all.
+  const int64_t* head_verticals;
+  const int64_t* head_slashes;
   // Counts (heads * row_blocks + 1 entries each; the last is 0) and their exclusive sums.
   int64_t* block_counts;
   int64_t* column_counts;
