@@ -1746,17 +1746,17 @@ absl::StatusOr<EvictResult> BlockIndex::DropCorrupt(const std::vector<std::strin
       return absl::NotFoundError(absl::StrCat("keys[", i, "]: block ", ToHex(keys[i]),
                                               " is not committed here; nothing was dropped"));
     }
+    // Every copy a reader may be handed: the GPU copy (to readers sharing the GPU) and the
+    // host copy (to everyone else). Either one wrong makes the block wrong.
     const CommittedBlock& block = *it->second;
-    uint64_t actual = block.checksum;
-    if (block.in_host) {
-      actual = pool_->Checksum(block.space);
-    } else if (block.in_gpu) {
+    bool bad = block.in_host && pool_->Checksum(block.space) != block.checksum;
+    if (!bad && block.in_gpu) {
       std::vector<uint64_t> sums(1);
       const PoolAllocation space = block.gpu_space;
       TIERKV_RETURN_IF_ERROR(gpu_->Checksums(std::span<const PoolAllocation>(&space, 1), sums));
-      actual = sums[0];
+      bad = sums[0] != block.checksum;
     }
-    if (actual != block.checksum) {
+    if (bad) {
       corrupt.insert(keys[i]);
       CollectSubtree(keys[i], doomed);
     }

@@ -467,6 +467,22 @@ TEST_F(GpuTierTest, DropCorruptChecksGpuOnlyBlocksOnTheDevice) {
   ExpectInvariants();
 }
 
+TEST_F(GpuTierTest, DropCorruptChecksTheGpuCopyOfABlockInBothTiers) {
+  Open(8, 8);
+  auto a = Chain(2, 1);
+  ASSERT_TRUE(Store(a, 0, 2).ok());
+  EXPECT_EQ(Look(a, /*accept_gpu=*/false).found, 2u);  // Host copies made; GPU copies stay.
+  ASSERT_EQ(index_->Stats().host_blocks, 2u);
+  ASSERT_EQ(index_->Stats().gpu_blocks, 2u);
+  // Only the GPU copies go bad: a reader sharing the GPU reads those, so they count.
+  for (uint64_t off = 0; off < 8 * kBlock; off += kPage) gpu_->device_bytes()[off + 7] ^= 1;
+  auto r = index_->DropCorrupt({Bytes(a[1])});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->evicted, 1u);
+  EXPECT_EQ(Look(a, /*accept_gpu=*/false).found, 1u);
+  ExpectInvariants();
+}
+
 TEST_F(GpuTierTest, WriteThroughKeepsNewBlocksInHostMemory) {
   Open(8, 8, /*ssd_blocks=*/16, /*write_through=*/true);
   auto a = Chain(2, 1);

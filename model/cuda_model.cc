@@ -626,8 +626,7 @@ absl::Status Ensure(DeviceBuffer& buffer, size_t bytes) {
 absl::Status CudaModel::BuildSparseIndex(const cu::AttentionParams& ap,
                                          const kernels::HeadPattern& pattern,
                                          std::span<const kernels::HeadPattern* const> members,
-                                         int64_t* mass_last_q, int64_t* total_blocks,
-                                         int64_t* total_columns) const {
+                                         int64_t* total_blocks, int64_t* total_columns) const {
   Scratch& s = *scratch_;
   const cu::Stream st = stream_.get();
   const int hq = ap.num_q_heads;
@@ -719,13 +718,8 @@ absl::Status CudaModel::BuildSparseIndex(const cu::AttentionParams& ap,
     vertical = std::max(vertical, head_v[h]);
     slash = std::max(slash, head_s[h]);
   }
-  // The sums stay valid for the chunk: a later vertical-slash build with other budgets but the
-  // same last_q reuses them (never reallocated once they hold them).
-  const bool have_mass = *mass_last_q == std::min<int64_t>(vs.last_q, t);
-  if (!have_mass) {
-    TIERKV_RETURN_IF_ERROR(Ensure(s.per_key, Bytes(hq * keys, 4)));
-    TIERKV_RETURN_IF_ERROR(Ensure(s.per_distance, Bytes(hq * keys, 4)));
-  }
+  TIERKV_RETURN_IF_ERROR(Ensure(s.per_key, Bytes(hq * keys, 4)));
+  TIERKV_RETURN_IF_ERROR(Ensure(s.per_distance, Bytes(hq * keys, 4)));
   TIERKV_RETURN_IF_ERROR(Ensure(s.verticals, Bytes(hq * std::max<int64_t>(vertical, 1), 4)));
   TIERKV_RETURN_IF_ERROR(Ensure(s.slashes, Bytes(hq * slash, 4)));
   cu::AttentionMassParams mp;
@@ -770,10 +764,7 @@ absl::Status CudaModel::BuildSparseIndex(const cu::AttentionParams& ap,
   mp.workspace = tv.workspace = ts.workspace = ip.workspace = s.sparse_workspace.data();
   mp.workspace_bytes = tv.workspace_bytes = ts.workspace_bytes = ip.workspace_bytes =
       s.sparse_workspace.size();
-  if (!have_mass) {
-    TIERKV_RETURN_IF_ERROR(cu::EstimateAttentionMass(mp, st));
-    *mass_last_q = mp.last_q;
-  }
+  TIERKV_RETURN_IF_ERROR(cu::EstimateAttentionMass(mp, st));
   TIERKV_RETURN_IF_ERROR(cu::TopIndices(tv, st));
   TIERKV_RETURN_IF_ERROR(cu::TopIndices(ts, st));
   auto build = [&] {
@@ -820,15 +811,17 @@ absl::Status CudaModel::SparseLayerAttention(const cu::AttentionParams& ap, int 
     group_of[h] = static_cast<int>(g);
   }
   std::vector<uint8_t> dense(hq, 1);  // Heads left for the dense kernel.
-  int64_t mass_last_q = -1;  // The chunk's attention mass is not computed yet.
   for (size_t g = 0; g < groups.size(); ++g) {
     int64_t total_blocks = 0, total_columns = 0;
+    // This build reuses (and may grow) the index buffers of the previous one, whose kernels
+    // may still be queued.
+    if (g > 0) TIERKV_RETURN_IF_ERROR(stream_.Synchronize());
     std::vector<const kernels::HeadPattern*> members(hq, nullptr);
     for (int h = 0; h < hq; ++h) {
       if (group_of[h] == static_cast<int>(g)) members[h] = &sparse_plan_->For(layer, h);
     }
-    TIERKV_RETURN_IF_ERROR(BuildSparseIndex(ap, *groups[g], members, &mass_last_q,
-                                            &total_blocks, &total_columns));
+    TIERKV_RETURN_IF_ERROR(
+        BuildSparseIndex(ap, *groups[g], members, &total_blocks, &total_columns));
     // A head of this group whose index covers more than max_coverage of the chunk's causal
     // tiles runs dense instead (never slower than dense). Coverage is what the kernel will
     // compute (its pairs of row blocks take the union of both lists), where it can say;
@@ -882,8 +875,6 @@ absl::Status CudaModel::SparseLayerAttention(const cu::AttentionParams& ap, int 
     TIERKV_RETURN_IF_ERROR(cu::CopyAsync(s.skip.data(), s.host_skip.data(), hq, st));
     view.skip_heads = s.skip.as<uint8_t>();
     TIERKV_RETURN_IF_ERROR(cu::SparseAttention(sap, view, st));
-    // The next group's build reuses the index buffers (and may grow them).
-    if (g + 1 < groups.size()) TIERKV_RETURN_IF_ERROR(stream_.Synchronize());
   }
   // Dense heads: all of them in one call when no head went sparse, else one q head at a time
   // against its KV head.

@@ -194,13 +194,11 @@ class CudaModel {
   // (grown to the lists' totals when they do not fit); the totals come back. members[h] is
   // head h's own pattern when it is in this build (vertical-slash heads of one build may
   // differ in budgets: each gets its own), else null.
-  // *mass_last_q says for which last_q the scratch already holds this chunk's attention mass
-  // (-1: none); vertical-slash builds with the same last_q reuse it, others set it.
   absl::Status BuildSparseIndex(const kernels::cuda::AttentionParams& ap,
                                 const kernels::HeadPattern& pattern,
                                 std::span<const kernels::HeadPattern* const> members,
-                                int64_t* mass_last_q, int64_t* total_blocks,
-                                int64_t* total_columns) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                                int64_t* total_blocks, int64_t* total_columns) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Constant after construction.
   ModelConfig config_;

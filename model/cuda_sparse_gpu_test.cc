@@ -149,12 +149,18 @@ TEST(CudaSparseModel, PerHeadBudgetsGiveEachHeadItsOwnIndex) {
   for (auto& layer : different->layers) {
     for (size_t h = 1; h < layer.size(); h += 2) layer[h].vertical_slash.slash = 64;
   }
-  auto a = Gpu(one_group), b = Gpu(two_groups), c = Gpu(different);
-  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  // Every head with the odd heads' larger budget: a build that gave all heads the largest
+  // budget of the build would match this one instead.
+  auto all_large = VsPlan(8, 64, 256);
+  all_large->default_pattern.vertical_slash.keep_near = 8;
+  auto a = Gpu(one_group), b = Gpu(two_groups), c = Gpu(different), d = Gpu(all_large);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok() && d.ok());
   const auto prompt = Prompt(1000, 6);
   const auto uniform = Logits(**a, prompt);
+  const auto mixed = Logits(**c, prompt);
   EXPECT_EQ(Logits(**b, prompt), uniform);
-  EXPECT_GT(RelativeDiff(Logits(**c, prompt), uniform), 1e-3);
+  EXPECT_GT(RelativeDiff(mixed, uniform), 1e-3);
+  EXPECT_GT(RelativeDiff(mixed, Logits(**d, prompt)), 1e-3);
 }
 
 // Logits after prefilling `first` tokens of `prompt`, then the rest in a second call: the

@@ -53,6 +53,14 @@ absl::Status Check(const AttentionParams& p, const SparseIndexView& index) {
         "index: total_blocks ", index.total_blocks, " and total_columns ",
         index.total_columns, " must lie in [0, 2^31)"));
   }
+  // Every row block of every head lists at least its diagonal block: fewer means the totals
+  // were not set (they size the kernel's workspace).
+  const int64_t entries = int64_t{p.num_q_heads} * ((p.num_queries + 63) / 64);
+  if (index.total_blocks < entries) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "index: total_blocks ", index.total_blocks, " is below one block per (head, row block) (",
+        entries, "); set total_blocks and total_columns to the lists' lengths"));
+  }
   return absl::OkStatus();
 }
 
@@ -77,6 +85,8 @@ absl::StatusOr<internal::SparseWorkspace> CarveWorkspace(const AttentionParams& 
   ws.merged_blocks = reinterpret_cast<uint32_t*>(base + l.blocks_offset);
   ws.merged_columns = reinterpret_cast<uint32_t*>(base + l.columns_offset);
   ws.pair_blocks = reinterpret_cast<int*>(base + l.pairs_offset);
+  ws.blocks_room = index.total_blocks;
+  ws.columns_room = index.total_columns;
   if (tiles != nullptr) *tiles = reinterpret_cast<int64_t*>(base + l.tiles_offset);
   return ws;
 }

@@ -346,6 +346,12 @@ TEST(SparseAttentionGpu, WgmmaKernelNeedsItsWorkspace) {
   SparseIndexView bad = index.View();
   bad.total_blocks = -1;
   EXPECT_EQ(SparseAttention(p, bad, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  // Lengths left unset (they size the workspace): refused, not a workspace too small.
+  bad.total_blocks = 0;
+  bad.total_columns = 0;
+  const absl::Status unset = SparseAttention(p, bad, nullptr);
+  EXPECT_EQ(unset.code(), absl::StatusCode::kInvalidArgument) << unset;
+  EXPECT_NE(unset.message().find("total_blocks"), std::string::npos) << unset;
   EXPECT_EQ(internal::SparseAttentionVariant(p, index.View(), 7, nullptr).code(),
             absl::StatusCode::kInvalidArgument);
 }

@@ -65,7 +65,8 @@ __device__ __forceinline__ int CountBelow(const int32_t* list, int n, int32_t v,
 // the second) written where the pair's entries already lie in the index: the pair's two
 // lists are adjacent in the CSR, so their merge fits in the same range of the workspace.
 __global__ void MergePairsKernel(SparseArgs a, int pairs, uint32_t* merged_blocks,
-                                 uint32_t* merged_columns, int* pair_blocks) {
+                                 uint32_t* merged_columns, int* pair_blocks,
+                                 int64_t blocks_room, int64_t columns_room) {
   const int head = blockIdx.x / pairs;
   const int pair = blockIdx.x % pairs;
   if (a.skip_heads != nullptr && a.skip_heads[head] != 0) return;
@@ -74,8 +75,11 @@ __global__ void MergePairsKernel(SparseArgs a, int pairs, uint32_t* merged_block
   __shared__ int shared_blocks;
   if (threadIdx.x == 0) shared_blocks = 0;
   __syncthreads();
+  // `room`: the workspace's entries (the lists' lengths the caller gave); an index whose
+  // offsets run past them is not written beyond them (its results are then wrong, never
+  // someone else's memory).
   auto merge = [&](const int64_t* offsets, const int32_t* values, uint32_t* out,
-                   bool count_shared) {
+                   int64_t room, bool count_shared) {
     const int64_t first = offsets[e], second = offsets[e + 1];
     const int64_t end = has_second ? offsets[e + 2] : second;
     const int n1 = static_cast<int>(second - first), n2 = static_cast<int>(end - second);
@@ -86,17 +90,18 @@ __global__ void MergePairsKernel(SparseArgs a, int pairs, uint32_t* merged_block
       const int32_t v = l1[i];
       const int below = CountBelow(l2, n2, v, false);
       if (count_shared && below < n2 && l2[below] == v) ++shared;
-      out[first + i + below] = static_cast<uint32_t>(v) | kFirstBit;
+      if (first + i + below < room) out[first + i + below] = static_cast<uint32_t>(v) | kFirstBit;
     }
     for (int j = threadIdx.x; j < n2; j += blockDim.x) {
       const int32_t v = l2[j];
-      out[first + j + CountBelow(l1, n1, v, true)] = static_cast<uint32_t>(v) | kSecondBit;
+      const int64_t at = first + j + CountBelow(l1, n1, v, true);
+      if (at < room) out[at] = static_cast<uint32_t>(v) | kSecondBit;
     }
     if (shared > 0) atomicAdd(&shared_blocks, shared);
     return n1 + n2;
   };
-  const int blocks = merge(a.block_offsets, a.blocks, merged_blocks, true);
-  merge(a.column_offsets, a.columns, merged_columns, false);
+  const int blocks = merge(a.block_offsets, a.blocks, merged_blocks, blocks_room, true);
+  merge(a.column_offsets, a.columns, merged_columns, columns_room, false);
   __syncthreads();
   if (threadIdx.x == 0) pair_blocks[static_cast<int64_t>(head) * pairs + pair] =
       blocks - shared_blocks;
@@ -434,7 +439,7 @@ cudaError_t Launch(const SparseArgs& s, int head_dim, const SparseWorkspace& ws,
   w.pair_blocks = ws.pair_blocks;
   const unsigned grid = static_cast<unsigned>(w.pairs) * s.num_q_heads;
   MergePairsKernel<<<grid, 128, 0, stream>>>(s, w.pairs, ws.merged_blocks, ws.merged_columns,
-                                             ws.pair_blocks);
+                                             ws.pair_blocks, ws.blocks_room, ws.columns_room);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   auto* kernel = &SparseWgmmaKernel<C>;
   if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -459,7 +464,8 @@ cudaError_t LaunchSparsePairTiles(const SparseArgs& s, const SparseWorkspace& ws
                                   int64_t* tiles, cudaStream_t stream) {
   const int pairs = (s.row_blocks + 1) / 2;
   MergePairsKernel<<<static_cast<unsigned>(pairs) * s.num_q_heads, 128, 0, stream>>>(
-      s, pairs, ws.merged_blocks, ws.merged_columns, ws.pair_blocks);
+      s, pairs, ws.merged_blocks, ws.merged_columns, ws.pair_blocks, ws.blocks_room,
+      ws.columns_room);
   PairTilesKernel<<<s.num_q_heads, 128, 0, stream>>>(s, pairs, ws.pair_blocks, tiles);
   return cudaGetLastError();
 }

@@ -48,6 +48,7 @@ struct SparseWorkspace {
   uint32_t* merged_blocks = nullptr;
   uint32_t* merged_columns = nullptr;
   int* pair_blocks = nullptr;
+  int64_t blocks_room = 0, columns_room = 0;  // Entries of merged_blocks / merged_columns.
 };
 struct SparseWorkspaceLayout {
   size_t blocks_offset, columns_offset, pairs_offset, tiles_offset, bytes;
