@@ -35,8 +35,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
   up->add_option("--sparse-patterns", options.sparse_patterns,
-                 "sparse attention pattern file for long prefills (docs/sparse-patterns.md); on "
-                 "the GPU: vertical_slash (one budget) and dense heads");
+                 "sparse attention pattern file for long prefills (docs/sparse-patterns.md)");
   std::string gpu_capacity = "4GiB";
   up->add_option("--gpu-capacity", gpu_capacity,
                  "GPU tier of the cache on the model's GPU (0: none; unused on the CPU)")

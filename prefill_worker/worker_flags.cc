@@ -32,8 +32,7 @@ void WorkerFlags::Register(CLI::App& app, const std::string& default_listen) {
 
 void WorkerFlags::RegisterSparse(CLI::App& app) {
   app.add_option("--sparse-patterns", sparse_patterns,
-                 "sparse attention pattern file for long prefills (docs/sparse-patterns.md); on "
-                 "the GPU: vertical_slash (one budget) and dense heads");
+                 "sparse attention pattern file for long prefills (docs/sparse-patterns.md)");
 }
 
 absl::StatusOr<std::unique_ptr<Runtime>> WorkerFlags::LoadModel() const {
