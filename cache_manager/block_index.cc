@@ -1737,29 +1737,56 @@ absl::StatusOr<EvictResult> BlockIndex::Evict(const std::vector<std::string>& ra
 
 absl::StatusOr<EvictResult> BlockIndex::DropCorrupt(const std::vector<std::string>& raw_keys) {
   TIERKV_ASSIGN_OR_RETURN(std::vector<BlockKey> keys, ParseKeys(raw_keys, "keys"));
+  // The copies a reader may be handed (the GPU copy to readers sharing the GPU, the host
+  // copy to everyone else), hashed outside the lock under a reader hold of each block, as
+  // Commit hashes outside it: other calls go on meanwhile.
+  struct Copies {
+    uint64_t checksum = 0;
+    std::optional<PoolAllocation> host, gpu;
+    bool bad = false;
+  };
+  std::vector<Copies> copies(keys.size());
+  {
+    absl::MutexLock lock(&mu_);
+    for (size_t i = 0; i < keys.size(); ++i) {
+      auto it = blocks_.find(keys[i]);
+      if (it == blocks_.end()) {
+        return absl::NotFoundError(absl::StrCat("keys[", i, "]: block ", ToHex(keys[i]),
+                                                " is not committed here; nothing was dropped"));
+      }
+      if (it->second->moving) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "keys[", i, "]: block ", ToHex(keys[i]), " is being moved between tiers; nothing "
+            "was dropped: retry in a moment"));
+      }
+    }
+    for (size_t i = 0; i < keys.size(); ++i) {
+      CommittedBlock& block = *blocks_.at(keys[i]);
+      copies[i].checksum = block.checksum;
+      if (block.in_host) copies[i].host = block.space;
+      if (block.in_gpu) copies[i].gpu = block.gpu_space;
+      AddReader(block);
+    }
+  }
+  absl::Status hashed;
+  for (Copies& c : copies) {
+    if (c.host) c.bad = pool_->Checksum(*c.host) != c.checksum;
+    if (!c.bad && c.gpu && hashed.ok()) {
+      std::vector<uint64_t> sums(1);
+      hashed = gpu_->Checksums(std::span<const PoolAllocation>(&*c.gpu, 1), sums);
+      c.bad = hashed.ok() && sums[0] != c.checksum;
+    }
+  }
   absl::MutexLock lock(&mu_);
+  for (const BlockKey& key : keys) RemoveReader(key);
+  TIERKV_RETURN_IF_ERROR(hashed);
   std::vector<BlockKey> doomed;
   absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> corrupt;
   for (size_t i = 0; i < keys.size(); ++i) {
-    auto it = blocks_.find(keys[i]);
-    if (it == blocks_.end()) {
-      return absl::NotFoundError(absl::StrCat("keys[", i, "]: block ", ToHex(keys[i]),
-                                              " is not committed here; nothing was dropped"));
-    }
-    // Every copy a reader may be handed: the GPU copy (to readers sharing the GPU) and the
-    // host copy (to everyone else). Either one wrong makes the block wrong.
-    const CommittedBlock& block = *it->second;
-    bool bad = block.in_host && pool_->Checksum(block.space) != block.checksum;
-    if (!bad && block.in_gpu) {
-      std::vector<uint64_t> sums(1);
-      const PoolAllocation space = block.gpu_space;
-      TIERKV_RETURN_IF_ERROR(gpu_->Checksums(std::span<const PoolAllocation>(&space, 1), sums));
-      bad = sums[0] != block.checksum;
-    }
-    if (bad) {
-      corrupt.insert(keys[i]);
-      CollectSubtree(keys[i], doomed);
-    }
+    // A block that left meanwhile (its own eviction, another report) needs nothing more.
+    if (!copies[i].bad || !blocks_.contains(keys[i])) continue;
+    corrupt.insert(keys[i]);
+    CollectSubtree(keys[i], doomed);
   }
   absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> unique;
   for (const BlockKey& key : doomed) {

@@ -361,9 +361,8 @@ class BlockIndex {
   absl::StatusOr<EvictResult> Evict(const std::vector<std::string>& keys);
   // Blocks a reader found not matching their checksums: each one's bytes are checked here
   // (its host and its GPU copy, whichever it has; a block only on SSD is checked when the
-  // SSD tier reads it), under the index lock (a rare report: a block's hash, or one device
-  // checksum launch, holds other calls back meanwhile). One that does not match (in any
-  // copy) goes with its committed descendants, counted as
+  // SSD tier reads it), outside the index lock under a reader hold. One that does not match
+  // (in any copy) goes with its committed descendants, counted as
   // dropped for a checksum failure, pinned or not (a pin keeps data, and this data is
   // wrong); one that matches stays (the reader's copy went wrong, not the block). NOT_FOUND
   // (a key not committed), FAILED_PRECONDITION (a doomed block is leased by a reader or

@@ -566,6 +566,15 @@ TEST_F(BlockIndexTest, ConcurrentChurnKeepsInvariants) {
               << s;
         }
         if (rng() % 8 == 0) index_->ExpireLeases();
+        if (rng() % 5 == 0) {
+          // A reader's report on an intact block: held and hashed outside the lock while
+          // the others churn; it stays (or is already gone).
+          auto r = index_->DropCorrupt({Bytes(chain[rng() % chain.size()])});
+          EXPECT_TRUE(r.ok() ? r->evicted == 0
+                             : r.status().code() == absl::StatusCode::kNotFound ||
+                                   r.status().code() == absl::StatusCode::kFailedPrecondition)
+              << r.status();
+        }
       }
     });
   }
