@@ -5,7 +5,7 @@
 //
 //   trace_replay [--trace PATH] [--capacities 1000,4000,16000] [--server-arg=--flag=value]...
 //   trace_replay --server 127.0.0.1:PORT --capacities 4000
-//   trace_replay --simulate-only [--capacities ...]
+//   trace_replay --simulate-only [--capacities ...] [--admission-bounds]
 //   trace_replay --generate-trace PATH [--seed 1] [--describe-trace]
 //   trace_replay --describe-trace [--trace PATH]
 //
@@ -71,10 +71,12 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <list>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <optional>
 #include <set>
 #include <string>
@@ -132,6 +134,7 @@ struct Flags {
   uint64_t max_errors = 100;
   std::string json_path;
   bool simulate_only = false;
+  bool admission_bounds = false;
   // Trace generation and description.
   std::string generate_trace;
   bool describe_trace = false;
@@ -378,6 +381,165 @@ Hits SimulateInfinite(const Trace& trace, size_t n) {
     seen.insert(trace[i].ids.begin(), trace[i].ids.end());
   }
   return hits;
+}
+
+// ---------------------------------------------------------------------------------------
+// Admission bounds (--admission-bounds): how far admission alone, in front of plain LRU,
+// can take a trace, from rules that know more than any server can. They answer whether a
+// target relative to Belady is reachable by an online policy on the trace at all.
+//
+//   second use (exact)  admits a new block into a full cache when it has been asked for at
+//                       least twice so far, this request included (the server's
+//                       `second-use` with an exact count instead of a decaying sketch);
+//   fitted admission    admits a new block when the class of its position (log2 buckets of
+//                       its request's blocks not seen before, its place among them and the
+//                       request's prefix seen before, plus whether it is the request's last
+//                       block) came back within H seconds at least a fraction theta of the
+//                       time, measured over this very trace, alone or together with the
+//                       exact second use; the best H, theta and combination are kept. Fitted
+//                       in sample, it is an optimistic bound for a rule that predicts reuse
+//                       from where a block sits in its request;
+//   reuse oracle        admits exactly the blocks the trace references again (future
+//                       knowledge).
+// A block not admitted ends its request's admissions: the rest of the chain would be
+// unreachable.
+
+struct AdmissionContext {
+  size_t request = 0;
+  size_t block = 0;     // Position in the request.
+  uint64_t asked = 0;   // Requests so far whose chain holds the block, this one included.
+};
+
+template <typename Admit>
+Hits SimulateAdmittingLru(const Trace& trace, size_t n, uint64_t capacity, const Admit& admit) {
+  Hits hits(n, 0);
+  std::list<uint64_t> order;  // Front: most recently used.
+  absl::flat_hash_map<uint64_t, std::list<uint64_t>::iterator> where;
+  absl::flat_hash_map<uint64_t, uint64_t> asked;
+  for (size_t i = 0; i < n; ++i) {
+    const Request& r = trace[i];
+    hits[i] = PrefixHits(r, [&](uint64_t id) { return where.contains(id); });
+    bool admitting = true;
+    for (size_t j = 0; j < r.ids.size(); ++j) {
+      const uint64_t id = r.ids[j];
+      const uint64_t count = ++asked[id];
+      auto it = where.find(id);
+      if (it != where.end()) {
+        order.splice(order.begin(), order, it->second);
+        continue;
+      }
+      if (!admitting || capacity == 0) continue;
+      if (where.size() >= capacity) {
+        if (!admit(AdmissionContext{.request = i, .block = j, .asked = count})) {
+          admitting = false;
+          continue;
+        }
+        where.erase(order.back());
+        order.pop_back();
+      }
+      order.push_front(id);
+      where.emplace(id, order.begin());
+    }
+  }
+  return hits;
+}
+
+// Per-position facts the admission bounds need, computed once per trace.
+struct TraceFacts {
+  // For request i, block j at offsets[i] + j: the class of the position and the seconds to
+  // the block's next reference by a later request (infinity when there is none).
+  std::vector<size_t> offsets;
+  std::vector<uint16_t> position_class;
+  std::vector<double> next_reference_s;
+  // Whether the position is the block's first reference in the trace.
+  std::vector<uint8_t> first_reference;
+  static constexpr uint16_t kClasses = 9 * 9 * 9 * 2;
+};
+
+uint16_t Log2Bucket(uint64_t x) {
+  return x == 0 ? 0 : static_cast<uint16_t>(std::min<int>(std::bit_width(x), 8));
+}
+
+TraceFacts FactsOf(const Trace& trace, size_t n) {
+  TraceFacts f;
+  f.offsets.resize(n + 1, 0);
+  for (size_t i = 0; i < n; ++i) f.offsets[i + 1] = f.offsets[i] + trace[i].ids.size();
+  const size_t refs = f.offsets[n];
+  f.position_class.assign(refs, 0);
+  f.next_reference_s.assign(refs, std::numeric_limits<double>::infinity());
+  f.first_reference.assign(refs, 0);
+  absl::flat_hash_set<uint64_t> seen;
+  for (size_t i = 0; i < n; ++i) {
+    const Request& r = trace[i];
+    size_t seen_prefix = 0;
+    while (seen_prefix < r.ids.size() && seen.contains(r.ids[seen_prefix])) ++seen_prefix;
+    const size_t fresh = r.ids.size() - seen_prefix;
+    for (size_t j = 0; j < r.ids.size(); ++j) {
+      const uint16_t place = j < seen_prefix ? 0 : Log2Bucket(j - seen_prefix + 1);
+      f.position_class[f.offsets[i] + j] = static_cast<uint16_t>(
+          ((Log2Bucket(fresh) * 9 + place) * 9 + Log2Bucket(seen_prefix)) * 2 +
+          (j + 1 == r.ids.size()));
+      f.first_reference[f.offsets[i] + j] = seen.insert(r.ids[j]).second;
+    }
+  }
+  absl::flat_hash_map<uint64_t, size_t> later;  // id -> next request referencing it.
+  for (size_t i = n; i-- > 0;) {
+    const Request& r = trace[i];
+    for (size_t j = 0; j < r.ids.size(); ++j) {
+      auto it = later.find(r.ids[j]);
+      if (it != later.end() && it->second != i) {
+        f.next_reference_s[f.offsets[i] + j] =
+            (trace[it->second].timestamp_ms - r.timestamp_ms) / 1000.0;
+      }
+    }
+    for (uint64_t id : r.ids) later[id] = i;
+  }
+  return f;
+}
+
+struct AdmissionBounds {
+  Hits second_use, fitted, oracle;
+  std::string fitted_rule;  // The H, theta and combination that did best.
+};
+
+AdmissionBounds SimulateAdmissionBounds(const Trace& trace, size_t n, uint64_t capacity,
+                                        const TraceFacts& f) {
+  AdmissionBounds b;
+  b.second_use = SimulateAdmittingLru(trace, n, capacity,
+                                      [](const AdmissionContext& c) { return c.asked >= 2; });
+  b.oracle = SimulateAdmittingLru(trace, n, capacity, [&](const AdmissionContext& c) {
+    return std::isfinite(f.next_reference_s[f.offsets[c.request] + c.block]);
+  });
+  const auto total = [](const Hits& h) { return std::accumulate(h.begin(), h.end(), uint64_t{0}); };
+  uint64_t best = 0;
+  for (double horizon : {30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+                         std::numeric_limits<double>::infinity()}) {
+    std::vector<double> came_back(TraceFacts::kClasses, 0), inserted(TraceFacts::kClasses, 0);
+    for (size_t pos = 0; pos < f.position_class.size(); ++pos) {
+      if (!f.first_reference[pos]) continue;
+      inserted[f.position_class[pos]] += 1;
+      came_back[f.position_class[pos]] += f.next_reference_s[pos] <= horizon;
+    }
+    std::vector<double> p(TraceFacts::kClasses, 0);
+    for (size_t c = 0; c < p.size(); ++c) p[c] = inserted[c] > 0 ? came_back[c] / inserted[c] : 0;
+    for (double theta = 0.05; theta < 0.66; theta += 0.05) {
+      for (bool with_second_use : {false, true}) {
+        Hits h = SimulateAdmittingLru(trace, n, capacity, [&](const AdmissionContext& c) {
+          return (with_second_use && c.asked >= 2) ||
+                 p[f.position_class[f.offsets[c.request] + c.block]] >= theta;
+        });
+        const uint64_t t = total(h);
+        if (t > best || b.fitted.empty()) {
+          best = t;
+          b.fitted = std::move(h);
+          b.fitted_rule = absl::StrFormat("reuse within %s s >= %.2f%s",
+                                          std::isfinite(horizon) ? absl::StrCat(horizon) : "inf",
+                                          theta, with_second_use ? ", or second use" : "");
+        }
+      }
+    }
+  }
+  return b;
 }
 
 struct Simulations {
@@ -1106,6 +1268,9 @@ struct CapacityResult {
   std::string server_command;
   std::optional<ReplayResult> replay;
   Rates replay_rates, lru, leaf_lru, belady, infinite;
+  // With --admission-bounds.
+  std::optional<Rates> second_use, fitted, oracle;
+  std::string fitted_rule;
   // Requests whose replayed hit differs from the leaf LRU model's: 0 while the server's
   // policy is the one the model describes.
   uint64_t differs_from_leaf_lru = 0;
@@ -1152,6 +1317,25 @@ void PrintTable(const std::vector<CapacityResult>& results, bool replayed) {
       row.push_back(absl::StrFormat("%.2f", c.replay_rates.hit_blocks * block_bytes * 1e-9));
     }
     absl::PrintF("| %s |\n", absl::StrJoin(row, " | ").c_str());
+  }
+}
+
+// The --admission-bounds table: LRU behind each admission rule, against Belady.
+void PrintBoundsTable(const std::vector<CapacityResult>& results) {
+  if (results.empty() || !results.front().fitted) return;
+  absl::PrintF(
+      "\nadmission in front of LRU (offline; fitted = in-sample, optimistic; oracle = future "
+      "knowledge):\n| capacity blocks | LRU %% | second use (exact) %% | fitted %% | reuse "
+      "oracle %% | Belady %% | second use / Belady | fitted / Belady | oracle / Belady | "
+      "fitted rule |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+  for (const CapacityResult& c : results) {
+    if (!c.fitted) continue;
+    const double belady = c.belady.HitRate();
+    absl::PrintF("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", c.capacity,
+                 Percent(c.lru.HitRate()), Percent(c.second_use->HitRate()),
+                 Percent(c.fitted->HitRate()), Percent(c.oracle->HitRate()), Percent(belady),
+                 Ratio(c.second_use->HitRate(), belady), Ratio(c.fitted->HitRate(), belady),
+                 Ratio(c.oracle->HitRate(), belady), c.fitted_rule);
   }
 }
 
@@ -1213,6 +1397,12 @@ json ResultsJson(const Flags& flags, size_t n, const std::vector<CapacityResult>
                  {"leaf_lru", RatesJson(c.leaf_lru)},
                  {"belady", RatesJson(c.belady)},
                  {"infinite", RatesJson(c.infinite)}}}};
+    if (c.fitted) {
+      cj["offline"]["admission_bounds"] = {{"second_use_exact", RatesJson(*c.second_use)},
+                                           {"fitted", RatesJson(*c.fitted)},
+                                           {"fitted_rule", c.fitted_rule},
+                                           {"reuse_oracle", RatesJson(*c.oracle)}};
+    }
     if (c.replay) {
       const ReplayResult& rep = *c.replay;
       const Counters& k = rep.counters;
@@ -1335,12 +1525,21 @@ absl::Status Run(const Flags& flags, absl::Time deadline) {
     }
   }
 
+  std::optional<TraceFacts> facts;
+  if (flags.admission_bounds) facts = FactsOf(trace, n);
   std::vector<CapacityResult> results;
   absl::Status status;
   for (uint64_t capacity : flags.capacities) {
     CapacityResult c;
     c.capacity = capacity;
     const Simulations sims = Simulate(trace, n, capacity);
+    std::optional<AdmissionBounds> bounds;
+    if (facts) {
+      absl::FPrintF(stderr, "capacity %d: admission bounds (about 200 simulations)...\n",
+                    capacity);
+      bounds = SimulateAdmissionBounds(trace, n, capacity, *facts);
+      c.fitted_rule = bounds->fitted_rule;
+    }
     if (!flags.simulate_only) {
       std::unique_ptr<CacheManagerProcess> process;
       std::string address = flags.server;
@@ -1379,11 +1578,21 @@ absl::Status Run(const Flags& flags, absl::Time deadline) {
       for (size_t i = 0; i < n; ++i) {
         c.differs_from_leaf_lru += c.replay->ran[i] && c.replay->hits[i] != sims.leaf_lru[i];
       }
+      if (bounds) {
+        c.second_use = RatesOf(trace, bounds->second_use, c.replay->ran);
+        c.fitted = RatesOf(trace, bounds->fitted, c.replay->ran);
+        c.oracle = RatesOf(trace, bounds->oracle, c.replay->ran);
+      }
     } else {
       c.lru = RatesOf(trace, sims.lru);
       c.leaf_lru = RatesOf(trace, sims.leaf_lru);
       c.belady = RatesOf(trace, sims.belady);
       c.infinite = RatesOf(trace, sims.infinite);
+      if (bounds) {
+        c.second_use = RatesOf(trace, bounds->second_use);
+        c.fitted = RatesOf(trace, bounds->fitted);
+        c.oracle = RatesOf(trace, bounds->oracle);
+      }
     }
     const bool stop = c.replay && (c.replay->timed_out || c.replay->aborted);
     results.push_back(std::move(c));
@@ -1393,6 +1602,7 @@ absl::Status Run(const Flags& flags, absl::Time deadline) {
   if (!results.empty()) {
     absl::PrintF("\n");
     PrintTable(results, !flags.simulate_only);
+    PrintBoundsTable(results);
     for (const CapacityResult& c : results) PrintDetails(c);
     if (!flags.json_path.empty()) {
       std::ofstream out(flags.json_path, std::ios::trunc);
@@ -1460,6 +1670,9 @@ int main(int argc, char** argv) {
          "Stop a replay after this many failed calls (RESOURCE_EXHAUSTED not counted)");
   option("--json", flags.json_path, "Also write the results as JSON to this file");
   app.add_flag("--simulate-only", flags.simulate_only, "Only the offline simulations; no server");
+  app.add_flag("--admission-bounds", flags.admission_bounds,
+               "Also simulate what admission alone could reach: exact second use, the best "
+               "admission fitted to the trace itself, and a reuse oracle");
   option("--generate-trace", flags.generate_trace,
          "Write a synthetic chat + documents trace to this file and exit");
   app.add_flag("--describe-trace", flags.describe_trace,
