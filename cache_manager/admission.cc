@@ -13,6 +13,12 @@ constexpr uint64_t kSampleRate = 16;
 // miniature block.
 constexpr uint64_t kDecisionPeriod = 4;
 constexpr uint64_t kMinMiniature = 8;
+// Default sketch width: sixteen counters per page, within these bounds. The sketch must
+// remember lookups for longer than blocks take to come back, which depends on the traffic
+// more than on the tier: below 1M counters a small tier's sketch saturated on the
+// conversation trace and let one-off blocks in (docs/cache-policy.md).
+constexpr uint64_t kMinSketchWidth = uint64_t{1} << 20;
+constexpr uint64_t kMaxSketchWidth = uint64_t{1} << 22;
 
 uint64_t Word(const BlockKey& key, int i) {
   uint64_t w;
@@ -26,7 +32,9 @@ AdmissionController::AdmissionController(Mode mode, uint64_t capacity_pages,
                                          uint64_t sketch_width)
     : mode_(mode),
       capacity_pages_(std::max<uint64_t>(1, capacity_pages)),
-      sketch_(sketch_width != 0 ? sketch_width : std::min<uint64_t>(16 * capacity_pages_, 1 << 22)),
+      sketch_(sketch_width != 0
+                  ? sketch_width
+                  : std::clamp<uint64_t>(16 * capacity_pages_, kMinSketchWidth, kMaxSketchWidth)),
       second_use_now_(mode == Mode::kSecondUse) {}
 
 void AdmissionController::Miniature::Reference(uint64_t key, uint32_t seen, uint64_t capacity) {

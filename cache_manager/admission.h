@@ -30,8 +30,8 @@ class AdmissionController {
   enum class Mode { kAll, kSecondUse, kAuto };
 
   // `capacity_pages`: the host tier's size in pages; `sketch_width`: counters per sketch row
-  // (0: sixteen per page, at most 4M: the sketch must remember longer than blocks take to
-  // come back).
+  // (0: sixteen per page, at least 1M and at most 4M: the sketch must remember longer than
+  // blocks take to come back).
   AdmissionController(Mode mode, uint64_t capacity_pages, uint64_t sketch_width);
 
   // The keys of one Lookup, in chain order: counted as asked for, and fed to the miniatures.

@@ -146,7 +146,7 @@ struct BlockIndexOptions {
   enum class Admission { kAll, kSecondUse, kAuto };
   Admission admission = Admission::kAll;
   // Counters per hash of the frequency sketch; 0: sixteen per page of the host tier, at
-  // most 4M.
+  // least 1M and at most 4M.
   uint64_t admission_sketch_width = 0;
 };
 
