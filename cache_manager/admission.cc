@@ -4,6 +4,8 @@
 #include <cstring>
 #include <string>
 
+#include "absl/strings/str_cat.h"
+
 namespace tierkv {
 namespace {
 
@@ -13,6 +15,9 @@ constexpr uint64_t kSampleRate = 16;
 // miniature block.
 constexpr uint64_t kDecisionPeriod = 4;
 constexpr uint64_t kMinMiniature = 8;
+// The rules kAuto chooses among, most admitting first: all; second use or at most this many
+// new blocks in the request; second use only.
+constexpr uint32_t kAutoRules[] = {AdmissionController::kAdmitAll, 64, 16, 4, 0};
 // Default sketch width: sixteen counters per page, within these bounds. The sketch must
 // remember lookups for longer than blocks take to come back, which depends on the traffic
 // more than on the tier: below 1M counters a small tier's sketch saturated on the
@@ -34,17 +39,29 @@ AdmissionController::AdmissionController(Mode mode, uint64_t capacity_pages,
       capacity_pages_(std::max<uint64_t>(1, capacity_pages)),
       sketch_(sketch_width != 0
                   ? sketch_width
-                  : std::clamp<uint64_t>(16 * capacity_pages_, kMinSketchWidth, kMaxSketchWidth)),
-      second_use_now_(mode == Mode::kSecondUse) {}
+                  : std::clamp<uint64_t>(16 * capacity_pages_, kMinSketchWidth, kMaxSketchWidth)) {
+  switch (mode_) {
+    case Mode::kAll:
+      rules_.emplace_back(kAdmitAll);
+      break;
+    case Mode::kSecondUse:
+      rules_.emplace_back(0);
+      break;
+    case Mode::kAuto:
+      for (uint32_t rule : kAutoRules) rules_.emplace_back(rule);
+      break;
+  }
+}
 
-void AdmissionController::Miniature::Reference(uint64_t key, uint32_t seen, uint64_t capacity) {
+void AdmissionController::Miniature::Reference(uint64_t key, uint32_t seen, uint64_t missed,
+                                               uint64_t capacity) {
   auto it = where_.find(key);
   if (it != where_.end()) {
     hits += 1;
     lru_.splice(lru_.begin(), lru_, it->second);
     return;
   }
-  if (second_use_ && seen < 2) return;
+  if (max_new_blocks != kAdmitAll && seen < 2 && missed > max_new_blocks) return;
   lru_.push_front(key);
   where_[key] = lru_.begin();
   while (lru_.size() > capacity) {
@@ -58,15 +75,15 @@ uint64_t AdmissionController::MiniatureCapacity() const {
   return std::max<uint64_t>(kMinMiniature, static_cast<uint64_t>(blocks) / kSampleRate);
 }
 
-void AdmissionController::OnLookup(const std::vector<std::string_view>& keys) {
+void AdmissionController::OnLookup(const std::vector<std::string_view>& keys, uint64_t missed) {
   if (mode_ == Mode::kAll) return;
   std::string packed;
   packed.reserve(keys.size() * kDigestBytes);
   for (std::string_view key : keys) packed.append(key);
-  OnLookup(packed);
+  OnLookup(packed, missed);
 }
 
-void AdmissionController::OnLookup(std::string_view packed_keys) {
+void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t missed) {
   if (mode_ == Mode::kAll) return;
   const char* const packed = packed_keys.data();
   const size_t n = packed_keys.size() / kDigestBytes;
@@ -90,14 +107,15 @@ void AdmissionController::OnLookup(std::string_view packed_keys) {
     // Keys are SHA-256 outputs: the top bits of the first word are a fair sample.
     if (Word(key, 0) >> 60 != 0) continue;
     const uint32_t seen = sketch_.Estimate(key);
-    all_.Reference(Word(key, 0), seen, capacity);
-    second_use_.Reference(Word(key, 0), seen, capacity);
+    for (Miniature& m : rules_) m.Reference(Word(key, 0), seen, missed, capacity);
     if (++sampled_ % (kDecisionPeriod * capacity) == 0) {
-      const bool second = second_use_.hits > all_.hits;
-      if (second != second_use_now_) ++switches_;
-      second_use_now_ = second;
-      all_.hits /= 2;
-      second_use_.hits /= 2;
+      size_t best = 0;
+      for (size_t r = 1; r < rules_.size(); ++r) {
+        if (rules_[r].hits > rules_[best].hits) best = r;
+      }
+      if (best != rule_now_) ++switches_;
+      rule_now_ = best;
+      for (Miniature& m : rules_) m.hits /= 2;
     }
   }
 }
@@ -108,21 +126,19 @@ void AdmissionController::NoteBlockPages(uint64_t pages) {
   noted_ = true;
 }
 
-bool AdmissionController::Admit(const BlockKey& key) const {
-  if (!second_use_now_) return true;
+bool AdmissionController::Admit(const BlockKey& key, uint64_t new_blocks) const {
+  const uint32_t rule = rule_now();
+  if (rule == kAdmitAll || new_blocks <= rule) return true;
   return sketch_.Estimate(key) >= 2;
 }
 
 std::string AdmissionController::Describe() const {
-  switch (mode_) {
-    case Mode::kAll:
-      return "all";
-    case Mode::kSecondUse:
-      return "second-use";
-    case Mode::kAuto:
-      return second_use_now_ ? "auto (now second-use)" : "auto (now all)";
-  }
-  return "unknown";
+  const uint32_t rule = rule_now();
+  const std::string now = rule == kAdmitAll ? "all"
+                          : rule == 0       ? "second-use"
+                                            : absl::StrCat("second-use or up to ", rule,
+                                                           " new blocks");
+  return mode_ == Mode::kAuto ? absl::StrCat("auto (now ", now, ")") : now;
 }
 
 }  // namespace tierkv

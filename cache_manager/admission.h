@@ -4,10 +4,12 @@
 // blocks that Lookups asked for at least twice lately (a count-min sketch), so one-off
 // prompts cannot flush reused prefixes; it wins when the tier is small against the traffic's
 // reuse distances and loses when the tier is big enough to keep new blocks until their first
-// reuse. kAuto picks between the two by measurement: two miniature LRU caches, one per rule,
-// simulate a 1-in-16 sample of the keys looked up (at a sixteenth of the tier's capacity in
-// blocks), and the rule whose miniature hit more lately governs admission
-// (docs/cache-policy.md).
+// reuse. Between the two lie the short-request rules: second use, or a request that brings
+// at most N new blocks (its Lookup missed at most N keys), so that short turns come in at
+// once and long one-off prompts only on second use. kAuto picks among all of them by
+// measurement: one miniature LRU cache per rule simulates a 1-in-16 sample of the keys
+// looked up (at a sixteenth of the tier's capacity in blocks), and the rule whose miniature
+// hit most lately governs admission (docs/cache-policy.md).
 //
 // Not thread-safe: the block index calls it under its lock.
 #ifndef TIERKV_CACHE_MANAGER_ADMISSION_H_
@@ -34,32 +36,40 @@ class AdmissionController {
   // blocks take to come back).
   AdmissionController(Mode mode, uint64_t capacity_pages, uint64_t sketch_width);
 
-  // The keys of one Lookup, in chain order: counted as asked for, and fed to the miniatures.
-  void OnLookup(const std::vector<std::string_view>& keys);
+  // A rule: admit blocks asked for twice lately, or all blocks of a request that brings at
+  // most `max_new_blocks` new ones. kAdmitAll: every block; 0: second use only.
+  static constexpr uint32_t kAdmitAll = UINT32_MAX;
+
+  // The keys of one Lookup, in chain order, of which the last `missed` were not found:
+  // counted as asked for, and fed to the miniatures.
+  void OnLookup(const std::vector<std::string_view>& keys, uint64_t missed);
   // The same with the keys concatenated (32 bytes each).
-  void OnLookup(std::string_view packed_keys);
+  void OnLookup(std::string_view packed_keys, uint64_t missed);
   // A block of `pages` pages was allocated: sizes the miniatures in blocks.
   void NoteBlockPages(uint64_t pages);
-  // Whether `key` may displace cached blocks now.
-  bool Admit(const BlockKey& key) const;
+  // Whether `key`, one of `new_blocks` blocks one Allocate brings, may displace cached
+  // blocks now.
+  bool Admit(const BlockKey& key, uint64_t new_blocks) const;
 
   Mode mode() const { return mode_; }
-  // The rule in force: true for second use (always for kSecondUse, never for kAll).
-  bool second_use_now() const { return second_use_now_; }
+  // The rule in force: kAdmitAll (always for kAll), 0 for second use only (always for
+  // kSecondUse), or the most new blocks a request may bring to come in without second use.
+  uint32_t rule_now() const { return rules_[rule_now_].max_new_blocks; }
   uint64_t switches() const { return switches_; }
-  // "all", "second-use", or "auto (now all)" / "auto (now second-use)".
+  // "all", "second-use", or "auto (now all)" / "auto (now second-use)" /
+  // "auto (now second-use or up to 16 new blocks)".
   std::string Describe() const;
 
  private:
-  // An LRU cache of sampled keys that admits everything or only keys seen twice.
+  // An LRU cache of sampled keys under one rule.
   class Miniature {
    public:
-    explicit Miniature(bool second_use) : second_use_(second_use) {}
-    void Reference(uint64_t key, uint32_t seen, uint64_t capacity);
+    explicit Miniature(uint32_t max_new_blocks) : max_new_blocks(max_new_blocks) {}
+    void Reference(uint64_t key, uint32_t seen, uint64_t missed, uint64_t capacity);
+    const uint32_t max_new_blocks;
     double hits = 0;
 
    private:
-    const bool second_use_;
     std::list<uint64_t> lru_;  // Front: most recent.
     absl::flat_hash_map<uint64_t, std::list<uint64_t>::iterator> where_;
   };
@@ -71,9 +81,10 @@ class AdmissionController {
   FrequencySketch sketch_;
   double pages_per_block_ = 1;  // Moving average over allocations.
   bool noted_ = false;
-  bool second_use_now_;
-  Miniature all_{false};
-  Miniature second_use_{true};
+  // kAll and kSecondUse: their one rule. kAuto: every rule, kAdmitAll first (ties go to
+  // the rule admitting more).
+  std::vector<Miniature> rules_;
+  size_t rule_now_ = 0;
   uint64_t sampled_ = 0;
   uint64_t switches_ = 0;
 };

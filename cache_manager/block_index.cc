@@ -115,9 +115,9 @@ void BlockIndex::Relist(CommittedBlock& b) {
   if (b.in_gpu) gpu_order_.emplace(b.touch_seq, &b);
 }
 
-bool BlockIndex::AdmitNew(const BlockKey& key) {
+bool BlockIndex::AdmitNew(const BlockKey& key, uint64_t new_blocks) {
   absl::MutexLock admission_lock(&admission_mu_);
-  return admission_->Admit(key);
+  return admission_->Admit(key, new_blocks);
 }
 
 void BlockIndex::Touch(CommittedBlock& block) {
@@ -895,6 +895,21 @@ absl::StatusOr<LookupResult> BlockIndex::LookupPacked(
     std::string_view packed_keys, const std::optional<Digest>& fingerprint,
     const std::vector<uint32_t>& accept_codecs, bool lease, absl::Duration lease_ttl,
     absl::FunctionRef<void(const CommittedBlock&)> emit, bool accept_gpu) {
+  absl::StatusOr<LookupResult> result =
+      LookupWalk(packed_keys, fingerprint, accept_codecs, lease, lease_ttl, emit, accept_gpu);
+  // Every key of the request counts as asked for, found or not; the miniatures also learn
+  // how many were missed. Outside the index lock.
+  if (result.ok() && admission_ != nullptr) {
+    absl::MutexLock admission_lock(&admission_mu_);
+    admission_->OnLookup(packed_keys, packed_keys.size() / kDigestBytes - result->found);
+  }
+  return result;
+}
+
+absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
+    std::string_view packed_keys, const std::optional<Digest>& fingerprint,
+    const std::vector<uint32_t>& accept_codecs, bool lease, absl::Duration lease_ttl,
+    absl::FunctionRef<void(const CommittedBlock&)> emit, bool accept_gpu) {
   if (packed_keys.size() % kDigestBytes != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "keys is ", packed_keys.size(), " bytes, not a whole number of ", kDigestBytes,
@@ -920,11 +935,6 @@ absl::StatusOr<LookupResult> BlockIndex::LookupPacked(
   constexpr size_t kBlockAhead = 16;
   constexpr size_t kRing = 32;  // A power of two above kBlockAhead.
   static_assert(kRing > kBlockAhead && (kRing & (kRing - 1)) == 0);
-  // Every key of the request counts as asked for, found or not.
-  if (admission_ != nullptr) {
-    absl::MutexLock admission_lock(&admission_mu_);
-    admission_->OnLookup(packed_keys);
-  }
   absl::MutexLock lock(&mu_);
   ++counters_.lookups;
   // The block whose tag matches key i (not yet compared with the key), prefetched.
@@ -1171,13 +1181,16 @@ absl::StatusOr<AllocateResult> BlockIndex::Allocate(const ModelSpec& model,
   for (int round = 0; !on_gpu; ++round) {
     uint64_t pages_needed = take_states(*pool_);
     if (admission_ != nullptr && pool_->free_bytes() < pages_needed * pool_->page_bytes()) {
-      // The tier is full: only blocks asked for twice lately come in, and a block whose
-      // parent in this request stays out stays out too (its chain would be cut).
+      // The tier is full: the admission rule decides (blocks asked for twice lately, or all
+      // blocks of a request bringing few enough new ones), and a block whose parent in
+      // this request stays out stays out too (its chain would be cut).
+      uint64_t new_blocks = 0;
+      for (const auto& b : result.blocks) new_blocks += b.state == AllocateState::kAllocated;
       absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> refused;
       for (size_t i = 0; i < blocks.size(); ++i) {
         if (result.blocks[i].state != AllocateState::kAllocated) continue;
         const bool parent_refused = parsed[i].parent && refused.contains(*parsed[i].parent);
-        if (parent_refused || !AdmitNew(parsed[i].key)) {
+        if (parent_refused || !AdmitNew(parsed[i].key, new_blocks)) {
           result.blocks[i].state = AllocateState::kNotAdmitted;
           refused.insert(parsed[i].key);
           pages_needed -= pool_->PagesFor(blocks[i].size);

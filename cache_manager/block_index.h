@@ -323,8 +323,10 @@ class BlockIndex {
   // Reserves space for the blocks not committed or pending yet, evicting cold blocks when
   // needed. With `prefer_gpu` and a GPU tier (and no SSD write-through), the space is in the
   // GPU tier when it has or can make room for all of them (the results say on_gpu), else in
-  // the host tier as without it; with kSecondUse admission and a full tier, blocks not asked for twice lately
-  // (and the rest of their chain in the request) come back kNotAdmitted. With an SSD tier
+  // the host tier as without it; with admission (kSecondUse, kAuto) and a full tier, blocks
+  // the rule in force keeps out (not asked for twice lately, in a request bringing more new
+  // blocks than the rule lets in at once) and the rest of their chain in the request come
+  // back kNotAdmitted. With an SSD tier
   // that cannot take demotions (full of protected blocks, or failing), a RESOURCE_EXHAUSTED
   // Allocate may already have evicted cold blocks; otherwise all or nothing: INVALID_ARGUMENT (bad spec, key, size, codec, duplicate keys,
   // lease), RESOURCE_EXHAUSTED (not enough evictable space; nothing is evicted then),
@@ -453,8 +455,15 @@ class BlockIndex {
   // Releases the allocation's held parents and forgets it.
   void EndAllocation(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Touch(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // admission_->Admit(key) (admission_ must be set).
-  bool AdmitNew(const BlockKey& key) ABSL_LOCKS_EXCLUDED(admission_mu_);
+  // admission_->Admit(key, new_blocks) (admission_ must be set).
+  bool AdmitNew(const BlockKey& key, uint64_t new_blocks) ABSL_LOCKS_EXCLUDED(admission_mu_);
+  // LookupPacked without the admission controller's counting.
+  absl::StatusOr<LookupResult> LookupWalk(std::string_view packed_keys,
+                                          const std::optional<Digest>& fingerprint,
+                                          const std::vector<uint32_t>& accept_codecs, bool lease,
+                                          absl::Duration lease_ttl,
+                                          absl::FunctionRef<void(const CommittedBlock&)> emit,
+                                          bool accept_gpu) ABSL_LOCKS_EXCLUDED(mu_);
   // Take a block out of / put it back into the eviction orders its state qualifies it for.
   // Every change of touch_seq, children, host_children, in_host or ssd happens between the
   // two (a block that qualifies for no order, e.g. a host-only block inside a chain, needs

@@ -65,8 +65,9 @@ void CacheManagerFlags::Register(CLI::App& app) {
                "buffered SSD I/O, for filesystems without O_DIRECT (tmpfs)");
   app.add_option("--admission", admission,
                  "host admission when full: all (plain prefix-aware LRU), second-use (only "
-                 "blocks looked up twice lately displace others), or auto (whichever of the "
-                 "two a sampled simulation says hits more)")
+                 "blocks looked up twice lately displace others), or auto (whichever of these "
+                 "two, or second use plus requests of at most 4, 16 or 64 new blocks, a "
+                 "sampled simulation says hits most)")
       ->capture_default_str();
   app.add_option("--port-file", port_file,
                  "write the bound port to this file once ready (after --demo, if given)");
