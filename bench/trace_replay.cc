@@ -40,6 +40,9 @@
 //   Belady    evicts the cached block whose next reference is furthest in the future
 //             (never referenced again first), admits every block;
 //   infinite  nothing is ever evicted.
+// With --admission-bounds also LRU behind admission rules that know more than a server can
+// (exact second use, a rule fitted to the trace itself, a reuse oracle; see
+// SimulateAdmissionBounds): how far admission alone could take the trace.
 //
 // Server. By default each capacity gets a fresh tierkv-cache-manager started by this
 // program, bound to 127.0.0.1 on a port of its choosing (--port-file), without a data
@@ -245,31 +248,6 @@ uint32_t PrefixHits(const Request& r, const Contains& contains) {
   return k;
 }
 
-Hits SimulateLru(const Trace& trace, size_t n, uint64_t capacity) {
-  Hits hits(n, 0);
-  std::list<uint64_t> order;  // Front: most recently used.
-  absl::flat_hash_map<uint64_t, std::list<uint64_t>::iterator> where;
-  for (size_t i = 0; i < n; ++i) {
-    const Request& r = trace[i];
-    hits[i] = PrefixHits(r, [&](uint64_t id) { return where.contains(id); });
-    if (capacity == 0) continue;
-    for (uint64_t id : r.ids) {
-      auto it = where.find(id);
-      if (it != where.end()) {
-        order.splice(order.begin(), order, it->second);
-        continue;
-      }
-      if (where.size() >= capacity) {
-        where.erase(order.back());
-        order.pop_back();
-      }
-      order.push_front(id);
-      where.emplace(id, order.begin());
-    }
-  }
-  return hits;
-}
-
 // The cache manager's host-tier policy today (cache_manager/block_index.cc): Lookup touches
 // the hit prefix in order; Allocate evicts the least recently used blocks without cached
 // children (never the request's hit prefix, which the allocation holds) until the new
@@ -442,6 +420,10 @@ Hits SimulateAdmittingLru(const Trace& trace, size_t n, uint64_t capacity, const
     }
   }
   return hits;
+}
+
+Hits SimulateLru(const Trace& trace, size_t n, uint64_t capacity) {
+  return SimulateAdmittingLru(trace, n, capacity, [](const AdmissionContext&) { return true; });
 }
 
 // Per-position facts the admission bounds need, computed once per trace.
