@@ -13,7 +13,7 @@ namespace {
 constexpr uint64_t kSampleRate = 16;
 // Decide (and halve the miniatures' hit counts) every this many sampled references per
 // miniature block.
-constexpr uint64_t kDecisionPeriod = 4;
+constexpr uint64_t kDecisionPeriod = 2;
 constexpr uint64_t kMinMiniature = 8;
 // The rules kAuto chooses among, most admitting first: all; second use or at most this many
 // new blocks in the request; second use only.
