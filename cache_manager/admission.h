@@ -11,7 +11,7 @@
 // looked up (at a sixteenth of the tier's capacity in blocks), and the rule whose miniature
 // hit most lately governs admission (docs/cache-policy.md).
 //
-// Not thread-safe: the block index calls it under its lock.
+// Not thread-safe: the block index serializes its calls (its admission mutex).
 #ifndef TIERKV_CACHE_MANAGER_ADMISSION_H_
 #define TIERKV_CACHE_MANAGER_ADMISSION_H_
 

@@ -4,7 +4,7 @@
 // A key's four counters share one 64-byte line (a blocked sketch), so counting a key costs
 // one cache miss, not four.
 //
-// Not thread-safe: the block index calls it under its lock.
+// Not thread-safe: the block index serializes its calls (its admission mutex).
 #ifndef TIERKV_CACHE_MANAGER_FREQUENCY_SKETCH_H_
 #define TIERKV_CACHE_MANAGER_FREQUENCY_SKETCH_H_
 
