@@ -710,5 +710,37 @@ TEST_F(AdmissionTest, PinsAndLeasesAreRespected) {
   ExpectInvariants();
 }
 
+// Auto admission through the index: Lookups feed its miniatures with the keys each missed,
+// and Allocate applies the rule they chose with the request's count of new blocks.
+TEST_F(AdmissionTest, AutoLetsShortRequestsInAndKeepsLongOnesOut) {
+  Reset(160 * kPage, BlockIndexOptions::Admission::kAuto);
+  // Conversation turns of 8 blocks, each asked for again 16 rounds later, between one-off
+  // documents of 100 blocks: only a rule that admits short requests at once keeps turns
+  // until they come back.
+  uint32_t seed = 100;
+  std::vector<std::vector<BlockKey>> waiting;
+  for (int round = 0; round < 300; ++round) {
+    waiting.push_back(Chain(8, seed++));
+    Request(waiting.back());
+    Request(Chain(100, seed++));
+    if (waiting.size() > 16) {
+      Request(waiting.front());
+      waiting.erase(waiting.begin());
+    }
+  }
+  EXPECT_EQ(index_->Stats().admission, "auto (now second-use or up to 64 new blocks)");
+  EXPECT_EQ(index_->Stats().blocks, 160u);  // Full.
+  // A new turn comes in at once, whole; a new document of 100 blocks stays out, whole.
+  auto turn = Chain(8, seed++);
+  EXPECT_EQ(Request(turn), 0u);
+  EXPECT_EQ(Found(turn), 8u);
+  auto document = Chain(100, seed++);
+  EXPECT_EQ(Request(document), 100u);
+  EXPECT_EQ(Found(document), 0u);
+  IndexStats s = index_->Stats();
+  EXPECT_LE(s.used_bytes, s.capacity_bytes);
+  ExpectInvariants();
+}
+
 }  // namespace
 }  // namespace tierkv
