@@ -10,6 +10,7 @@
 #include "transfer/engine.h"
 #include "core/status.h"
 #include "proto/grpc_status.h"
+#include "proto/lookup_blocks.h"
 #include "tierkv/v1/cache_service.grpc.pb.h"
 
 namespace tierkv {
@@ -47,18 +48,20 @@ class GrpcCacheClient : public CacheClient {
     absl::Time t0 = absl::Now();
     v1::LookupResponse found;
     TIERKV_RETURN_IF_ERROR(Lookup(spec, keys, /*lease=*/true, &found));
-    if (absl::Status s = CheckLookupShape(found, keys.size()); !s.ok()) {
+    absl::StatusOr<LookupBlocksView> view = CheckLookupShape(found, keys.size());
+    if (!view.ok()) {
       ReleaseLease(found.lease_id());
-      return s;
+      return view.status();
     }
     out.lookup_time = absl::Now() - t0;
     t0 = absl::Now();
     out.blocks.reserve(found.found());
     if (found.found() > 0 && DataPlaneReady()) {
-      FetchOverUcx(found, out);
+      FetchOverUcx(found, *view, out);
     } else {
       for (uint32_t i = 0; i < found.found(); ++i) {
-        auto payload = GetBlock(keys[i], found.sizes(i), found.checksums(i),
+        const LookupBlock block = view->block(i);
+        auto payload = GetBlock(keys[i], block.size, block.checksum,
                                 static_cast<int>(i) == options_.fault_corrupt_block);
         if (!payload.ok()) {
           // Missing or corrupt on the way: a miss from here on, never data for the model.
@@ -110,9 +113,10 @@ class GrpcCacheClient : public CacheClient {
     TIERKV_RETURN_IF_ERROR(
         Lookup(spec, keys, /*lease=*/true, &found, /*accept_gpu=*/!gpu_tier.empty()));
     out.lookup_time = absl::Now() - t0;
-    if (absl::Status s = CheckLookupShape(found, keys.size()); !s.ok()) {
+    absl::StatusOr<LookupBlocksView> view = CheckLookupShape(found, keys.size());
+    if (!view.ok()) {
       ReleaseLease(found.lease_id());
-      return s;
+      return view.status();
     }
     out.found = found.found();
     // Reading in place needs the lease for the whole read: none, or one about to run out,
@@ -129,13 +133,12 @@ class GrpcCacheClient : public CacheClient {
     std::vector<PayloadPiece> pieces;
     std::vector<size_t> first_piece;
     std::vector<uint8_t> on_gpu;
-    int extent = 0;
+    std::vector<uint64_t> checksums;
     uint32_t usable = 0;
     for (; usable < out.found; ++usable) {
-      const uint32_t count = found.extent_counts(usable);
-      const bool gpu = found.tiers(usable) == v1::TIER_GPU && !gpu_tier.empty();
-      if ((found.tiers(usable) != v1::TIER_HOST && !gpu) ||
-          found.sizes(usable) != spec.RawBlockBytes()) {
+      const LookupBlock block = view->block(usable);
+      const bool gpu = block.tier == v1::TIER_GPU && !gpu_tier.empty();
+      if ((block.tier != v1::TIER_HOST && !gpu) || block.size != spec.RawBlockBytes()) {
         break;
       }
       const uint8_t* base = gpu ? gpu_tier.data() : tier.data();
@@ -143,26 +146,26 @@ class GrpcCacheClient : public CacheClient {
       first_piece.push_back(pieces.size());
       uint64_t sum = 0;
       bool inside = true;
-      for (uint32_t j = 0; j < count; ++j, ++extent) {
-        const uint64_t off = found.extent_offsets(extent), len = found.extent_lengths(extent);
+      for (uint32_t j = 0; j < block.pieces; ++j) {
+        const LookupPiece piece = view->piece(block, j);
+        const uint64_t off = piece.offset, len = piece.length;
         inside = inside && off <= tier_bytes && len <= tier_bytes - off;
         pieces.push_back({base + (inside ? off : 0), len});
         sum += len;
       }
-      if (!inside || sum != found.sizes(usable)) {
+      if (!inside || sum != block.size) {
         pieces.resize(first_piece.back());
         first_piece.pop_back();
         break;
       }
       on_gpu.push_back(gpu ? 1 : 0);
+      checksums.push_back(block.checksum);
     }
     first_piece.push_back(pieces.size());
     std::vector<std::span<const PayloadPiece>> blocks;
     for (uint32_t i = 0; i < usable; ++i) {
       blocks.emplace_back(pieces.data() + first_piece[i], first_piece[i + 1] - first_piece[i]);
     }
-    std::vector<uint64_t> checksums(found.checksums().begin(),
-                                    found.checksums().begin() + usable);
     if (options_.fault_corrupt_block >= 0 &&
         static_cast<uint32_t>(options_.fault_corrupt_block) < usable) {
       checksums[options_.fault_corrupt_block] ^= 1;  // As if the bytes had changed.
@@ -415,21 +418,23 @@ class GrpcCacheClient : public CacheClient {
   // Reads every found block straight into its payload buffer, all in flight at once, then
   // verifies each against the checksum Lookup reported. The first block that failed ends
   // the prefix.
-  void FetchOverUcx(const v1::LookupResponse& found, FetchedPrefix& out) {
+  void FetchOverUcx(const v1::LookupResponse& found, const LookupBlocksView& view,
+                    FetchedPrefix& out) {
     const uint32_t n = found.found();
     std::vector<std::string> payloads(n);
     std::vector<transfer::TransferOp> ops;
     std::vector<uint32_t> op_block;
-    int extent = 0;
     for (uint32_t i = 0; i < n; ++i) {
-      payloads[i].resize(found.sizes(i));
+      const LookupBlock block = view.block(i);
+      payloads[i].resize(block.size);
       uint64_t filled = 0;
-      for (uint32_t j = 0; j < found.extent_counts(i); ++j, ++extent) {
+      for (uint32_t j = 0; j < block.pieces; ++j) {
+        const LookupPiece piece = view.piece(block, j);
         transfer::TransferOp op;
         op.remote_key = remote_key_;
-        op.remote_addr = found.remote_base() + found.extent_offsets(extent);
+        op.remote_addr = found.remote_base() + piece.offset;
         op.local = payloads[i].data() + filled;
-        op.length = found.extent_lengths(extent);
+        op.length = piece.length;
         filled += op.length;
         ops.push_back(op);
         op_block.push_back(i);
@@ -444,7 +449,7 @@ class GrpcCacheClient : public CacheClient {
       if (static_cast<int>(i) == options_.fault_corrupt_block && !payloads[i].empty()) {
         payloads[i][payloads[i].size() / 2] ^= 0x40;
       }
-      if (BlockChecksum(payloads[i].data(), payloads[i].size()) != found.checksums(i)) {
+      if (BlockChecksum(payloads[i].data(), payloads[i].size()) != view.block(i).checksum) {
         good = i;
         break;
       }
@@ -485,22 +490,15 @@ class GrpcCacheClient : public CacheClient {
     return FromGrpcStatus(stub_->ReleaseLease(ctx.get(), release, &released));
   }
 
-  // The columns of a Lookup response hold `found` entries, found <= asked, and the extents
-  // add up: nothing below reads past them.
-  static absl::Status CheckLookupShape(const v1::LookupResponse& r, size_t asked) {
-    const int n = static_cast<int>(r.found());
-    bool ok = r.found() <= asked && r.sizes_size() >= n && r.checksums_size() >= n &&
-              r.tiers_size() >= n && r.extent_counts_size() >= n;
-    uint64_t extents = 0;
-    for (int i = 0; ok && i < n; ++i) extents += r.extent_counts(i);
-    ok = ok && static_cast<uint64_t>(r.extent_offsets_size()) >= extents &&
-         static_cast<uint64_t>(r.extent_lengths_size()) >= extents;
-    if (ok) return absl::OkStatus();
-    return absl::InternalError(absl::StrCat("malformed Lookup response: ", r.found(),
-                                            " blocks found for ", asked, " keys, columns of ",
-                                            r.sizes_size(), "/", r.checksums_size(), "/",
-                                            r.tiers_size(), "/", r.extent_counts_size(),
-                                            " entries"));
+  // The records of a Lookup response: `found` of them, found <= asked, every piece inside
+  // the pieces listed (proto/lookup_blocks.h): nothing below reads past them.
+  static absl::StatusOr<LookupBlocksView> CheckLookupShape(const v1::LookupResponse& r,
+                                                           size_t asked) {
+    if (r.found() > asked) {
+      return absl::InternalError(absl::StrCat("malformed Lookup response: ", r.found(),
+                                              " blocks found for ", asked, " keys"));
+    }
+    return LookupBlocksView::Make(r.blocks(), r.pieces(), r.found());
   }
 
   // The blocks of an Allocate response are the ones asked for, in order.

@@ -17,6 +17,7 @@
 #include "core/block_key.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "proto/lookup_blocks.h"
 #include "storage/fake_device_tier.h"
 #include "tierkv/v1/admin_service.grpc.pb.h"
 #include "tierkv/v1/cache_service.grpc.pb.h"
@@ -197,23 +198,21 @@ TEST_F(CacheServiceTest, PutCommitLookupGetRoundTrip) {
   v1::LookupResponse found;
   ASSERT_TRUE(Lookup(chain, &found).ok());
   ASSERT_EQ(found.found(), 3u);
-  ASSERT_EQ(found.sizes_size(), 3);
-  EXPECT_EQ(found.tiers(0), v1::TIER_HOST);
-  EXPECT_EQ(found.sizes(0), 10000u);
+  // The records pass the client's shape check (pieces cover each block's size).
+  auto view = LookupBlocksView::Make(found.blocks(), found.pieces(), found.found());
+  ASSERT_TRUE(view.ok()) << view.status();
+  ASSERT_EQ(view->size(), 3u);
+  EXPECT_EQ(view->block(0).tier, v1::TIER_HOST);
+  EXPECT_EQ(view->block(0).codec, v1::CODEC_RAW);
+  EXPECT_EQ(view->block(0).size, 10000u);
   EXPECT_EQ(found.node(), server_->address());
-  // Extents of each block cover its size.
-  int e = 0;
-  for (int i = 0; i < 3; ++i) {
-    uint64_t covered = 0;
-    for (uint32_t j = 0; j < found.extent_counts(i); ++j) covered += found.extent_lengths(e++);
-    EXPECT_EQ(covered, found.sizes(i));
-  }
-  EXPECT_EQ(e, found.extent_offsets_size());
   std::string data;
   v1::BlockInfo info;
   ASSERT_TRUE(Get(chain[1], &data, &info).ok());
   EXPECT_EQ(data, Payload(chain[1], 10000));
-  EXPECT_EQ(BlockChecksum(data.data(), data.size()), found.checksums(1));
+  EXPECT_EQ(BlockChecksum(data.data(), data.size()), view->block(1).checksum);
+  ASSERT_EQ(info.location().extents_size(), static_cast<int>(view->block(1).pieces));
+  EXPECT_EQ(info.location().extents(0).offset(), view->block(1).offset);
   EXPECT_EQ(info.parent_key(), std::string(KeyBytes(chain[0])));
   EXPECT_EQ(info.location().node(), server_->address());
 }
@@ -496,7 +495,8 @@ void CacheServiceTest::ConcurrentClients() {
           grpc::Status s = Get(chain[i], &data);
           if (!s.ok()) {
             ++leased_missing;
-          } else if (BlockChecksum(data.data(), data.size()) != found.checksums(i)) {
+          } else if (BlockChecksum(data.data(), data.size()) !=
+                     DecodeLookupBlock(found.blocks().data() + i * kLookupRecordBytes).checksum) {
             ++corrupt;
           }
         }
@@ -689,12 +689,16 @@ TEST_F(CacheServiceTest, GpuTierOverGrpc) {
   v1::LookupResponse r;
   ASSERT_TRUE(cache_->Lookup(Ctx().get(), lookup, &r).ok());
   ASSERT_EQ(r.found(), 3u);
-  for (int t : r.tiers()) EXPECT_EQ(t, v1::TIER_GPU);
+  for (uint32_t i = 0; i < r.found(); ++i) {
+    EXPECT_EQ(DecodeLookupBlock(r.blocks().data() + i * kLookupRecordBytes).tier, v1::TIER_GPU);
+  }
   EXPECT_EQ((*gpu)->copies(), 0u);
   // Anyone else: host locations, with the same bytes as a Get returns.
   ASSERT_TRUE(Lookup(chain, &r).ok());
   ASSERT_EQ(r.found(), 3u);
-  for (int t : r.tiers()) EXPECT_EQ(t, v1::TIER_HOST);
+  for (uint32_t i = 0; i < r.found(); ++i) {
+    EXPECT_EQ(DecodeLookupBlock(r.blocks().data() + i * kLookupRecordBytes).tier, v1::TIER_HOST);
+  }
   std::string got;
   v1::BlockInfo info;
   ASSERT_TRUE(Get(chain[2], &got, &info).ok());

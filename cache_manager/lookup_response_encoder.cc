@@ -1,162 +1,130 @@
 #include "cache_manager/lookup_response_encoder.h"
 
 #include <algorithm>
+#include <cstring>
+#include <vector>
 
 namespace tierkv {
 namespace {
 
 // Field numbers of tierkv.v1.LookupResponse (proto/tierkv/v1/cache_service.proto); the
-// test checks them against the generated code.
+// test checks the bytes against the generated code.
 enum Field : uint32_t {
   kFound = 1,
-  kSizes = 2,
-  kChecksums = 3,
-  kCodecs = 4,
-  kTiers = 5,
-  kExtentCounts = 6,
-  kExtentOffsets = 7,
-  kExtentLengths = 8,
   kNode = 9,
   kRemoteBase = 10,
   kLeaseId = 12,
   kLeaseExpiresUnixMs = 13,
+  kBlocks = 14,
+  kPieces = 15,
 };
 constexpr uint32_t kWireVarint = 0;
 constexpr uint32_t kWireLengthDelimited = 2;
 
-size_t VarintSize(uint64_t v) {
-  size_t n = 1;
+void Varint(std::string& out, uint64_t v) {
   while (v >= 0x80) {
-    v >>= 7;
-    ++n;
-  }
-  return n;
-}
-
-char* Varint(char* p, uint64_t v) {
-  while (v >= 0x80) {
-    *p++ = static_cast<char>(v | 0x80);
+    out.push_back(static_cast<char>(v | 0x80));
     v >>= 7;
   }
-  *p++ = static_cast<char>(v);
-  return p;
+  out.push_back(static_cast<char>(v));
 }
 
 // Every field number here is below 16: a tag is one byte.
-char* Tag(char* p, Field field, uint32_t wire) {
-  *p++ = static_cast<char>((field << 3) | wire);
-  return p;
+void Tag(std::string& out, Field field, uint32_t wire) {
+  out.push_back(static_cast<char>((field << 3) | wire));
 }
 
-size_t VarintFieldSize(uint64_t v) { return v == 0 ? 0 : 1 + VarintSize(v); }
-size_t BytesFieldSize(size_t len) { return len == 0 ? 0 : 1 + VarintSize(len) + len; }
-
-char* VarintField(char* p, Field field, uint64_t v) {
-  if (v == 0) return p;
-  return Varint(Tag(p, field, kWireVarint), v);
+void VarintField(std::string& out, Field field, uint64_t v) {
+  if (v == 0) return;
+  Tag(out, field, kWireVarint);
+  Varint(out, v);
 }
 
-char* BytesField(char* p, Field field, const char* data, size_t len) {
-  if (len == 0) return p;
-  p = Varint(Tag(p, field, kWireLengthDelimited), len);
-  std::memcpy(p, data, len);
-  return p + len;
+void LengthPrefix(std::string& out, Field field, size_t len) {
+  Tag(out, field, kWireLengthDelimited);
+  Varint(out, len);
 }
 
 }  // namespace
 
-void LookupResponseEncoder::Column::Reserve(size_t bytes) {
-  const size_t used = data == nullptr ? 0 : size();
-  if (used + bytes <= capacity) return;
-  const size_t want = std::max(used + bytes, 2 * capacity);
-  std::unique_ptr<char[]> grown(new char[want]);
-  if (used > 0) std::memcpy(grown.get(), data.get(), used);
-  data = std::move(grown);
-  capacity = want;
-  end = data.get() + used;
+void LookupResponseEncoder::Reset(size_t max_blocks) {
+  // A fresh buffer every call: gRPC owns the last one until it is sent.
+  capacity_ = std::max<size_t>(max_blocks, 1);
+  records_slice_ = grpc::Slice(capacity_ * kLookupRecordBytes);
+  records_ = reinterpret_cast<char*>(const_cast<uint8_t*>(records_slice_.begin()));
+  count_ = 0;
+  pieces_.clear();
 }
 
-void LookupResponseEncoder::Reset(size_t blocks) {
-  for (Column* c : {&sizes_, &checksums_, &codecs_, &tiers_, &counts_, &offsets_, &lengths_}) {
-    c->end = c->data.get();
+void LookupResponseEncoder::Grow() {
+  const size_t grown = std::max<size_t>(2 * capacity_, 64);
+  grpc::Slice slice(grown * kLookupRecordBytes);
+  char* data = reinterpret_cast<char*>(const_cast<uint8_t*>(slice.begin()));
+  if (count_ > 0) std::memcpy(data, records_, count_ * kLookupRecordBytes);
+  records_slice_ = std::move(slice);
+  records_ = data;
+  capacity_ = grown;
+}
+
+void LookupResponseEncoder::AddPieces(char* out, uint32_t codec, uint32_t tier,
+                                      std::span<const PoolExtent> extents) {
+  const uint32_t pieces = static_cast<uint32_t>(extents.size());
+  const uint32_t first = static_cast<uint32_t>(pieces_.size() / kLookupPieceBytes);
+  std::memcpy(out + 20, &pieces, 4);
+  std::memcpy(out + 24, &first, 4);
+  const uint32_t tail = (codec & 0xffu) | (tier & 0xffu) << 8;
+  std::memcpy(out + 28, &tail, 4);
+  const size_t at = pieces_.size();
+  pieces_.resize(at + extents.size() * kLookupPieceBytes);
+  for (size_t j = 0; j < extents.size(); ++j) {
+    EncodeLookupPiece({extents[j].offset, extents[j].length},
+                      pieces_.data() + at + j * kLookupPieceBytes);
   }
-  sizes_.Reserve(blocks * kMaxVarint);
-  checksums_.Reserve(blocks * sizeof(uint64_t));
-  codecs_.Reserve(blocks * kMaxVarint);
-  tiers_.Reserve(blocks * kMaxVarint);
-  counts_.Reserve(blocks * kMaxVarint);
-  offsets_.Reserve(blocks * kMaxVarint);
-  lengths_.Reserve(blocks * kMaxVarint);
-  block_room_ = blocks;
-  extent_room_ = std::min(offsets_.capacity, lengths_.capacity) / kMaxVarint;
 }
 
-void LookupResponseEncoder::GrowBlocks() {
-  const size_t more = std::max<size_t>(1024, sizes_.size() / 2);
-  sizes_.Reserve(more * kMaxVarint);
-  checksums_.Reserve(more * sizeof(uint64_t));
-  codecs_.Reserve(more * kMaxVarint);
-  tiers_.Reserve(more * kMaxVarint);
-  counts_.Reserve(more * kMaxVarint);
-  block_room_ = more;
+std::string LookupResponseEncoder::HeaderBytes(const Header& header) const {
+  std::string out;
+  out.reserve(64 + header.node.size());
+  VarintField(out, kFound, header.found);
+  if (!header.node.empty()) {
+    LengthPrefix(out, kNode, header.node.size());
+    out.append(header.node);
+  }
+  VarintField(out, kRemoteBase, header.remote_base);
+  VarintField(out, kLeaseId, header.lease_id);
+  VarintField(out, kLeaseExpiresUnixMs, static_cast<uint64_t>(header.lease_expires_unix_ms));
+  if (count_ > 0) LengthPrefix(out, kBlocks, count_ * kLookupRecordBytes);
+  return out;
 }
 
-void LookupResponseEncoder::GrowExtents(size_t at_least) {
-  const size_t more = std::max(at_least, extent_room_ + 1024);
-  offsets_.Reserve(more * kMaxVarint);
-  lengths_.Reserve(more * kMaxVarint);
-  extent_room_ =
-      std::min(offsets_.capacity - offsets_.size(), lengths_.capacity - lengths_.size()) /
-      kMaxVarint;
-}
-
-size_t LookupResponseEncoder::Bytes() const {
+grpc::ByteBuffer LookupResponseEncoder::Finish(const Header& header) {
+  const std::string head = HeaderBytes(header);
+  grpc::Slice slices[3];
   size_t n = 0;
-  for (const Column* c :
-       {&sizes_, &checksums_, &codecs_, &tiers_, &counts_, &offsets_, &lengths_}) {
-    n += c->capacity;
+  slices[n++] = grpc::Slice(head.data(), head.size());
+  if (count_ > 0) slices[n++] = records_slice_.sub(0, count_ * kLookupRecordBytes);
+  if (!pieces_.empty()) {
+    std::string tail;
+    tail.reserve(pieces_.size() + 8);
+    LengthPrefix(tail, kPieces, pieces_.size());
+    tail.append(pieces_);
+    slices[n++] = grpc::Slice(tail.data(), tail.size());
   }
-  return n;
+  records_slice_ = grpc::Slice();
+  records_ = nullptr;
+  capacity_ = 0;
+  count_ = 0;
+  return grpc::ByteBuffer(slices, n);
 }
 
-void LookupResponseEncoder::ShrinkIfAbove(size_t max_bytes) {
-  if (Bytes() <= max_bytes) return;
-  for (Column* c : {&sizes_, &checksums_, &codecs_, &tiers_, &counts_, &offsets_, &lengths_}) {
-    *c = Column();
+std::string LookupResponseEncoder::Serialize(const Header& header) {
+  grpc::ByteBuffer buffer = Finish(header);
+  std::vector<grpc::Slice> slices;
+  std::string out;
+  if (!buffer.Dump(&slices).ok()) return out;
+  for (const grpc::Slice& s : slices) {
+    out.append(reinterpret_cast<const char*>(s.begin()), s.size());
   }
-  block_room_ = 0;
-  extent_room_ = 0;
-}
-
-size_t LookupResponseEncoder::ByteSize(const Header& header) const {
-  return VarintFieldSize(header.found) + BytesFieldSize(sizes_.size()) +
-         BytesFieldSize(checksums_.size()) + BytesFieldSize(codecs_.size()) +
-         BytesFieldSize(tiers_.size()) + BytesFieldSize(counts_.size()) +
-         BytesFieldSize(offsets_.size()) + BytesFieldSize(lengths_.size()) +
-         BytesFieldSize(header.node.size()) + VarintFieldSize(header.remote_base) +
-         VarintFieldSize(header.lease_id) +
-         VarintFieldSize(static_cast<uint64_t>(header.lease_expires_unix_ms));
-}
-
-void LookupResponseEncoder::WriteTo(const Header& header, char* out) const {
-  char* p = out;
-  p = VarintField(p, kFound, header.found);
-  p = BytesField(p, kSizes, sizes_.data.get(), sizes_.size());
-  p = BytesField(p, kChecksums, checksums_.data.get(), checksums_.size());
-  p = BytesField(p, kCodecs, codecs_.data.get(), codecs_.size());
-  p = BytesField(p, kTiers, tiers_.data.get(), tiers_.size());
-  p = BytesField(p, kExtentCounts, counts_.data.get(), counts_.size());
-  p = BytesField(p, kExtentOffsets, offsets_.data.get(), offsets_.size());
-  p = BytesField(p, kExtentLengths, lengths_.data.get(), lengths_.size());
-  p = BytesField(p, kNode, header.node.data(), header.node.size());
-  p = VarintField(p, kRemoteBase, header.remote_base);
-  p = VarintField(p, kLeaseId, header.lease_id);
-  VarintField(p, kLeaseExpiresUnixMs, static_cast<uint64_t>(header.lease_expires_unix_ms));
-}
-
-std::string LookupResponseEncoder::Serialize(const Header& header) const {
-  std::string out(ByteSize(header), '\0');
-  WriteTo(header, out.data());
   return out;
 }
 

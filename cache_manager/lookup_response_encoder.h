@@ -1,22 +1,23 @@
-// Writes a tierkv.v1.LookupResponse's wire bytes straight from the index's blocks, without
-// building the message: the columns are encoded while the index walks the chain (one
-// pass, no per-field capacity checks), and the message is assembled with its exact size
-// into the buffer gRPC sends. The bytes are what protobuf's own serializer writes for the
-// same message (fields in number order, packed columns, zero scalars omitted), which
-// lookup_response_encoder_test checks.
+// Writes a tierkv.v1.LookupResponse straight from the index's blocks, without building the
+// message: each block's fixed-width record (proto/lookup_blocks.h) is stored while the index
+// walks the chain, into the buffer gRPC then sends as it is. The message goes out as up to
+// three slices (the scalar fields and the records' tag, the records, the pieces field), in
+// protobuf's own field order: their concatenation is what protobuf's serializer writes for
+// the same message, which lookup_response_encoder_test checks.
 //
-// Not thread-safe; an encoder is meant to be reused (per thread) so that its buffers stay
-// allocated between calls.
+// Not thread-safe; an encoder is meant to be reused (per thread).
 #ifndef TIERKV_CACHE_MANAGER_LOOKUP_RESPONSE_ENCODER_H_
 #define TIERKV_CACHE_MANAGER_LOOKUP_RESPONSE_ENCODER_H_
 
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/slice.h>
+
 #include <cstdint>
-#include <cstring>
-#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
 
+#include "proto/lookup_blocks.h"
 #include "storage/host_pool.h"
 
 namespace tierkv {
@@ -32,68 +33,50 @@ class LookupResponseEncoder {
     int64_t lease_expires_unix_ms = 0;
   };
 
-  // Starts a response; reserves room for `blocks` blocks of one extent each.
-  void Reset(size_t blocks);
+  // Starts a response with room for `max_blocks` records (the most the Lookup can find).
+  void Reset(size_t max_blocks);
 
-  // Appends block i's entry to every column.
+  // Appends the next block's record; a block stored in several pieces also lists them.
+  // `size` is at most 256 MiB (the index's limit).
   void AddBlock(uint64_t size, uint64_t checksum, uint32_t codec, uint32_t tier,
                 std::span<const PoolExtent> extents) {
-    if (block_room_ == 0) GrowBlocks();
-    --block_room_;
-    if (extents.size() > extent_room_) GrowExtents(extents.size());
-    extent_room_ -= extents.size();
-    sizes_.end = WriteVarint(sizes_.end, size);
-    std::memcpy(checksums_.end, &checksum, sizeof(checksum));  // fixed64, little-endian.
-    checksums_.end += sizeof(checksum);
-    codecs_.end = WriteVarint(codecs_.end, EnumWire(codec));
-    tiers_.end = WriteVarint(tiers_.end, EnumWire(tier));
-    counts_.end = WriteVarint(counts_.end, extents.size());
-    for (const PoolExtent& e : extents) {
-      offsets_.end = WriteVarint(offsets_.end, e.offset);
-      lengths_.end = WriteVarint(lengths_.end, e.length);
+    if (count_ == capacity_) Grow();
+    char* out = records_ + count_ * kLookupRecordBytes;
+    ++count_;
+    const uint64_t offset = extents.empty() ? 0 : extents[0].offset;
+    std::memcpy(out, &checksum, 8);
+    std::memcpy(out + 8, &offset, 8);
+    const uint32_t size32 = static_cast<uint32_t>(size);
+    std::memcpy(out + 16, &size32, 4);
+    if (extents.size() <= 1) {
+      const uint64_t one_piece = 1;  // pieces = 1, first_piece = 0.
+      std::memcpy(out + 20, &one_piece, 8);
+      const uint32_t tail = (codec & 0xffu) | (tier & 0xffu) << 8;  // codec, tier, reserved.
+      std::memcpy(out + 28, &tail, 4);
+    } else {
+      AddPieces(out, codec, tier, extents);
     }
   }
 
-  // The serialized message's size, and the message itself (`out` holds ByteSize() bytes).
-  size_t ByteSize(const Header& header) const;
-  void WriteTo(const Header& header, char* out) const;
-  std::string Serialize(const Header& header) const;
+  // Blocks added since Reset.
+  size_t count() const { return count_; }
 
-  // Frees the buffers if they grew beyond `max_bytes` (a rare huge Lookup should not pin
-  // its memory for the thread's life).
-  void ShrinkIfAbove(size_t max_bytes);
+  // The message, as the slices gRPC sends (the records are not copied). Call once per Reset.
+  grpc::ByteBuffer Finish(const Header& header);
+  // The same bytes as one string (tests).
+  std::string Serialize(const Header& header);
 
  private:
-  // A column's encoded bytes: [data, end), room up to data + capacity.
-  struct Column {
-    std::unique_ptr<char[]> data;
-    size_t capacity = 0;
-    char* end = nullptr;
-    size_t size() const { return static_cast<size_t>(end - data.get()); }
-    // Room for `bytes` more bytes, keeping the content.
-    void Reserve(size_t bytes);
-  };
+  void Grow();
+  void AddPieces(char* out, uint32_t codec, uint32_t tier, std::span<const PoolExtent> extents);
+  // The scalar fields and the records field's tag and length.
+  std::string HeaderBytes(const Header& header) const;
 
-  static char* WriteVarint(char* p, uint64_t v) {
-    while (v >= 0x80) {
-      *p++ = static_cast<char>(v | 0x80);
-      v >>= 7;
-    }
-    *p++ = static_cast<char>(v);
-    return p;
-  }
-  // Enums are int32 on the wire: negative values sign-extend to ten bytes.
-  static uint64_t EnumWire(uint32_t value) {
-    return static_cast<uint64_t>(static_cast<int64_t>(static_cast<int32_t>(value)));
-  }
-  void GrowBlocks();
-  void GrowExtents(size_t at_least);
-  size_t Bytes() const;
-
-  static constexpr size_t kMaxVarint = 10;
-  Column sizes_, checksums_, codecs_, tiers_, counts_, offsets_, lengths_;
-  size_t block_room_ = 0;   // Blocks that fit in the per-block columns without growing.
-  size_t extent_room_ = 0;  // Extents that fit in offsets_ / lengths_ without growing.
+  grpc::Slice records_slice_;
+  char* records_ = nullptr;  // records_slice_'s bytes.
+  size_t capacity_ = 0;      // Records that fit.
+  size_t count_ = 0;
+  std::string pieces_;       // LookupResponse.pieces so far.
 };
 
 }  // namespace tierkv

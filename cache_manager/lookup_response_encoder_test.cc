@@ -24,17 +24,29 @@ struct Block {
 std::string Expected(const std::vector<Block>& blocks, const LookupResponseEncoder::Header& h) {
   v1::LookupResponse r;
   r.set_found(h.found);
+  std::string records, pieces;
   for (const Block& b : blocks) {
-    r.add_sizes(b.size);
-    r.add_checksums(b.checksum);
-    r.add_codecs(static_cast<v1::Codec>(b.codec));
-    r.add_tiers(static_cast<v1::Tier>(b.tier));
-    r.add_extent_counts(b.extents.size());
-    for (const PoolExtent& e : b.extents) {
-      r.add_extent_offsets(e.offset);
-      r.add_extent_lengths(e.length);
+    LookupBlock rec{.checksum = b.checksum,
+                    .offset = b.extents[0].offset,
+                    .size = static_cast<uint32_t>(b.size),
+                    .pieces = static_cast<uint32_t>(b.extents.size()),
+                    .first_piece = 0,
+                    .codec = static_cast<uint8_t>(b.codec),
+                    .tier = static_cast<uint8_t>(b.tier)};
+    if (b.extents.size() > 1) {
+      rec.first_piece = static_cast<uint32_t>(pieces.size() / kLookupPieceBytes);
+      for (const PoolExtent& e : b.extents) {
+        std::string piece(kLookupPieceBytes, '\0');
+        EncodeLookupPiece({e.offset, e.length}, piece.data());
+        pieces += piece;
+      }
     }
+    std::string record(kLookupRecordBytes, '\0');
+    EncodeLookupBlock(rec, record.data());
+    records += record;
   }
+  r.set_blocks(records);
+  r.set_pieces(pieces);
   r.set_node(std::string(h.node));
   r.set_remote_base(h.remote_base);
   r.set_lease_id(h.lease_id);
@@ -46,24 +58,18 @@ std::string Encode(LookupResponseEncoder& encoder, size_t reserve, const std::ve
                    const LookupResponseEncoder::Header& h) {
   encoder.Reset(reserve);
   for (const Block& b : blocks) encoder.AddBlock(b.size, b.checksum, b.codec, b.tier, b.extents);
-  std::string out = encoder.Serialize(h);
-  EXPECT_EQ(out.size(), encoder.ByteSize(h));
-  return out;
+  EXPECT_EQ(encoder.count(), blocks.size());
+  return encoder.Serialize(h);
 }
 
 TEST(LookupResponseEncoder, FieldNumbersMatchTheProto) {
   EXPECT_EQ(v1::LookupResponse::kFoundFieldNumber, 1);
-  EXPECT_EQ(v1::LookupResponse::kSizesFieldNumber, 2);
-  EXPECT_EQ(v1::LookupResponse::kChecksumsFieldNumber, 3);
-  EXPECT_EQ(v1::LookupResponse::kCodecsFieldNumber, 4);
-  EXPECT_EQ(v1::LookupResponse::kTiersFieldNumber, 5);
-  EXPECT_EQ(v1::LookupResponse::kExtentCountsFieldNumber, 6);
-  EXPECT_EQ(v1::LookupResponse::kExtentOffsetsFieldNumber, 7);
-  EXPECT_EQ(v1::LookupResponse::kExtentLengthsFieldNumber, 8);
   EXPECT_EQ(v1::LookupResponse::kNodeFieldNumber, 9);
   EXPECT_EQ(v1::LookupResponse::kRemoteBaseFieldNumber, 10);
   EXPECT_EQ(v1::LookupResponse::kLeaseIdFieldNumber, 12);
   EXPECT_EQ(v1::LookupResponse::kLeaseExpiresUnixMsFieldNumber, 13);
+  EXPECT_EQ(v1::LookupResponse::kBlocksFieldNumber, 14);
+  EXPECT_EQ(v1::LookupResponse::kPiecesFieldNumber, 15);
 }
 
 TEST(LookupResponseEncoder, EmptyResponseIsEmptyMessage) {
@@ -79,12 +85,11 @@ TEST(LookupResponseEncoder, BytesEqualProtobufSerialization) {
     const size_t n = rng() % 300;
     std::vector<Block> blocks(n);
     for (Block& b : blocks) {
-      const int bits = static_cast<int>(rng() % 64);
-      b.size = rng() >> bits;
+      b.size = 1 + rng() % (256u << 20);
       b.checksum = rng();
       b.codec = 1 + rng() % 5;
-      b.tier = 1 + rng() % 3;
-      b.extents.resize(rng() % 4 == 0 ? rng() % 6 : 1);  // Sometimes none or several.
+      b.tier = 1 + rng() % 2;
+      b.extents.resize(rng() % 4 == 0 ? 1 + rng() % 6 : 1);  // Sometimes several pieces.
       for (PoolExtent& e : b.extents) {
         e.offset = rng() >> (rng() % 64);
         e.length = rng() >> (rng() % 64);
@@ -97,22 +102,45 @@ TEST(LookupResponseEncoder, BytesEqualProtobufSerialization) {
     h.remote_base = round % 2 == 0 ? 0 : rng();
     h.lease_id = round % 4 == 0 ? 0 : rng() % 1000;
     h.lease_expires_unix_ms = round % 5 == 0 ? -5 : static_cast<int64_t>(rng() >> 20);
-    // Reserving fewer blocks than are added, or no extents room, still encodes correctly.
+    // Reserving fewer records than are added still encodes correctly.
     const size_t reserve = round % 7 == 0 ? n / 3 : n;
     const std::string got = Encode(encoder, reserve, blocks, h);
     ASSERT_EQ(got, Expected(blocks, h)) << "round " << round << ", " << n << " blocks";
     v1::LookupResponse parsed;
     ASSERT_TRUE(parsed.ParseFromString(got));
-    EXPECT_EQ(parsed.sizes_size(), static_cast<int>(n));
+    EXPECT_EQ(parsed.blocks().size(), n * kLookupRecordBytes);
   }
 }
 
-TEST(LookupResponseEncoder, LargeResponseGrowsAndShrinks) {
+TEST(LookupResponseEncoder, RecordsReadBackThroughTheView) {
   LookupResponseEncoder encoder;
-  std::vector<Block> blocks(70000, Block{4096, 42, 1, 1, {{65536, 4096}}});
+  std::vector<Block> blocks = {{4096, 42, 1, 2, {{65536, 4096}}},
+                               {5000, 43, 2, 1, {{0, 1000}, {131072, 4000}}},
+                               {10, 44, 1, 2, {{4096, 10}}}};
+  const std::string wire = Encode(encoder, 3, blocks, {.found = 3, .node = "n"});
+  v1::LookupResponse r;
+  ASSERT_TRUE(r.ParseFromString(wire));
+  auto view = LookupBlocksView::Make(r.blocks(), r.pieces(), r.found());
+  ASSERT_TRUE(view.ok()) << view.status();
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const LookupBlock b = view->block(i);
+    EXPECT_EQ(b.size, blocks[i].size);
+    EXPECT_EQ(b.checksum, blocks[i].checksum);
+    EXPECT_EQ(b.codec, blocks[i].codec);
+    EXPECT_EQ(b.tier, blocks[i].tier);
+    ASSERT_EQ(b.pieces, blocks[i].extents.size());
+    for (uint32_t j = 0; j < b.pieces; ++j) {
+      EXPECT_EQ(view->piece(b, j).offset, blocks[i].extents[j].offset);
+      EXPECT_EQ(view->piece(b, j).length, blocks[i].extents[j].length);
+    }
+  }
+}
+
+TEST(LookupResponseEncoder, LargeResponseGrows) {
+  LookupResponseEncoder encoder;
+  std::vector<Block> blocks(70000, Block{4096, 42, 1, 2, {{65536, 4096}}});
   LookupResponseEncoder::Header h{.found = 70000, .node = "n"};
   EXPECT_EQ(Encode(encoder, 100, blocks, h), Expected(blocks, h));
-  encoder.ShrinkIfAbove(1 << 20);
   EXPECT_EQ(Encode(encoder, 10, {blocks[0]}, {.found = 1}), Expected({blocks[0]}, {.found = 1}));
 }
 

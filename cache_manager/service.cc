@@ -18,9 +18,9 @@ constexpr uint64_t kMaxChunkBytes = 4 << 20;
 constexpr uint32_t kDefaultListPage = 1000;
 constexpr uint32_t kMaxListPage = 10000;
 constexpr size_t kMaxInspectTokens = 16 << 20;
-// A thread's Lookup encoder keeps at most this much memory between calls (it reserves
-// 68 bytes a key: 4.5 MiB for a 65,536-key Lookup).
-constexpr size_t kMaxKeptEncoderBytes = 8 << 20;
+// Records a Lookup's response reserves room for up front (32 bytes each); a longer prefix
+// grows the buffer.
+constexpr size_t kLookupRecordsReserved = 16384;
 
 absl::Duration TtlFromMs(uint32_t ms) { return absl::Milliseconds(ms); }
 
@@ -343,10 +343,8 @@ grpc::ServerUnaryReactor* CacheServiceImpl::Lookup(grpc::CallbackServerContext* 
     if (c == v1::CODEC_UNSPECIFIED) c = v1::CODEC_RAW;
   }
   const size_t n = packed.size() / kDigestBytes;
-  // One encoder per thread keeps its column buffers between calls (no page faults from
-  // fresh large allocations on every call).
-  thread_local LookupResponseEncoder encoder;
-  encoder.Reset(std::min(n, kMaxLookupKeys));
+  LookupResponseEncoder encoder;
+  encoder.Reset(std::min(n, kLookupRecordsReserved));
   const bool accept_gpu = request->accept_gpu();
   auto result = ctx_.index->LookupPacked(
       packed, fingerprint, codecs, request->lease(), TtlFromMs(request->lease_ttl_ms()),
@@ -373,10 +371,7 @@ grpc::ServerUnaryReactor* CacheServiceImpl::Lookup(grpc::CallbackServerContext* 
   if (result->lease_id != 0) {
     header.lease_expires_unix_ms = absl::ToUnixMillis(result->lease_expires);
   }
-  grpc::Slice slice(encoder.ByteSize(header));
-  encoder.WriteTo(header, reinterpret_cast<char*>(const_cast<uint8_t*>(slice.begin())));
-  encoder.ShrinkIfAbove(kMaxKeptEncoderBytes);
-  *raw_response = grpc::ByteBuffer(&slice, 1);
+  *raw_response = encoder.Finish(header);
   return Done(context, absl::OkStatus());
 }
 

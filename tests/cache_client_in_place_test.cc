@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <random>
 
@@ -16,6 +17,7 @@
 #include "gtest/gtest.h"
 #include "model/runtime.h"
 #include "prefill_worker/prefill.h"
+#include "proto/lookup_blocks.h"
 #include "tierkv/v1/cache_service.grpc.pb.h"
 
 namespace tierkv {
@@ -122,16 +124,27 @@ class CacheClientInPlace : public testing::Test {
     r.set_found(n);
     r.set_lease_id(7);
     r.set_lease_expires_unix_ms(absl::ToUnixMillis(absl::Now() + absl::Seconds(30)));
+    std::string records(n * kLookupRecordBytes, '\0');
     for (uint32_t i = 0; i < n; ++i) {
-      r.add_sizes(bytes_);
-      r.add_checksums(BlockChecksum(tier_.data() + i * bytes_, bytes_));
-      r.add_codecs(v1::CODEC_RAW);
-      r.add_tiers(v1::TIER_HOST);
-      r.add_extent_counts(1);
-      r.add_extent_offsets(i * bytes_);
-      r.add_extent_lengths(bytes_);
+      EncodeLookupBlock({.checksum = BlockChecksum(tier_.data() + i * bytes_, bytes_),
+                         .offset = i * bytes_,
+                         .size = static_cast<uint32_t>(bytes_),
+                         .pieces = 1,
+                         .first_piece = 0,
+                         .codec = v1::CODEC_RAW,
+                         .tier = v1::TIER_HOST},
+                        records.data() + i * kLookupRecordBytes);
     }
+    r.set_blocks(records);
     return r;
+  }
+  // Changes record i of `r`.
+  static void Patch(v1::LookupResponse& r, uint32_t i,
+                    const std::function<void(LookupBlock&)>& change) {
+    char* at = r.mutable_blocks()->data() + i * kLookupRecordBytes;
+    LookupBlock b = DecodeLookupBlock(at);
+    change(b);
+    EncodeLookupBlock(b, at);
   }
 
   std::unique_ptr<Runtime> rt_;
@@ -231,10 +244,9 @@ TEST_F(CacheClientInPlace, MoreBlocksFoundThanAskedForIsAnError) {
   EXPECT_EQ(seq->computed_tokens, 40u);
 }
 
-TEST_F(CacheClientInPlace, ShortColumnsAreAnError) {
+TEST_F(CacheClientInPlace, MalformedRecordsAreAnError) {
   v1::LookupResponse r = Found(3);
-  r.clear_checksums();
-  r.add_checksums(0);  // One checksum for three blocks.
+  r.mutable_blocks()->resize(2 * kLookupRecordBytes);  // Two records for three blocks.
   fake_->lookup = r;
   std::vector<BlockKey> keys = *ComputeBlockKeys(rt_->spec(), "", std::span(prompt_).first(64));
   auto used = client_->UsePrefixInPlace(
@@ -333,8 +345,10 @@ TEST_F(CacheClientInPlace, GpuLocationsNeedALocalGpuTier) {
   // Block 2 lies in the GPU tier, at offset bytes_.
   gpu_tier_.assign(4 * bytes_, 0);
   std::memcpy(gpu_tier_.data() + bytes_, tier_.data() + 2 * bytes_, bytes_);
-  r.set_tiers(2, v1::TIER_GPU);
-  r.set_extent_offsets(2, bytes_);
+  Patch(r, 2, [&](LookupBlock& b) {
+    b.tier = v1::TIER_GPU;
+    b.offset = bytes_;
+  });
   fake_->lookup = r;
   std::vector<BlockKey> keys = *ComputeBlockKeys(rt_->spec(), "", std::span(prompt_).first(64));
   std::vector<uint8_t> seen_on_gpu;
@@ -363,7 +377,7 @@ TEST_F(CacheClientInPlace, GpuLocationsNeedALocalGpuTier) {
   EXPECT_EQ(seen_data[2], gpu_tier_.data() + bytes_);
 
   // A GPU extent outside the GPU tier ends the prefix before it.
-  r.set_extent_offsets(2, 4 * bytes_);
+  Patch(r, 2, [&](LookupBlock& b) { b.offset = 4 * bytes_; });
   fake_->lookup = r;
   auto outside = client_->UsePrefixInPlace(rt_->spec(), keys, use);
   ASSERT_TRUE(outside.ok());
