@@ -106,13 +106,40 @@ void BlockIndex::Unlist(CommittedBlock& b) {
   if (b.in_host && b.host_children == 0) host_leaves_.erase(b.touch_seq);
   if (b.ssd && (b.in_host || b.in_gpu || b.children == 0)) ssd_order_.erase(b.touch_seq);
   if (b.in_gpu) gpu_order_.erase(b.touch_seq);
+  b.listed = false;
 }
 
 void BlockIndex::Relist(CommittedBlock& b) {
-  if (b.children == 0) leaves_.emplace(b.touch_seq, &b);
-  if (b.in_host && b.host_children == 0) host_leaves_.emplace(b.touch_seq, &b);
-  if (b.ssd && (b.in_host || b.in_gpu || b.children == 0)) ssd_order_.emplace(b.touch_seq, &b);
-  if (b.in_gpu) gpu_order_.emplace(b.touch_seq, &b);
+  b.listed = false;
+  if (b.children == 0) {
+    leaves_.emplace(b.touch_seq, &b);
+    b.listed = true;
+  }
+  if (b.in_host && b.host_children == 0) {
+    host_leaves_.emplace(b.touch_seq, &b);
+    b.listed = true;
+  }
+  if (b.ssd && (b.in_host || b.in_gpu || b.children == 0)) {
+    ssd_order_.emplace(b.touch_seq, &b);
+    b.listed = true;
+  }
+  if (b.in_gpu) {
+    gpu_order_.emplace(b.touch_seq, &b);
+    b.listed = true;
+  }
+}
+
+uint32_t BlockIndex::FingerprintId(const Digest& fingerprint) {
+  auto [it, inserted] =
+      fingerprint_ids_.try_emplace(fingerprint, static_cast<uint32_t>(fingerprint_ids_.size()));
+  return it->second;
+}
+
+void BlockIndex::SyncHostOffset(CommittedBlock& block) {
+  const auto& extents = block.space.extents;
+  block.host_offset = extents.size() == 1   ? extents[0].offset
+                      : extents.empty()     ? 0
+                                            : CommittedBlock::kSplitHostCopy;
 }
 
 bool BlockIndex::AdmitNew(const BlockKey& key, uint64_t new_blocks) {
@@ -189,6 +216,7 @@ void BlockIndex::DropHostCopy(CommittedBlock& block) {
   committed_reserved_ -= block.space.reserved_bytes;
   pool_->Free(block.space);
   block.space = PoolAllocation();
+  SyncHostOffset(block);
   block.in_host = false;
   --host_blocks_;
   host_bytes_ -= block.size;
@@ -208,6 +236,7 @@ void BlockIndex::SetHostCopy(CommittedBlock& block, PoolAllocation space) {
   Unlist(block);
   if (parent != nullptr) Unlist(*parent);
   block.space = std::move(space);
+  SyncHostOffset(block);
   block.in_host = true;
   ++host_blocks_;
   host_bytes_ += block.size;
@@ -871,22 +900,14 @@ BlockKey PackedKey(const char* packed, size_t i) {
   return key;
 }
 
-// The cache lines of a committed block (aligned to a line; see its field order) that a
-// Lookup's walk reads: key, fingerprint, codec and tier flags.
-void PrefetchForWalk(const CommittedBlock* block) {
+// The two cache lines of a committed block (aligned to a line; see its field order) that a
+// Lookup touches: the first it reads (key, fingerprint number, codec, tier flags and what
+// the answer carries), the second it updates (recency, counters).
+void PrefetchBlock(const CommittedBlock* block) {
   const char* p = reinterpret_cast<const char*>(block);
+  static_assert(sizeof(CommittedBlock) >= 2 * 64);
   __builtin_prefetch(p, 0, 3);
   __builtin_prefetch(p + 64, 1, 3);
-}
-
-// The lines a Lookup updates and emits: counters, recency, size, checksum, space and the
-// SSD copy (for the eviction orders).
-void PrefetchForUpdate(const CommittedBlock* block) {
-  const char* p = reinterpret_cast<const char*>(block);
-  static_assert(sizeof(CommittedBlock) >= 4 * 64);
-  __builtin_prefetch(p + 64, 1, 3);
-  __builtin_prefetch(p + 128, 1, 3);
-  __builtin_prefetch(p + 192, 1, 3);
 }
 
 }  // namespace
@@ -937,10 +958,16 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
   static_assert(kRing > kBlockAhead && (kRing & (kRing - 1)) == 0);
   absl::MutexLock lock(&mu_);
   ++counters_.lookups;
+  // Blocks carry a number for their fingerprint: one the index never saw matches none.
+  uint32_t want_fingerprint = 0;
+  if (fingerprint) {
+    auto id = fingerprint_ids_.find(*fingerprint);
+    want_fingerprint = id != fingerprint_ids_.end() ? id->second : UINT32_MAX;
+  }
   // The block whose tag matches key i (not yet compared with the key), prefetched.
   auto probe = [&](size_t i) -> CommittedBlock* {
     CommittedBlock* block = probe_.Candidate(PackedKey(packed, i));
-    if (block != nullptr) PrefetchForWalk(block);
+    if (block != nullptr) PrefetchBlock(block);
     return block;
   };
   // Find the prefix; SSD-only blocks in it are promoted to host memory first (the lock is
@@ -972,7 +999,7 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
         if (found_block == nullptr) break;
       }
       CommittedBlock& block = *found_block;
-      if (fingerprint && !BlockKeyEq()(block.fingerprint, *fingerprint)) break;
+      if (fingerprint && block.fingerprint_id != want_fingerprint) break;
       if (!codec_ok(block.codec)) break;
       if (!block.in_host && !(accept_gpu && block.in_gpu)) {
         const BlockKey key = block.key;
@@ -1011,22 +1038,17 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
   LookupResult result;
   std::vector<BlockKey> leased;
   if (lease) leased.reserve(found.size());
-  // The walk's blocks have left the nearer caches on a long chain: prefetch again, and the
-  // extents (read by `emit`) some blocks behind their block.
+  // The walk's blocks may have left the nearer caches on a long chain: prefetch again.
   constexpr size_t kUpdateAhead = 24;
-  constexpr size_t kExtentsAhead = 12;
-  for (size_t i = 0; i < std::min(found.size(), kUpdateAhead); ++i) PrefetchForUpdate(found[i]);
+  for (size_t i = 0; i < std::min(found.size(), kUpdateAhead); ++i) PrefetchBlock(found[i]);
   for (size_t i = 0; i < found.size(); ++i) {
-    if (i + kUpdateAhead < found.size()) PrefetchForUpdate(found[i + kUpdateAhead]);
-    if (i + kExtentsAhead < found.size()) {
-      __builtin_prefetch(found[i + kExtentsAhead]->space.extents.data(), 0, 3);
-    }
+    if (i + kUpdateAhead < found.size()) PrefetchBlock(found[i + kUpdateAhead]);
     CommittedBlock& block = *found[i];
     ++block.hits;
     block.no_demote = false;  // A failed demotion is retried after the block's next use.
     block.last_access = now;
-    if (block.children != 0 && block.host_children != 0 && !block.ssd && !block.in_gpu) {
-      // Inside a chain, in host memory only: in no eviction order, so Touch's Unlist and
+    if (!block.listed) {
+      // In no eviction order (inside a chain, in host memory only): Touch's Unlist and
       // Relist would do nothing but this.
       block.touch_seq = next_seq_++;
     } else {
@@ -1563,8 +1585,9 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
     block.parent = p.parent;
     block.size = p.size;
     block.checksum = blocks[i].second;
-    block.codec = p.codec;
+    block.codec = static_cast<uint8_t>(p.codec);
     block.fingerprint = fingerprint;
+    block.fingerprint_id = FingerprintId(fingerprint);
     if (p.on_gpu) {
       block.gpu_space = p.space;
       block.in_gpu = true;
@@ -1573,6 +1596,7 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
       gpu_bytes_ += block.size;
     } else {
       block.space = p.space;
+      SyncHostOffset(block);
       block.in_host = true;
       ++host_blocks_;
       host_bytes_ += block.size;
@@ -2091,8 +2115,9 @@ void BlockIndex::Recover(const SsdRecovery& recovery) {
     block.parent = r->parent;
     block.size = r->size;
     block.checksum = r->checksum;
-    block.codec = r->codec;
+    block.codec = static_cast<uint8_t>(r->codec);
     block.fingerprint = r->fingerprint;
+    block.fingerprint_id = FingerprintId(r->fingerprint);
     block.in_host = false;
     block.ssd = r->location;
     block.committed_at = absl::FromUnixMillis(r->last_use_unix_ms);
@@ -2209,6 +2234,27 @@ absl::Status BlockIndex::CheckInvariants() {
         ssd_candidate != listed(ssd_order_, block)) {
       return absl::InternalError(absl::StrCat("block ", ShortKey(key),
                                               " misplaced in the eviction orders"));
+    }
+    // Lookup skips Unlist / Relist for blocks whose `listed` is false: it must never be
+    // false for a block in an order.
+    if (!block.listed && (leaf || host_leaf || ssd_candidate || block.in_gpu)) {
+      return absl::InternalError(absl::StrCat("block ", ShortKey(key),
+                                              " is in an eviction order but not marked listed"));
+    }
+    if (block.in_host) {
+      const auto& e = block.space.extents;
+      const uint64_t want = e.size() == 1 ? e[0].offset
+                            : e.empty()   ? 0
+                                          : CommittedBlock::kSplitHostCopy;
+      if (block.host_offset != want) {
+        return absl::InternalError(absl::StrCat("block ", ShortKey(key), " has host offset ",
+                                                block.host_offset, ", its space says ", want));
+      }
+    }
+    auto id = fingerprint_ids_.find(block.fingerprint);
+    if (id == fingerprint_ids_.end() || id->second != block.fingerprint_id) {
+      return absl::InternalError(absl::StrCat("block ", ShortKey(key),
+                                              " has the wrong fingerprint number"));
     }
     leaves += leaf;
     host_leaves += host_leaf;

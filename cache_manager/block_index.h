@@ -85,40 +85,49 @@ inline constexpr size_t kMaxLookupKeys = 1 << 20;
 // A committed block. Readers outside the index see it only through the visitor callbacks,
 // under the index's lock.
 //
-// Field order is for Lookup, which walks thousands of blocks scattered over the heap: what
-// it reads to decide a block is in the prefix (key, fingerprint, codec, tier flags) fills
-// the first line, what it updates and emits the next two; the rest comes after. Aligned
-// to a cache line so that this holds for every block.
+// Field order is for Lookup, which walks thousands of blocks scattered over the heap: the
+// first line holds everything it reads to decide a block is in the prefix and to answer
+// for it, the second everything it updates; the rest comes after. Aligned to a cache line
+// so that this holds for every block (block_index_test checks the offsets).
 struct alignas(64) CommittedBlock {
+  // Marks host_offset of a host copy stored in several pieces (read `space`).
+  static constexpr uint64_t kSplitHostCopy = ~uint64_t{0};
+
   BlockKey key;
-  Digest fingerprint{};
-  // -- second line --
-  uint32_t codec = kCodecRaw;
+  uint64_t checksum = 0;
+  // Where the host copy begins in the pool while in_host: space.extents[0].offset for a
+  // copy in one piece, kSplitHostCopy for one in several.
+  uint64_t host_offset = 0;
+  uint64_t size = 0;
+  uint32_t fingerprint_id = 0;  // The index's number for `fingerprint`.
+  uint8_t codec = kCodecRaw;
   // Host copy: `space` is valid only while in_host.
   bool in_host = true;
   // A demotion or promotion of this block is running with the lock released.
   bool moving = false;
+  // GPU copy: `gpu_space` (pages of the device tier) is valid only while in_gpu.
+  bool in_gpu = false;
+  // -- second line --
+  uint64_t touch_seq = 0;  // Recency (eviction order).
+  uint64_t hits = 0;
+  absl::Time last_access;
+  // In at least one eviction order, as of the last Relist (true until the first: a Touch
+  // is then never skipped wrongly).
+  bool listed = true;
   // Its demotion failed (I/O error): it leaves host memory only by eviction.
   bool no_demote = false;
   bool pinned = false;
-  // GPU copy: `gpu_space` (pages of the device tier) is valid only while in_gpu.
-  bool in_gpu = false;
-  uint64_t size = 0;
-  uint64_t checksum = 0;
   uint32_t host_children = 0;  // Committed children with a host copy.
   uint32_t readers = 0;   // Read leases, in-flight Gets, and allocations extending it.
   uint32_t children = 0;  // Committed blocks whose parent is this one.
   // Why eviction must keep this block: 1 if it is protected itself (pinned or read), plus
   // one per committed child that is kept. Eviction takes only blocks where this is 0.
   uint32_t kept = 0;
-  uint64_t hits = 0;
-  uint64_t touch_seq = 0;   // Recency (eviction order).
-  // -- third line --
-  absl::Time last_access;
+  // -- cold --
+  Digest fingerprint{};
   PoolAllocation space;
   // SSD copy (durable, cataloged), if any.
   std::optional<SsdLocation> ssd;
-  // -- cold --
   PoolAllocation gpu_space;
   std::optional<BlockKey> parent;
   absl::Time committed_at;
@@ -455,6 +464,9 @@ class BlockIndex {
   // Releases the allocation's held parents and forgets it.
   void EndAllocation(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Touch(CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t FingerprintId(const Digest& fingerprint) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets host_offset from `space` (call after every change of a block's host copy).
+  static void SyncHostOffset(CommittedBlock& block);
   // admission_->Admit(key, new_blocks) (admission_ must be set).
   bool AdmitNew(const BlockKey& key, uint64_t new_blocks) ABSL_LOCKS_EXCLUDED(admission_mu_);
   // LookupPacked without the admission controller's counting.
@@ -578,6 +590,11 @@ class BlockIndex {
   absl::flat_hash_map<BlockKey, EvictedRecord, BlockKeyHash, BlockKeyEq> evicted_ ABSL_GUARDED_BY(mu_);
   // Remembered evictions, oldest first, with the sequence number of their record.
   std::deque<std::pair<BlockKey, uint64_t>> evicted_order_ ABSL_GUARDED_BY(mu_);
+  // Numbers of the fingerprints of committed blocks (CommittedBlock::fingerprint_id), so
+  // that Lookup compares four bytes per block instead of 32. Never shrinks: one entry per
+  // model a node ever stored.
+  absl::flat_hash_map<Digest, uint32_t, BlockKeyHash, BlockKeyEq> fingerprint_ids_
+      ABSL_GUARDED_BY(mu_);
   // Specs seen in Allocate, by fingerprint, to explain fingerprint mismatches (bounded).
   absl::flat_hash_map<Digest, ModelSpec, BlockKeyHash, BlockKeyEq> known_models_ ABSL_GUARDED_BY(mu_);
   uint64_t next_allocation_id_ ABSL_GUARDED_BY(mu_) = 1;

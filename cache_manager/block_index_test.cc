@@ -88,6 +88,33 @@ class BlockIndexTest : public ::testing::Test {
   ModelSpec spec_;
 };
 
+// Lookup reads a block's first cache line and updates its second (block_index.h).
+TEST(CommittedBlockLayout, LookupFieldsFillTheFirstTwoLines) {
+  CommittedBlock b;
+  auto at = [&](const void* field) {
+    return static_cast<size_t>(static_cast<const char*>(field) - reinterpret_cast<char*>(&b));
+  };
+  EXPECT_EQ(alignof(CommittedBlock), 64u);
+  for (const void* read : {static_cast<const void*>(&b.key), static_cast<const void*>(&b.checksum),
+                           static_cast<const void*>(&b.host_offset),
+                           static_cast<const void*>(&b.size),
+                           static_cast<const void*>(&b.fingerprint_id),
+                           static_cast<const void*>(&b.codec),
+                           static_cast<const void*>(&b.in_host),
+                           static_cast<const void*>(&b.moving),
+                           static_cast<const void*>(&b.in_gpu)}) {
+    EXPECT_LT(at(read), 64u);
+  }
+  EXPECT_EQ(at(&b.touch_seq), 64u);
+  for (const void* updated : {static_cast<const void*>(&b.hits),
+                              static_cast<const void*>(&b.last_access),
+                              static_cast<const void*>(&b.listed),
+                              static_cast<const void*>(&b.no_demote)}) {
+    EXPECT_GE(at(updated), 64u);
+    EXPECT_LT(at(updated), 128u);
+  }
+}
+
 TEST_F(BlockIndexTest, UncommittedBlocksAreInvisibleUntilCommit) {
   auto chain = Chain(2);
   auto a = index_->Allocate(spec_, {{Bytes(chain[0]), "", 100, 0}}, absl::ZeroDuration());

@@ -1,8 +1,12 @@
 #include "cache_manager/lookup_response_encoder.h"
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
+#include <memory>
 #include <vector>
+
+#include "absl/synchronization/mutex.h"
 
 namespace tierkv {
 namespace {
@@ -45,21 +49,81 @@ void LengthPrefix(std::string& out, Field field, size_t len) {
   Varint(out, len);
 }
 
+// Record buffers kept between Lookups. gRPC owns a response's buffer until it is sent, so
+// each call needs its own; a fresh allocation of a quarter MiB a call would cost its page
+// faults every time (the allocator hands such blocks back to the system when freed).
+struct RecordBuffer {
+  std::unique_ptr<char[]> data;
+  size_t bytes = 0;
+};
+
+class RecordBuffers {
+ public:
+  // At most this many idle buffers of at most this size stay allocated.
+  static constexpr size_t kKept = 8;
+  static constexpr size_t kMaxKeptBytes = 2 << 20;
+
+  static RecordBuffers& Get() {
+    static RecordBuffers* const buffers = new RecordBuffers;
+    return *buffers;
+  }
+
+  RecordBuffer* Take(size_t bytes) {
+    {
+      absl::MutexLock lock(&mu_);
+      for (size_t i = 0; i < idle_.size(); ++i) {
+        if (idle_[i]->bytes >= bytes) {
+          RecordBuffer* b = idle_[i];
+          idle_.erase(idle_.begin() + static_cast<std::ptrdiff_t>(i));
+          return b;
+        }
+      }
+    }
+    auto* b = new RecordBuffer;
+    b->data.reset(new char[bytes]);
+    b->bytes = bytes;
+    return b;
+  }
+
+  // The destroy callback of a records slice.
+  static void Return(void* buffer) { Get().Give(static_cast<RecordBuffer*>(buffer)); }
+
+ private:
+  void Give(RecordBuffer* b) {
+    if (b->bytes <= kMaxKeptBytes) {
+      absl::MutexLock lock(&mu_);
+      if (idle_.size() < kKept) {
+        idle_.push_back(b);
+        return;
+      }
+    }
+    delete b;
+  }
+
+  absl::Mutex mu_;
+  std::vector<RecordBuffer*> idle_ ABSL_GUARDED_BY(mu_);
+};
+
+grpc::Slice RecordSlice(size_t records, char** data) {
+  const size_t bytes = records * kLookupRecordBytes;
+  RecordBuffer* b = RecordBuffers::Get().Take(bytes);
+  *data = b->data.get();
+  return grpc::Slice(b->data.get(), bytes, &RecordBuffers::Return, b);
+}
+
 }  // namespace
 
 void LookupResponseEncoder::Reset(size_t max_blocks) {
-  // A fresh buffer every call: gRPC owns the last one until it is sent.
   capacity_ = std::max<size_t>(max_blocks, 1);
-  records_slice_ = grpc::Slice(capacity_ * kLookupRecordBytes);
-  records_ = reinterpret_cast<char*>(const_cast<uint8_t*>(records_slice_.begin()));
+  records_slice_ = RecordSlice(capacity_, &records_);
   count_ = 0;
   pieces_.clear();
 }
 
 void LookupResponseEncoder::Grow() {
   const size_t grown = std::max<size_t>(2 * capacity_, 64);
-  grpc::Slice slice(grown * kLookupRecordBytes);
-  char* data = reinterpret_cast<char*>(const_cast<uint8_t*>(slice.begin()));
+  char* data = nullptr;
+  grpc::Slice slice = RecordSlice(grown, &data);
   if (count_ > 0) std::memcpy(data, records_, count_ * kLookupRecordBytes);
   records_slice_ = std::move(slice);
   records_ = data;

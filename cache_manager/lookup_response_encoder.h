@@ -58,6 +58,20 @@ class LookupResponseEncoder {
     }
   }
 
+  // The same for a block stored in one piece at `offset`.
+  void AddBlock(uint64_t size, uint64_t checksum, uint32_t codec, uint32_t tier,
+                uint64_t offset) {
+    if (count_ == capacity_) Grow();
+    char* out = records_ + count_ * kLookupRecordBytes;
+    ++count_;
+    std::memcpy(out, &checksum, 8);
+    std::memcpy(out + 8, &offset, 8);
+    const uint64_t size_one_piece = (size & 0xffffffffu) | uint64_t{1} << 32;
+    std::memcpy(out + 16, &size_one_piece, 8);  // size, pieces = 1.
+    const uint64_t tail = uint64_t{codec & 0xffu} << 32 | uint64_t{tier & 0xffu} << 40;
+    std::memcpy(out + 24, &tail, 8);  // first_piece = 0, codec, tier, reserved.
+  }
+
   // Blocks added since Reset.
   size_t count() const { return count_; }
 

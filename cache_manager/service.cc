@@ -352,6 +352,10 @@ grpc::ServerUnaryReactor* CacheServiceImpl::Lookup(grpc::CallbackServerContext* 
         if (accept_gpu && block.in_gpu) {
           encoder.AddBlock(block.size, block.checksum, block.codec, v1::TIER_GPU,
                            block.gpu_space.extents);
+        } else if (block.host_offset != CommittedBlock::kSplitHostCopy) {
+          // In one piece: everything the record needs is in the block's first line.
+          encoder.AddBlock(block.size, block.checksum, block.codec, v1::TIER_HOST,
+                           block.host_offset);
         } else {
           encoder.AddBlock(block.size, block.checksum, block.codec, v1::TIER_HOST,
                            block.space.extents);
