@@ -75,37 +75,51 @@ uint64_t AdmissionController::MiniatureCapacity() const {
   return std::max<uint64_t>(kMinMiniature, static_cast<uint64_t>(blocks) / kSampleRate);
 }
 
-void AdmissionController::OnLookup(const std::vector<std::string_view>& keys, uint64_t missed) {
+bool AdmissionController::Sampled(const BlockKey& key) {
+  // Keys are SHA-256 outputs: the top bits of the first word are a fair sample.
+  return Word(key, 0) >> 60 == 0;
+}
+
+void AdmissionController::OnLookup(const std::vector<std::string_view>& keys, uint64_t found) {
   if (mode_ == Mode::kAll) return;
   std::string packed;
   packed.reserve(keys.size() * kDigestBytes);
   for (std::string_view key : keys) packed.append(key);
-  OnLookup(packed, missed);
+  OnLookup(packed, found);
 }
 
-void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t missed) {
+void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t found) {
   if (mode_ == Mode::kAll) return;
   const char* const packed = packed_keys.data();
   const size_t n = packed_keys.size() / kDigestBytes;
+  found = std::min<uint64_t>(found, n);
+  const uint64_t missed = n - found;
   auto key_at = [packed](size_t i) {
     BlockKey key;
     std::memcpy(key.data(), packed + i * kDigestBytes, kDigestBytes);
     return key;
   };
-  // Each key's counters are one random line of a sketch larger than the nearer caches:
-  // fetch the lines a few keys ahead.
+  // Found keys: only the sampled ones here (their blocks count the rest).
+  sampled_found_.clear();
+  for (size_t i = 0; i < found; ++i) {
+    uint64_t first;
+    std::memcpy(&first, packed + i * kDigestBytes, sizeof(first));
+    if (first >> 60 == 0) sampled_found_.push_back(static_cast<uint32_t>(i));
+  }
+  for (uint32_t i : sampled_found_) sketch_.Add(key_at(i));
+  sketch_.Advance(found - sampled_found_.size());
+  // Missed keys: each one's counters are one random line of a sketch larger than the
+  // nearer caches: fetch the lines a few keys ahead.
   constexpr size_t kAhead = 32;
-  for (size_t i = 0; i < std::min(n, kAhead); ++i) sketch_.Prefetch(key_at(i));
-  for (size_t i = 0; i < n; ++i) {
+  for (size_t i = found; i < std::min(n, found + kAhead); ++i) sketch_.Prefetch(key_at(i));
+  for (size_t i = found; i < n; ++i) {
     if (i + kAhead < n) sketch_.Prefetch(key_at(i + kAhead));
     sketch_.Add(key_at(i));
   }
+  epoch_.store(sketch_.halvings(), std::memory_order_relaxed);
   if (mode_ != Mode::kAuto) return;
   const uint64_t capacity = MiniatureCapacity();
-  for (size_t i = 0; i < n; ++i) {
-    const BlockKey key = key_at(i);
-    // Keys are SHA-256 outputs: the top bits of the first word are a fair sample.
-    if (Word(key, 0) >> 60 != 0) continue;
+  auto reference = [&](const BlockKey& key) {
     const uint32_t seen = sketch_.Estimate(key);
     for (Miniature& m : rules_) m.Reference(Word(key, 0), seen, missed, capacity);
     if (++sampled_ % (kDecisionPeriod * capacity) == 0) {
@@ -117,7 +131,17 @@ void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t missed
       rule_now_ = best;
       for (Miniature& m : rules_) m.hits /= 2;
     }
+  };
+  for (uint32_t i : sampled_found_) reference(key_at(i));
+  for (size_t i = found; i < n; ++i) {
+    const BlockKey key = key_at(i);
+    if (Sampled(key)) reference(key);
   }
+}
+
+void AdmissionController::OnLeave(const BlockKey& key, uint32_t uses) {
+  if (mode_ == Mode::kAll || uses == 0) return;
+  sketch_.AddCounted(key, uses);
 }
 
 void AdmissionController::NoteBlockPages(uint64_t pages) {

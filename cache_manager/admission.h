@@ -15,7 +15,9 @@
 #ifndef TIERKV_CACHE_MANAGER_ADMISSION_H_
 #define TIERKV_CACHE_MANAGER_ADMISSION_H_
 
+#include <atomic>
 #include <cstdint>
+#include <algorithm>
 #include <list>
 #include <string>
 #include <string_view>
@@ -26,6 +28,23 @@
 #include "core/block_key.h"
 
 namespace tierkv {
+
+// A cached block's uses since it entered the cache (or since they were last aged), halved
+// with the sketch, for AdmissionController::OnLeave. Kept in the block itself.
+struct BlockUses {
+  uint8_t count = 0;
+  uint16_t epoch = 0;  // The sketch's epoch (low bits) `count` is aged to.
+
+  // Ages `count` to `now` (one halving per epoch since).
+  uint32_t AgedTo(uint64_t now) const {
+    const uint16_t age = static_cast<uint16_t>(static_cast<uint16_t>(now) - epoch);
+    return age >= 8 ? 0 : count >> age;
+  }
+  void Add(uint64_t now) {
+    count = static_cast<uint8_t>(std::min<uint32_t>(FrequencySketch::kMax, AgedTo(now) + 1));
+    epoch = static_cast<uint16_t>(now);
+  }
+};
 
 class AdmissionController {
  public:
@@ -40,11 +59,27 @@ class AdmissionController {
   // most `max_new_blocks` new ones. kAdmitAll: every block; 0: second use only.
   static constexpr uint32_t kAdmitAll = UINT32_MAX;
 
-  // The keys of one Lookup, in chain order, of which the last `missed` were not found:
-  // counted as asked for, and fed to the miniatures.
-  void OnLookup(const std::vector<std::string_view>& keys, uint64_t missed);
-  // The same with the keys concatenated (32 bytes each).
-  void OnLookup(std::string_view packed_keys, uint64_t missed);
+  // The keys of one Lookup, in chain order, of which the first `found` were found: counted
+  // as asked for, and fed to the miniatures.
+  //
+  // Every key a Lookup asks for counts, but the sketch counts only the missed ones and the
+  // sampled ones (Sampled) at once. Found blocks count their own uses instead (BlockUses,
+  // in a line the Lookup writes anyway) and hand them over with OnLeave when they leave the
+  // cache: the sketch is read only for keys that are not cached (Admit) and for sampled
+  // keys (the miniatures), so the estimates stay what counting every key would give, while
+  // a long cached prefix costs no sketch line per block. The halving clock moves for every
+  // key.
+  void OnLookup(std::string_view packed_keys, uint64_t found);
+  // The same with the keys as views (tests).
+  void OnLookup(const std::vector<std::string_view>& keys, uint64_t found);
+  // A cached block leaves: its uses counted since (BlockUses) go into the sketch.
+  void OnLeave(const BlockKey& key, uint32_t uses);
+
+  // Keys that always go to the sketch and the miniatures: one in 16, by the key's bits.
+  static bool Sampled(const BlockKey& key);
+  // The sketch's halving count, readable without the controller's lock (BlockUses ages
+  // with it).
+  uint64_t epoch() const { return epoch_.load(std::memory_order_relaxed); }
   // A block of `pages` pages was allocated: sizes the miniatures in blocks.
   void NoteBlockPages(uint64_t pages);
   // Whether `key`, one of `new_blocks` blocks one Allocate brings, may displace cached
@@ -84,6 +119,8 @@ class AdmissionController {
   // kAll and kSecondUse: their one rule. kAuto: every rule, kAdmitAll first (ties go to
   // the rule admitting more).
   std::vector<Miniature> rules_;
+  std::atomic<uint64_t> epoch_{0};
+  std::vector<uint32_t> sampled_found_;  // OnLookup's scratch.
   size_t rule_now_ = 0;
   uint64_t sampled_ = 0;
   uint64_t switches_ = 0;

@@ -24,7 +24,7 @@ void Lookup(AdmissionController& a, uint64_t first, uint64_t n, uint64_t missed 
   for (uint64_t i = first; i < first + n; ++i) keys.push_back(Key(i));
   std::vector<std::string_view> views;
   for (const BlockKey& k : keys) views.push_back(KeyBytes(k));
-  a.OnLookup(views, std::min(n, missed));
+  a.OnLookup(views, n - std::min(n, missed));
 }
 
 TEST(AdmissionTest, AllAdmitsEverything) {
@@ -44,6 +44,64 @@ TEST(AdmissionTest, SecondUseAdmitsWhatWasAskedForTwice) {
   EXPECT_FALSE(a.Admit(Key(7), 10));
   EXPECT_EQ(a.rule_now(), 0u);
   EXPECT_EQ(a.Describe(), "second-use");
+}
+
+// A key the sketch counts only through its block while cached (not a sampled one).
+uint64_t UnsampledKey(uint64_t from) {
+  while (AdmissionController::Sampled(Key(from))) ++from;
+  return from;
+}
+
+TEST(AdmissionTest, FoundKeysCountThroughTheirBlocksUntilTheyLeave) {
+  AdmissionController a(AdmissionController::Mode::kSecondUse, 1000, 0);
+  const uint64_t k = UnsampledKey(100);
+  Lookup(a, k, 1);  // Missed: counted once.
+  EXPECT_FALSE(a.Admit(Key(k), 10));
+  const BlockKey key = Key(k);
+  std::vector<std::string_view> views = {KeyBytes(key)};
+  a.OnLookup(views, /*found=*/1);  // Found: its block counts it, not the sketch.
+  EXPECT_FALSE(a.Admit(key, 10));
+  a.OnLeave(key, 1);  // The block leaves with that use.
+  EXPECT_TRUE(a.Admit(key, 10));
+}
+
+TEST(AdmissionTest, SampledFoundKeysStillCountInTheSketch) {
+  AdmissionController a(AdmissionController::Mode::kSecondUse, 1000, 0);
+  uint64_t k = 0;
+  while (!AdmissionController::Sampled(Key(k))) ++k;
+  const BlockKey key = Key(k);
+  std::vector<std::string_view> views = {KeyBytes(key)};
+  a.OnLookup(views, 0);
+  a.OnLookup(views, 1);
+  EXPECT_TRUE(a.Admit(key, 10));
+}
+
+TEST(AdmissionTest, BlockUsesAgeWithTheSketch) {
+  BlockUses u;
+  for (int i = 0; i < 3; ++i) u.Add(5);
+  EXPECT_EQ(u.AgedTo(5), 3u);
+  EXPECT_EQ(u.AgedTo(6), 1u);
+  EXPECT_EQ(u.AgedTo(7), 0u);
+  u.Add(7);  // Aged first, then counted.
+  EXPECT_EQ(u.AgedTo(7), 1u);
+  for (int i = 0; i < 40; ++i) u.Add(7);
+  EXPECT_EQ(u.AgedTo(7), FrequencySketch::kMax);
+  EXPECT_EQ(u.AgedTo(7 + 100), 0u);
+}
+
+TEST(AdmissionTest, SketchHalvesOnAdvanceAndAddsCountedUses) {
+  FrequencySketch sketch(64);  // Halves every 640 additions.
+  const BlockKey key = Key(1);
+  sketch.AddCounted(key, 6);
+  EXPECT_EQ(sketch.Estimate(key), 6u);
+  EXPECT_EQ(sketch.halvings(), 0u);
+  sketch.Advance(639);
+  EXPECT_EQ(sketch.halvings(), 0u);
+  sketch.Advance(1);
+  EXPECT_EQ(sketch.halvings(), 1u);
+  EXPECT_EQ(sketch.Estimate(key), 3u);
+  sketch.AddCounted(key, 100);
+  EXPECT_EQ(sketch.Estimate(key), FrequencySketch::kMax);
 }
 
 TEST(AdmissionTest, AutoFollowsWhicheverRuleHitsMore) {

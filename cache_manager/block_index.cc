@@ -819,6 +819,11 @@ void BlockIndex::RemoveBlock(CommittedBlock& block, const std::string& reason,
     --ssd_blocks_;
     ssd_bytes_ -= block.size;
   }
+  if (admission_ != nullptr && block.uses.count > 0) {
+    // Its uses while cached go into the sketch now that the key is new again.
+    absl::MutexLock admission_lock(&admission_mu_);
+    admission_->OnLeave(key, block.uses.AgedTo(admission_->epoch()));
+  }
   probe_.Erase(key);
   blocks_.erase(key);
   RememberEvicted(key, reason, checksum_failure);
@@ -918,11 +923,12 @@ absl::StatusOr<LookupResult> BlockIndex::LookupPacked(
     absl::FunctionRef<void(const CommittedBlock&)> emit, bool accept_gpu) {
   absl::StatusOr<LookupResult> result =
       LookupWalk(packed_keys, fingerprint, accept_codecs, lease, lease_ttl, emit, accept_gpu);
-  // Every key of the request counts as asked for, found or not; the miniatures also learn
-  // how many were missed. Outside the index lock.
+  // Every key of the request counts as asked for, found or not (the found ones in their
+  // blocks, counted by the walk); the miniatures also learn how many were missed. Outside
+  // the index lock.
   if (result.ok() && admission_ != nullptr) {
     absl::MutexLock admission_lock(&admission_mu_);
-    admission_->OnLookup(packed_keys, packed_keys.size() / kDigestBytes - result->found);
+    admission_->OnLookup(packed_keys, result->found);
   }
   return result;
 }
@@ -970,14 +976,41 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
     if (block != nullptr) PrefetchBlock(block);
     return block;
   };
-  // Find the prefix; SSD-only blocks in it are promoted to host memory first (the lock is
-  // released for the reads), then the walk starts over. The last walk emits only blocks in
-  // host memory, with no release of the lock between it and the emission.
+  // Walk the chain and answer for each block of the prefix as soon as it is known to be in
+  // host memory (or the GPU tier, for a caller that shares it): one pass over the blocks'
+  // lines. SSD-only blocks in the prefix stop the answering: the walk goes on to collect
+  // them and the host blocks after them, they are promoted to host memory (the lock is
+  // released for the reads, with the blocks answered for so far and the collected ones
+  // held), and the walk resumes after the last block answered for.
   constexpr int kMaxPromotionRounds = 4;
-  std::vector<CommittedBlock*> found;
-  found.reserve(n);
+  const absl::Time now = clock_->Now();
+  LookupResult result;
+  std::vector<BlockKey> leased;
+  // Found blocks count their uses for the admission sketch themselves (admission.h).
+  const bool count_uses = admission_ != nullptr;
+  const uint64_t uses_epoch = count_uses ? admission_->epoch() : 0;
+  size_t done = 0;  // Keys [0, done) are answered for.
+  uint64_t gpu_hits = 0;
+  auto answer = [&](CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    ++block.hits;
+    if (count_uses && !AdmissionController::Sampled(block.key)) block.uses.Add(uses_epoch);
+    block.no_demote = false;  // A failed demotion is retried after the block's next use.
+    block.last_access = now;
+    if (!block.listed) {
+      // In no eviction order (inside a chain, in host memory only): Touch's Unlist and
+      // Relist would do nothing but this.
+      block.touch_seq = next_seq_++;
+    } else {
+      Touch(block);
+    }
+    if (lease) {
+      AddReader(block);
+      leased.push_back(block.key);
+    }
+    gpu_hits += accept_gpu && block.in_gpu;
+    emit(block);
+  };
   for (int round = 0;; ++round) {
-    found.clear();
     std::vector<BlockKey> to_promote;
     absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> promoting;  // The same keys.
     std::vector<BlockKey> keep;
@@ -986,9 +1019,14 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
     uint64_t promote_budget = pool_->capacity_bytes() - std::min(staying, pool_->capacity_bytes());
     bool waited = false;
     CommittedBlock* ring[kRing];
-    for (size_t i = 0; i < std::min(n, kProbeAhead); ++i) probe_.Prefetch(PackedKey(packed, i));
-    for (size_t i = 0; i < std::min(n, kBlockAhead); ++i) ring[i] = probe(i);
-    for (size_t i = 0; i < n; ++i) {
+    const size_t first = done;
+    for (size_t i = first; i < std::min(n, first + kProbeAhead); ++i) {
+      probe_.Prefetch(PackedKey(packed, i));
+    }
+    for (size_t i = first; i < std::min(n, first + kBlockAhead); ++i) {
+      ring[i & (kRing - 1)] = probe(i);
+    }
+    for (size_t i = first; i < n; ++i) {
       if (i + kProbeAhead < n) probe_.Prefetch(PackedKey(packed, i + kProbeAhead));
       if (i + kBlockAhead < n) ring[(i + kBlockAhead) & (kRing - 1)] = probe(i + kBlockAhead);
       CommittedBlock* found_block = ring[i & (kRing - 1)];
@@ -1024,46 +1062,20 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
         keep.push_back(block.key);
         continue;
       }
-      found.push_back(&block);
+      answer(block);
+      ++done;
     }
     if (waited) continue;
     if (to_promote.empty()) break;
-    // The chain's blocks already in host memory stay there while the rest comes up.
-    for (CommittedBlock* b : found) keep.push_back(b->key);
+    // The blocks answered for and the chain's blocks already in host memory stay there
+    // while the rest comes up.
+    for (size_t i = 0; i < done; ++i) keep.push_back(PackedKey(packed, i));
     for (const BlockKey& key : keep) AddReader(*blocks_.at(key));
     Promote(to_promote);
     for (const BlockKey& key : keep) RemoveReader(key);
   }
-  const absl::Time now = clock_->Now();
-  LookupResult result;
-  std::vector<BlockKey> leased;
-  if (lease) leased.reserve(found.size());
-  // The walk's blocks may have left the nearer caches on a long chain: prefetch again.
-  constexpr size_t kUpdateAhead = 24;
-  for (size_t i = 0; i < std::min(found.size(), kUpdateAhead); ++i) PrefetchBlock(found[i]);
-  for (size_t i = 0; i < found.size(); ++i) {
-    if (i + kUpdateAhead < found.size()) PrefetchBlock(found[i + kUpdateAhead]);
-    CommittedBlock& block = *found[i];
-    ++block.hits;
-    block.no_demote = false;  // A failed demotion is retried after the block's next use.
-    block.last_access = now;
-    if (!block.listed) {
-      // In no eviction order (inside a chain, in host memory only): Touch's Unlist and
-      // Relist would do nothing but this.
-      block.touch_seq = next_seq_++;
-    } else {
-      Touch(block);
-    }
-    if (lease) {
-      AddReader(block);
-      leased.push_back(block.key);
-    }
-    emit(block);
-  }
-  result.found = found.size();
-  if (accept_gpu && gpu_ != nullptr) {
-    for (const CommittedBlock* b : found) counters_.gpu_hits += b->in_gpu;
-  }
+  result.found = done;
+  counters_.gpu_hits += gpu_hits;
   counters_.hits += result.found;
   counters_.misses += n - result.found;
   if (lease && !leased.empty()) {

@@ -117,6 +117,8 @@ struct alignas(64) CommittedBlock {
   // Its demotion failed (I/O error): it leaves host memory only by eviction.
   bool no_demote = false;
   bool pinned = false;
+  // Lookup hits not yet in the admission sketch (AdmissionController::OnLookup).
+  BlockUses uses;
   uint32_t host_children = 0;  // Committed children with a host copy.
   uint32_t readers = 0;   // Read leases, in-flight Gets, and allocations extending it.
   uint32_t children = 0;  // Committed blocks whose parent is this one.

@@ -10,6 +10,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -46,6 +47,29 @@ class FrequencySketch {
     if (++additions_ >= sample_) Halve();
   }
 
+  // Adds `count` uses of `key` counted elsewhere meanwhile: the counters only, since Advance
+  // already moved the halving clock for them.
+  void AddCounted(const BlockKey& key, uint32_t count) {
+    uint8_t* line = counters_.get() + LineOffset(key);
+    for (int r = 0; r < kRows; ++r) {
+      uint8_t& c = line[Position(key, r)];
+      c = static_cast<uint8_t>(std::min<uint32_t>(kMax, c + count));
+    }
+  }
+
+  // Moves the halving clock by `count` uses that are counted elsewhere for now (see
+  // AdmissionController::OnLookup).
+  void Advance(uint64_t count) {
+    additions_ += count;
+    if (additions_ >= sample_) Halve();
+  }
+
+  // How many times the counters were halved so far.
+  uint64_t halvings() const { return halvings_; }
+
+  // A counter's ceiling.
+  static constexpr uint8_t kMax = 15;
+
   // Starts fetching `key`'s counters into the cache (Add and Estimate read them).
   void Prefetch(const BlockKey& key) const {
     __builtin_prefetch(counters_.get() + LineOffset(key), 1, 3);
@@ -63,7 +87,6 @@ class FrequencySketch {
 
  private:
   static constexpr int kRows = 4;
-  static constexpr uint8_t kMax = 15;
   static constexpr uint64_t kLine = 64;
   static constexpr size_t kHugePage = 2 << 20;
   struct Free {
@@ -86,12 +109,14 @@ class FrequencySketch {
   void Halve() {
     for (size_t i = 0; i < lines_ * kLine; ++i) counters_[i] >>= 1;
     additions_ /= 2;
+    ++halvings_;
   }
 
   uint64_t width_ = 0;
   uint64_t lines_ = 0;
   uint64_t sample_ = 0;
   uint64_t additions_ = 0;
+  uint64_t halvings_ = 0;
   std::unique_ptr<uint8_t[], Free> counters_;
 };
 
