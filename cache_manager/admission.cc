@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -49,35 +50,77 @@ AdmissionController::AdmissionController(Mode mode, uint64_t capacity_pages,
       break;
     case Mode::kAuto:
       for (uint32_t rule : kAutoRules) rules_.emplace_back(rule);
+      static_assert(std::size(kAutoRules) <= kMaxRules);
       break;
   }
 }
 
-void AdmissionController::Miniature::Reference(uint64_t key, uint32_t seen, uint64_t missed,
-                                               uint64_t capacity) {
-  auto it = where_.find(key);
-  if (it != where_.end()) {
-    hits += 1;
-    lru_.splice(lru_.begin(), lru_, it->second);
-    return;
-  }
-  if (max_new_blocks != kAdmitAll && seen < 2 && missed > max_new_blocks) return;
-  lru_.push_front(key);
-  where_[key] = lru_.begin();
-  while (lru_.size() > capacity) {
-    where_.erase(lru_.back());
-    lru_.pop_back();
+void AdmissionController::Unlink(size_t r, uint32_t e) {
+  Entry& x = entries_[e];
+  Miniature& m = rules_[r];
+  if (x.prev[r] != kNone) entries_[x.prev[r]].next[r] = x.next[r];
+  else m.head = x.next[r];
+  if (x.next[r] != kNone) entries_[x.next[r]].prev[r] = x.prev[r];
+  else m.tail = x.prev[r];
+}
+
+void AdmissionController::PushFront(size_t r, uint32_t e) {
+  Entry& x = entries_[e];
+  Miniature& m = rules_[r];
+  x.prev[r] = kNone;
+  x.next[r] = m.head;
+  if (m.head != kNone) entries_[m.head].prev[r] = e;
+  m.head = e;
+  if (m.tail == kNone) m.tail = e;
+}
+
+void AdmissionController::Reference(uint64_t key, uint32_t seen, uint64_t missed,
+                                    uint64_t capacity) {
+  auto it = entry_of_.find(key);
+  uint32_t e = it == entry_of_.end() ? kNone : it->second;
+  for (size_t r = 0; r < rules_.size(); ++r) {
+    Miniature& m = rules_[r];
+    const uint8_t bit = static_cast<uint8_t>(1u << r);
+    if (e != kNone && (entries_[e].in & bit) != 0) {
+      m.hits += 1;
+      if (m.head != e) {
+        Unlink(r, e);
+        PushFront(r, e);
+      }
+      continue;
+    }
+    if (m.max_new_blocks != kAdmitAll && seen < 2 && missed > m.max_new_blocks) continue;
+    if (e == kNone) {
+      if (free_entries_.empty()) {
+        e = static_cast<uint32_t>(entries_.size());
+        entries_.emplace_back();
+      } else {
+        e = free_entries_.back();
+        free_entries_.pop_back();
+      }
+      entries_[e].key = key;
+      entries_[e].in = 0;
+      entry_of_.emplace(key, e);
+    }
+    PushFront(r, e);
+    entries_[e].in |= bit;
+    ++m.size;
+    while (m.size > capacity) {  // The tail is never `e`: capacity is at least kMinMiniature.
+      const uint32_t last = m.tail;
+      Unlink(r, last);
+      --m.size;
+      entries_[last].in &= static_cast<uint8_t>(~bit);
+      if (entries_[last].in == 0) {
+        entry_of_.erase(entries_[last].key);
+        free_entries_.push_back(last);
+      }
+    }
   }
 }
 
 uint64_t AdmissionController::MiniatureCapacity() const {
   const double blocks = static_cast<double>(capacity_pages_) / pages_per_block_;
   return std::max<uint64_t>(kMinMiniature, static_cast<uint64_t>(blocks) / kSampleRate);
-}
-
-bool AdmissionController::Sampled(const BlockKey& key) {
-  // Keys are SHA-256 outputs: the top bits of the first word are a fair sample.
-  return Word(key, 0) >> 60 == 0;
 }
 
 void AdmissionController::OnLookup(const std::vector<std::string_view>& keys, uint64_t found) {
@@ -121,7 +164,7 @@ void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t found)
   const uint64_t capacity = MiniatureCapacity();
   auto reference = [&](const BlockKey& key) {
     const uint32_t seen = sketch_.Estimate(key);
-    for (Miniature& m : rules_) m.Reference(Word(key, 0), seen, missed, capacity);
+    Reference(Word(key, 0), seen, missed, capacity);
     if (++sampled_ % (kDecisionPeriod * capacity) == 0) {
       size_t best = 0;
       for (size_t r = 1; r < rules_.size(); ++r) {

@@ -17,8 +17,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <algorithm>
-#include <list>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -76,7 +76,12 @@ class AdmissionController {
   void OnLeave(const BlockKey& key, uint32_t uses);
 
   // Keys that always go to the sketch and the miniatures: one in 16, by the key's bits.
-  static bool Sampled(const BlockKey& key);
+  static bool Sampled(const BlockKey& key) {
+    // Keys are SHA-256 outputs: the top bits of the first word are a fair sample.
+    uint64_t first;
+    std::memcpy(&first, key.data(), sizeof(first));
+    return first >> 60 == 0;
+  }
   // The sketch's halving count, readable without the controller's lock (BlockUses ages
   // with it).
   uint64_t epoch() const { return epoch_.load(std::memory_order_relaxed); }
@@ -96,18 +101,29 @@ class AdmissionController {
   std::string Describe() const;
 
  private:
-  // An LRU cache of sampled keys under one rule.
-  class Miniature {
-   public:
+  // The miniatures: one LRU list of sampled keys per rule, over entries shared by all
+  // rules, so that a reference looks its key up once, not once per rule, and the lists'
+  // links lie in one array rather than in a heap node per key and rule.
+  static constexpr size_t kMaxRules = 5;
+  static constexpr uint32_t kNone = UINT32_MAX;
+  struct Miniature {
     explicit Miniature(uint32_t max_new_blocks) : max_new_blocks(max_new_blocks) {}
-    void Reference(uint64_t key, uint32_t seen, uint64_t missed, uint64_t capacity);
-    const uint32_t max_new_blocks;
+    uint32_t max_new_blocks;
     double hits = 0;
-
-   private:
-    std::list<uint64_t> lru_;  // Front: most recent.
-    absl::flat_hash_map<uint64_t, std::list<uint64_t>::iterator> where_;
+    uint32_t head = kNone;  // Most recent.
+    uint32_t tail = kNone;
+    uint64_t size = 0;
   };
+  struct Entry {
+    uint64_t key = 0;
+    uint32_t prev[kMaxRules];
+    uint32_t next[kMaxRules];
+    uint8_t in = 0;  // Bit r: in rule r's miniature.
+  };
+  // A reference to a sampled key under every rule.
+  void Reference(uint64_t key, uint32_t seen, uint64_t missed, uint64_t capacity);
+  void Unlink(size_t rule, uint32_t e);
+  void PushFront(size_t rule, uint32_t e);
 
   uint64_t MiniatureCapacity() const;
 
@@ -119,6 +135,9 @@ class AdmissionController {
   // kAll and kSecondUse: their one rule. kAuto: every rule, kAdmitAll first (ties go to
   // the rule admitting more).
   std::vector<Miniature> rules_;
+  std::vector<Entry> entries_;
+  std::vector<uint32_t> free_entries_;
+  absl::flat_hash_map<uint64_t, uint32_t> entry_of_;  // Sampled key -> entries_ index.
   std::atomic<uint64_t> epoch_{0};
   std::vector<uint32_t> sampled_found_;  // OnLookup's scratch.
   size_t rule_now_ = 0;
