@@ -133,6 +133,19 @@ void AdmissionController::OnLookup(const std::vector<std::string_view>& keys, ui
 
 void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t found) {
   if (mode_ == Mode::kAll) return;
+  found = std::min<uint64_t>(found, packed_keys.size() / kDigestBytes);
+  sampled_found_.clear();
+  for (size_t i = 0; i < found; ++i) {
+    BlockKey key;
+    std::memcpy(key.data(), packed_keys.data() + i * kDigestBytes, kDigestBytes);
+    if (Sampled(key)) sampled_found_.push_back(static_cast<uint32_t>(i));
+  }
+  OnLookup(packed_keys, found, sampled_found_);
+}
+
+void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t found,
+                                   std::span<const uint32_t> sampled_found) {
+  if (mode_ == Mode::kAll) return;
   const char* const packed = packed_keys.data();
   const size_t n = packed_keys.size() / kDigestBytes;
   found = std::min<uint64_t>(found, n);
@@ -143,14 +156,9 @@ void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t found)
     return key;
   };
   // Found keys: only the sampled ones here (their blocks count the rest).
-  sampled_found_.clear();
-  for (size_t i = 0; i < found; ++i) {
-    uint64_t first;
-    std::memcpy(&first, packed + i * kDigestBytes, sizeof(first));
-    if (first >> 60 == 0) sampled_found_.push_back(static_cast<uint32_t>(i));
-  }
-  for (uint32_t i : sampled_found_) sketch_.Add(key_at(i));
-  sketch_.Advance(found - sampled_found_.size());
+  for (uint32_t i : sampled_found) sketch_.Prefetch(key_at(i));
+  for (uint32_t i : sampled_found) sketch_.Add(key_at(i));
+  sketch_.Advance(found - sampled_found.size());
   // Missed keys: each one's counters are one random line of a sketch larger than the
   // nearer caches: fetch the lines a few keys ahead.
   constexpr size_t kAhead = 32;
@@ -175,7 +183,7 @@ void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t found)
       for (Miniature& m : rules_) m.hits /= 2;
     }
   };
-  for (uint32_t i : sampled_found_) reference(key_at(i));
+  for (uint32_t i : sampled_found) reference(key_at(i));
   for (size_t i = found; i < n; ++i) {
     const BlockKey key = key_at(i);
     if (Sampled(key)) reference(key);

@@ -20,6 +20,7 @@
 #include <cstring>
 #include <algorithm>
 #include <string>
+#include <span>
 #include <string_view>
 #include <vector>
 
@@ -70,6 +71,10 @@ class AdmissionController {
   // a long cached prefix costs no sketch line per block. The halving clock moves for every
   // key.
   void OnLookup(std::string_view packed_keys, uint64_t found);
+  // The same for a caller that already knows which found keys are sampled: their indices,
+  // ascending.
+  void OnLookup(std::string_view packed_keys, uint64_t found,
+                std::span<const uint32_t> sampled_found);
   // The same with the keys as views (tests).
   void OnLookup(const std::vector<std::string_view>& keys, uint64_t found);
   // A cached block leaves: its uses counted since (BlockUses) go into the sketch.

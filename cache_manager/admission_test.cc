@@ -94,12 +94,21 @@ TEST(AdmissionTest, SketchHalvesOnAdvanceAndAddsCountedUses) {
   const BlockKey key = Key(1);
   sketch.AddCounted(key, 6);
   EXPECT_EQ(sketch.Estimate(key), 6u);
+  // Neighbouring counters of all values halve on their own (no bit crosses a byte).
+  std::vector<BlockKey> others;
+  for (uint64_t i = 2; i < 40; ++i) {
+    others.push_back(Key(i));
+    sketch.AddCounted(others.back(), static_cast<uint32_t>(i % 16));
+  }
+  std::vector<uint32_t> before;
+  for (const BlockKey& k : others) before.push_back(sketch.Estimate(k));
   EXPECT_EQ(sketch.halvings(), 0u);
   sketch.Advance(639);
   EXPECT_EQ(sketch.halvings(), 0u);
   sketch.Advance(1);
   EXPECT_EQ(sketch.halvings(), 1u);
   EXPECT_EQ(sketch.Estimate(key), 3u);
+  for (size_t i = 0; i < others.size(); ++i) EXPECT_EQ(sketch.Estimate(others[i]), before[i] / 2);
   sketch.AddCounted(key, 100);
   EXPECT_EQ(sketch.Estimate(key), FrequencySketch::kMax);
 }

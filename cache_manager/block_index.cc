@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
+#include <new>
 #include <thread>
 
 #include "absl/cleanup/cleanup.h"
@@ -65,6 +67,73 @@ std::string_view InspectStateName(InspectState state) {
   }
   return "unknown";
 }
+
+// Slabs of committed blocks (see CommittedBlockDelete in the header).
+struct BlockSlab {
+  // At most this many blocks a slab: a slab lives while any of its blocks does, so this
+  // bounds the dead slots one surviving block can keep (a chain's tail is evicted before
+  // its head); a Lookup probes the table once per slab it crosses.
+  static constexpr uint32_t kMaxBlocks = 256;
+  static constexpr size_t kHeader = 64;
+
+  uint32_t live = 0;
+  uint32_t size = 0;
+
+  CommittedBlock* slot(uint32_t i) {
+    return reinterpret_cast<CommittedBlock*>(reinterpret_cast<char*>(this) + kHeader) + i;
+  }
+  static BlockSlab* Create(uint32_t n) {
+    static_assert(kHeader % alignof(CommittedBlock) == 0);
+    const size_t bytes = kHeader + size_t{n} * sizeof(CommittedBlock);
+    void* memory = ::operator new(bytes, std::align_val_t{alignof(CommittedBlock)});
+    std::memset(memory, 0, bytes);  // Unused slots read as zero keys.
+    auto* slab = new (memory) BlockSlab;
+    slab->size = n;
+    return slab;
+  }
+  static void Destroy(BlockSlab* slab) {
+    slab->~BlockSlab();
+    ::operator delete(static_cast<void*>(slab), std::align_val_t{alignof(CommittedBlock)});
+  }
+};
+
+void CommittedBlockDelete::operator()(CommittedBlock* block) const {
+  BlockSlab* slab = block->slab;
+  block->~CommittedBlock();
+  // A Lookup that expects a chain's next block in this slot compares its key: zero matches
+  // no block key.
+  std::memset(static_cast<void*>(block), 0, sizeof(BlockKey));
+  if (--slab->live == 0) BlockSlab::Destroy(slab);
+}
+
+namespace {
+
+// Hands out `blocks` new committed blocks in consecutive slots, slab after slab.
+class SlabCursor {
+ public:
+  explicit SlabCursor(size_t blocks) : left_(blocks) {}
+  CommittedBlockPtr New() {
+    if (slab_ == nullptr || next_ == slab_->size) {
+      slab_ = BlockSlab::Create(
+          static_cast<uint32_t>(std::clamp<size_t>(left_, 1, BlockSlab::kMaxBlocks)));
+      next_ = 0;
+    }
+    if (left_ > 0) --left_;
+    CommittedBlock* block = new (slab_->slot(next_)) CommittedBlock();
+    block->slab = slab_;
+    block->slab_after = slab_->size - next_ - 1;
+    ++next_;
+    ++slab_->live;
+    return CommittedBlockPtr(block);
+  }
+
+ private:
+  size_t left_;
+  BlockSlab* slab_ = nullptr;
+  uint32_t next_ = 0;
+};
+
+}  // namespace
 
 BlockIndex::BlockIndex(const BlockIndexOptions& options, HostPool* pool, Clock* clock,
                        EventLog* events, SsdTier* ssd, DeviceTier* gpu)
@@ -921,14 +990,16 @@ absl::StatusOr<LookupResult> BlockIndex::LookupPacked(
     std::string_view packed_keys, const std::optional<Digest>& fingerprint,
     const std::vector<uint32_t>& accept_codecs, bool lease, absl::Duration lease_ttl,
     absl::FunctionRef<void(const CommittedBlock&)> emit, bool accept_gpu) {
+  thread_local std::vector<uint32_t> sampled_found;  // Kept between calls: no allocation.
   absl::StatusOr<LookupResult> result =
-      LookupWalk(packed_keys, fingerprint, accept_codecs, lease, lease_ttl, emit, accept_gpu);
+      LookupWalk(packed_keys, fingerprint, accept_codecs, lease, lease_ttl, emit, accept_gpu,
+                 &sampled_found);
   // Every key of the request counts as asked for, found or not (the found ones in their
   // blocks, counted by the walk); the miniatures also learn how many were missed. Outside
   // the index lock.
   if (result.ok() && admission_ != nullptr) {
     absl::MutexLock admission_lock(&admission_mu_);
-    admission_->OnLookup(packed_keys, result->found);
+    admission_->OnLookup(packed_keys, result->found, sampled_found);
   }
   return result;
 }
@@ -936,7 +1007,9 @@ absl::StatusOr<LookupResult> BlockIndex::LookupPacked(
 absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
     std::string_view packed_keys, const std::optional<Digest>& fingerprint,
     const std::vector<uint32_t>& accept_codecs, bool lease, absl::Duration lease_ttl,
-    absl::FunctionRef<void(const CommittedBlock&)> emit, bool accept_gpu) {
+    absl::FunctionRef<void(const CommittedBlock&)> emit, bool accept_gpu,
+    std::vector<uint32_t>* sampled_found) {
+  sampled_found->clear();
   if (packed_keys.size() % kDigestBytes != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "keys is ", packed_keys.size(), " bytes, not a whole number of ", kDigestBytes,
@@ -993,7 +1066,13 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
   uint64_t gpu_hits = 0;
   auto answer = [&](CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     ++block.hits;
-    if (count_uses && !AdmissionController::Sampled(block.key)) block.uses.Add(uses_epoch);
+    if (count_uses) {
+      if (AdmissionController::Sampled(block.key)) {
+        sampled_found->push_back(static_cast<uint32_t>(done));
+      } else {
+        block.uses.Add(uses_epoch);
+      }
+    }
     block.no_demote = false;  // A failed demotion is retried after the block's next use.
     block.last_access = now;
     if (!block.listed) {
@@ -1020,6 +1099,12 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
     bool waited = false;
     CommittedBlock* ring[kRing];
     const size_t first = done;
+    // The slab run the walk is in: key k < run_end is expected in the slot
+    // run_block + (k - run_key) (blocks of one Commit sit in chain order). A guess is
+    // prefetched instead of probed, and checked like a probe's candidate: by its key.
+    CommittedBlock* run_block = nullptr;
+    size_t run_key = 0;
+    size_t run_end = 0;
     for (size_t i = first; i < std::min(n, first + kProbeAhead); ++i) {
       probe_.Prefetch(PackedKey(packed, i));
     }
@@ -1027,16 +1112,33 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
       ring[i & (kRing - 1)] = probe(i);
     }
     for (size_t i = first; i < n; ++i) {
-      if (i + kProbeAhead < n) probe_.Prefetch(PackedKey(packed, i + kProbeAhead));
-      if (i + kBlockAhead < n) ring[(i + kBlockAhead) & (kRing - 1)] = probe(i + kBlockAhead);
+      if (i + kProbeAhead < n && i + kProbeAhead >= run_end) {
+        probe_.Prefetch(PackedKey(packed, i + kProbeAhead));
+      }
+      if (const size_t k = i + kBlockAhead; k < n) {
+        if (k < run_end) {
+          CommittedBlock* guess = run_block + (k - run_key);
+          PrefetchBlock(guess);
+          ring[k & (kRing - 1)] = guess;
+        } else {
+          ring[k & (kRing - 1)] = probe(k);
+        }
+      }
       CommittedBlock* found_block = ring[i & (kRing - 1)];
       if (found_block == nullptr) break;
-      if (std::memcmp(found_block->key.data(), packed + i * kDigestBytes, kDigestBytes) != 0) {
-        // Another key with the same first 8 bytes came first.
+      // The key is the block's first bytes; a guessed slot's are read as raw storage, since
+      // its block may be gone (then they are zero).
+      if (std::memcmp(reinterpret_cast<const char*>(found_block), packed + i * kDigestBytes,
+                      kDigestBytes) != 0) {
+        // Another key with the same first 8 bytes came first, or the guessed slot holds
+        // another block (or none).
         found_block = probe_.Find(PackedKey(packed, i));
         if (found_block == nullptr) break;
       }
       CommittedBlock& block = *found_block;
+      run_block = found_block;
+      run_key = i;
+      run_end = i + 1 + block.slab_after;
       if (fingerprint && block.fingerprint_id != want_fingerprint) break;
       if (!codec_ok(block.codec)) break;
       if (!block.in_host && !(accept_gpu && block.in_gpu)) {
@@ -1582,13 +1684,16 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
   }
   const absl::Time now = clock_->Now();
   const Digest fingerprint = (*allocation)->fingerprint;
+  size_t creating = 0;
+  for (const BlockKey& key : keys) creating += !blocks_.contains(key);
+  SlabCursor slots(creating);
   for (size_t i = 0; i < keys.size(); ++i) {
     auto node = pending_.extract(keys[i]);
     PendingBlock& p = node.mapped();
     (*allocation)->keys.erase(keys[i]);
-    std::unique_ptr<CommittedBlock>& owned = blocks_[keys[i]];
+    CommittedBlockPtr& owned = blocks_[keys[i]];
     if (owned == nullptr) {
-      owned = std::make_unique<CommittedBlock>();
+      owned = slots.New();
       owned->key = keys[i];
       probe_.Insert(owned.get());
     }
@@ -2119,7 +2224,7 @@ void BlockIndex::Recover(const SsdRecovery& recovery) {
   for (const SsdRecord* r : order) {
     auto [it, inserted] = blocks_.try_emplace(r->key);
     if (!inserted) continue;
-    it->second = std::make_unique<CommittedBlock>();
+    it->second = SlabCursor(1).New();
     it->second->key = r->key;
     probe_.Insert(it->second.get());
     CommittedBlock& block = *it->second;

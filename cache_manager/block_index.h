@@ -119,6 +119,9 @@ struct alignas(64) CommittedBlock {
   bool pinned = false;
   // Lookup hits not yet in the admission sketch (AdmissionController::OnLookup).
   BlockUses uses;
+  // Slots after this one in its slab: the blocks its Commit created after it, in order
+  // (dead ones read as a zero key). Lookup expects a chain's next block there.
+  uint32_t slab_after = 0;
   uint32_t host_children = 0;  // Committed children with a host copy.
   uint32_t readers = 0;   // Read leases, in-flight Gets, and allocations extending it.
   uint32_t children = 0;  // Committed blocks whose parent is this one.
@@ -134,7 +137,17 @@ struct alignas(64) CommittedBlock {
   std::optional<BlockKey> parent;
   absl::Time committed_at;
   uint64_t commit_seq = 0;  // Order of commit (ListBlocks paging).
+  struct BlockSlab* slab = nullptr;  // Where it lives (freed with its last block).
 };
+
+// Committed blocks live in slabs: the blocks one Commit creates, side by side in its
+// order (a chain's order, as writers commit), so that a Lookup of the chain finds each next
+// block at the next address rather than by a probe of the table, and reads them in
+// address order. A slab goes with its last block.
+struct CommittedBlockDelete {
+  void operator()(CommittedBlock* block) const;
+};
+using CommittedBlockPtr = std::unique_ptr<CommittedBlock, CommittedBlockDelete>;
 
 struct BlockIndexOptions {
   absl::Duration write_lease_ttl = absl::Seconds(30);
@@ -471,13 +484,16 @@ class BlockIndex {
   static void SyncHostOffset(CommittedBlock& block);
   // admission_->Admit(key, new_blocks) (admission_ must be set).
   bool AdmitNew(const BlockKey& key, uint64_t new_blocks) ABSL_LOCKS_EXCLUDED(admission_mu_);
-  // LookupPacked without the admission controller's counting.
+  // LookupPacked without the admission controller's counting; lists the found keys that
+  // AdmissionController::Sampled picks in `sampled_found` (when admission is on).
   absl::StatusOr<LookupResult> LookupWalk(std::string_view packed_keys,
                                           const std::optional<Digest>& fingerprint,
                                           const std::vector<uint32_t>& accept_codecs, bool lease,
                                           absl::Duration lease_ttl,
                                           absl::FunctionRef<void(const CommittedBlock&)> emit,
-                                          bool accept_gpu) ABSL_LOCKS_EXCLUDED(mu_);
+                                          bool accept_gpu,
+                                          std::vector<uint32_t>* sampled_found)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Take a block out of / put it back into the eviction orders its state qualifies it for.
   // Every change of touch_seq, children, host_children, in_host or ssd happens between the
   // two (a block that qualifies for no order, e.g. a host-only block inside a chain, needs
@@ -565,7 +581,7 @@ class BlockIndex {
   absl::CondVar moved_;
   // Committed blocks; the key sits inline in the table (a probe touches no block), the block
   // behind a stable pointer (the eviction orders point at blocks).
-  absl::flat_hash_map<BlockKey, std::unique_ptr<CommittedBlock>, BlockKeyHash, BlockKeyEq> blocks_
+  absl::flat_hash_map<BlockKey, CommittedBlockPtr, BlockKeyHash, BlockKeyEq> blocks_
       ABSL_GUARDED_BY(mu_);
   // The same blocks, for Lookup's prefetched probes (cache_manager/block_probe_table.h).
   BlockProbeTable<CommittedBlock> probe_ ABSL_GUARDED_BY(mu_);

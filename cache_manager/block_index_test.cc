@@ -69,9 +69,15 @@ class BlockIndexTest : public ::testing::Test {
   size_t Found(const std::vector<BlockKey>& chain, bool lease = false, uint64_t* lease_id = nullptr) {
     std::vector<std::string> keys;
     for (auto& k : chain) keys.push_back(Bytes(k));
+    size_t emitted = 0;
     auto r = index_->Lookup(keys, std::nullopt, {}, lease, absl::ZeroDuration(),
-                            [](const CommittedBlock&) {});
+                            [&](const CommittedBlock& b) {
+                              // Block i of the answer is the one under key i.
+                              EXPECT_EQ(b.key, chain[emitted]) << "block " << emitted;
+                              ++emitted;
+                            });
     EXPECT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(emitted, r->found);
     if (lease_id) *lease_id = r->lease_id;
     return r->found;
   }
@@ -105,14 +111,71 @@ TEST(CommittedBlockLayout, LookupFieldsFillTheFirstTwoLines) {
                            static_cast<const void*>(&b.in_gpu)}) {
     EXPECT_LT(at(read), 64u);
   }
+  EXPECT_EQ(at(&b.key), 0u);  // Lookup compares a guessed slot's first bytes.
   EXPECT_EQ(at(&b.touch_seq), 64u);
   for (const void* updated : {static_cast<const void*>(&b.hits),
                               static_cast<const void*>(&b.last_access),
                               static_cast<const void*>(&b.listed),
-                              static_cast<const void*>(&b.no_demote)}) {
+                              static_cast<const void*>(&b.no_demote),
+                              static_cast<const void*>(&b.uses),
+                              static_cast<const void*>(&b.slab_after)}) {
     EXPECT_GE(at(updated), 64u);
     EXPECT_LT(at(updated), 128u);
   }
+}
+
+// Lookup expects a chain's next block in the next slot of its Commit's slab and checks the
+// guess by key: gaps, slab ends, chains continued by later commits, shared prefixes and
+// commits out of chain order all still give the exact prefix.
+TEST_F(BlockIndexTest, LookupFollowsChainsAcrossSlabsAndGaps) {
+  Reset(2048 * kPage);
+  const auto chain = Chain(700);
+  auto prefix = [&](size_t n) { return std::vector<BlockKey>(chain.begin(), chain.begin() + n); };
+  ASSERT_TRUE(Store(chain, 0, 600).ok());  // One Commit: slabs of 256, 256 and 88 blocks.
+  EXPECT_EQ(Found(prefix(600)), 600u);
+  EXPECT_EQ(Found(chain), 600u);
+  // A gap: blocks 300.. gone; their slots read as dead.
+  ASSERT_TRUE(index_->Evict({Bytes(chain[300])}).ok());
+  EXPECT_EQ(Found(chain), 300u);
+  // The chain stored again from 300 in a new Commit (new slabs): the walk leaves the old
+  // slab where its next slot is dead and finds the new one by the table.
+  ASSERT_TRUE(Store(chain, 300, 700).ok());
+  EXPECT_EQ(Found(chain), 700u);
+  // Another chain sharing the first 100 blocks, then its own: the guess in the first slab
+  // holds the other chain's block 100.
+  // Keys of a chain depend on every token before them: build it from tokens.
+  std::vector<uint32_t> tokens(500 * spec_.block_tokens);
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    tokens[i] = i < 100 * spec_.block_tokens ? static_cast<uint32_t>(i) : 7000000 + i;
+  }
+  const auto forked = *ComputeBlockKeys(spec_, "", tokens);
+  ASSERT_EQ(forked[99], chain[99]);
+  ASSERT_NE(forked[100], chain[100]);
+  ASSERT_TRUE(Store(forked, 100, 500).ok());
+  EXPECT_EQ(Found(forked), 500u);
+  EXPECT_EQ(Found(chain), 700u);
+  // A chain committed in reverse order: its slab holds it backwards; every guess misses and
+  // the table answers.
+  const auto reversed = Chain(300, 9);
+  std::vector<AllocateBlockSpec> specs;
+  for (size_t i = 0; i < reversed.size(); ++i) {
+    specs.push_back({Bytes(reversed[i]), i == 0 ? "" : Bytes(reversed[i - 1]), kPage, 0});
+  }
+  auto a = index_->Allocate(spec_, specs, absl::ZeroDuration());
+  ASSERT_TRUE(a.ok()) << a.status();
+  std::vector<std::pair<std::string, uint64_t>> commits;
+  for (auto it = a->blocks.rbegin(); it != a->blocks.rend(); ++it) {
+    std::string data = Payload(it->key, kPage);
+    ASSERT_TRUE(index_->Write(a->allocation_id, Bytes(it->key), 0, data).ok());
+    commits.emplace_back(Bytes(it->key), BlockChecksum(data.data(), data.size()));
+  }
+  ASSERT_TRUE(index_->Commit(a->allocation_id, commits).ok());
+  EXPECT_EQ(Found(reversed), 300u);
+  // Blocks gone from the middle of a slab's run (the forked chain's tail from 250).
+  ASSERT_TRUE(index_->Evict({Bytes(forked[250])}).ok());
+  EXPECT_EQ(Found(forked), 250u);
+  EXPECT_EQ(Found(chain), 700u);
+  ExpectInvariants();
 }
 
 TEST_F(BlockIndexTest, UncommittedBlocksAreInvisibleUntilCommit) {

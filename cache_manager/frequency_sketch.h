@@ -107,7 +107,14 @@ class FrequencySketch {
   }
 
   void Halve() {
-    for (size_t i = 0; i < lines_ * kLine; ++i) counters_[i] >>= 1;
+    // Eight counters a step: each byte halved, no bit carried into its neighbour.
+    uint8_t* const bytes = counters_.get();
+    for (size_t i = 0; i < lines_ * kLine; i += sizeof(uint64_t)) {
+      uint64_t w;
+      std::memcpy(&w, bytes + i, sizeof(w));
+      w = (w >> 1) & 0x7f7f7f7f7f7f7f7full;
+      std::memcpy(bytes + i, &w, sizeof(w));
+    }
     additions_ /= 2;
     ++halvings_;
   }
