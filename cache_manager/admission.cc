@@ -138,13 +138,13 @@ void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t found)
   for (size_t i = 0; i < found; ++i) {
     BlockKey key;
     std::memcpy(key.data(), packed_keys.data() + i * kDigestBytes, kDigestBytes);
-    if (Sampled(key)) sampled_found_.push_back(static_cast<uint32_t>(i));
+    if (Sampled(key)) sampled_found_.push_back(key);
   }
   OnLookup(packed_keys, found, sampled_found_);
 }
 
 void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t found,
-                                   std::span<const uint32_t> sampled_found) {
+                                   std::span<const BlockKey> sampled_found) {
   if (mode_ == Mode::kAll) return;
   const char* const packed = packed_keys.data();
   const size_t n = packed_keys.size() / kDigestBytes;
@@ -155,13 +155,18 @@ void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t found,
     std::memcpy(key.data(), packed + i * kDigestBytes, kDigestBytes);
     return key;
   };
-  // Found keys: only the sampled ones here (their blocks count the rest).
-  for (uint32_t i : sampled_found) sketch_.Prefetch(key_at(i));
-  for (uint32_t i : sampled_found) sketch_.Add(key_at(i));
-  sketch_.Advance(found - sampled_found.size());
-  // Missed keys: each one's counters are one random line of a sketch larger than the
-  // nearer caches: fetch the lines a few keys ahead.
+  // Each key's counters are one random line of a sketch larger than the nearer caches:
+  // fetch the lines a few keys ahead.
   constexpr size_t kAhead = 32;
+  // Found keys: only the sampled ones here (their blocks count the rest).
+  const size_t s = sampled_found.size();
+  for (size_t j = 0; j < std::min(s, kAhead); ++j) sketch_.Prefetch(sampled_found[j]);
+  for (size_t j = 0; j < s; ++j) {
+    if (j + kAhead < s) sketch_.Prefetch(sampled_found[j + kAhead]);
+    sketch_.Add(sampled_found[j]);
+  }
+  sketch_.Advance(found - s);
+  // Missed keys.
   for (size_t i = found; i < std::min(n, found + kAhead); ++i) sketch_.Prefetch(key_at(i));
   for (size_t i = found; i < n; ++i) {
     if (i + kAhead < n) sketch_.Prefetch(key_at(i + kAhead));
@@ -183,7 +188,7 @@ void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t found,
       for (Miniature& m : rules_) m.hits /= 2;
     }
   };
-  for (uint32_t i : sampled_found) reference(key_at(i));
+  for (const BlockKey& key : sampled_found) reference(key);
   for (size_t i = found; i < n; ++i) {
     const BlockKey key = key_at(i);
     if (Sampled(key)) reference(key);

@@ -71,10 +71,10 @@ class AdmissionController {
   // a long cached prefix costs no sketch line per block. The halving clock moves for every
   // key.
   void OnLookup(std::string_view packed_keys, uint64_t found);
-  // The same for a caller that already knows which found keys are sampled: their indices,
-  // ascending.
+  // The same for a caller that already knows which found keys are sampled: those keys, in
+  // order.
   void OnLookup(std::string_view packed_keys, uint64_t found,
-                std::span<const uint32_t> sampled_found);
+                std::span<const BlockKey> sampled_found);
   // The same with the keys as views (tests).
   void OnLookup(const std::vector<std::string_view>& keys, uint64_t found);
   // A cached block leaves: its uses counted since (BlockUses) go into the sketch.
@@ -144,7 +144,7 @@ class AdmissionController {
   std::vector<uint32_t> free_entries_;
   absl::flat_hash_map<uint64_t, uint32_t> entry_of_;  // Sampled key -> entries_ index.
   std::atomic<uint64_t> epoch_{0};
-  std::vector<uint32_t> sampled_found_;  // OnLookup's scratch.
+  std::vector<BlockKey> sampled_found_;  // OnLookup's scratch.
   size_t rule_now_ = 0;
   uint64_t sampled_ = 0;
   uint64_t switches_ = 0;

@@ -990,10 +990,22 @@ absl::StatusOr<LookupResult> BlockIndex::LookupPacked(
     std::string_view packed_keys, const std::optional<Digest>& fingerprint,
     const std::vector<uint32_t>& accept_codecs, bool lease, absl::Duration lease_ttl,
     absl::FunctionRef<void(const CommittedBlock&)> emit, bool accept_gpu) {
-  thread_local std::vector<uint32_t> sampled_found;  // Kept between calls: no allocation.
+  return LookupPackedBatches(
+      packed_keys, fingerprint, accept_codecs, lease, lease_ttl,
+      [&](BlockBatch blocks) {
+        for (const CommittedBlock* b : blocks) emit(*b);
+      },
+      accept_gpu);
+}
+
+absl::StatusOr<LookupResult> BlockIndex::LookupPackedBatches(
+    std::string_view packed_keys, const std::optional<Digest>& fingerprint,
+    const std::vector<uint32_t>& accept_codecs, bool lease, absl::Duration lease_ttl,
+    absl::FunctionRef<void(BlockBatch)> emit_blocks, bool accept_gpu) {
+  thread_local std::vector<BlockKey> sampled_found;  // Kept between calls: no allocation.
   absl::StatusOr<LookupResult> result =
-      LookupWalk(packed_keys, fingerprint, accept_codecs, lease, lease_ttl, emit, accept_gpu,
-                 &sampled_found);
+      LookupWalk(packed_keys, fingerprint, accept_codecs, lease, lease_ttl, emit_blocks,
+                 accept_gpu, &sampled_found);
   // Every key of the request counts as asked for, found or not (the found ones in their
   // blocks, counted by the walk); the miniatures also learn how many were missed. Outside
   // the index lock.
@@ -1007,8 +1019,8 @@ absl::StatusOr<LookupResult> BlockIndex::LookupPacked(
 absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
     std::string_view packed_keys, const std::optional<Digest>& fingerprint,
     const std::vector<uint32_t>& accept_codecs, bool lease, absl::Duration lease_ttl,
-    absl::FunctionRef<void(const CommittedBlock&)> emit, bool accept_gpu,
-    std::vector<uint32_t>* sampled_found) {
+    absl::FunctionRef<void(BlockBatch)> emit_blocks, bool accept_gpu,
+    std::vector<BlockKey>* sampled_found) {
   sampled_found->clear();
   if (packed_keys.size() % kDigestBytes != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -1022,8 +1034,9 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
   }
   TIERKV_RETURN_IF_ERROR(CheckLeaseTtl(lease_ttl, "read lease"));
   const char* const packed = packed_keys.data();
+  const bool raw_only = accept_codecs.empty();
   auto codec_ok = [&](uint32_t codec) {
-    if (accept_codecs.empty()) return codec == kCodecRaw;
+    if (raw_only) return codec == kCodecRaw;
     return std::find(accept_codecs.begin(), accept_codecs.end(), codec) !=
            accept_codecs.end();
   };
@@ -1064,11 +1077,19 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
   const uint64_t uses_epoch = count_uses ? admission_->epoch() : 0;
   size_t done = 0;  // Keys [0, done) are answered for.
   uint64_t gpu_hits = 0;
+  // Answered blocks go to `emit_blocks` a batch at a time, while their lines are still near.
+  constexpr size_t kBatch = 32;
+  const CommittedBlock* batch[kBatch];
+  size_t batched = 0;
+  auto flush = [&] {
+    if (batched > 0) emit_blocks(BlockBatch(batch, batched));
+    batched = 0;
+  };
   auto answer = [&](CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     ++block.hits;
     if (count_uses) {
       if (AdmissionController::Sampled(block.key)) {
-        sampled_found->push_back(static_cast<uint32_t>(done));
+        sampled_found->push_back(block.key);
       } else {
         block.uses.Add(uses_epoch);
       }
@@ -1087,7 +1108,8 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
       leased.push_back(block.key);
     }
     gpu_hits += accept_gpu && block.in_gpu;
-    emit(block);
+    batch[batched++] = &block;
+    if (batched == kBatch) flush();
   };
   for (int round = 0;; ++round) {
     std::vector<BlockKey> to_promote;
@@ -1149,6 +1171,7 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
         }
         if (block.moving) {
           if (!to_promote.empty()) break;  // Promote what comes before it first.
+          flush();  // The answered blocks' state as of now: the wait releases the lock.
           WaitForMove(key);
           waited = true;
           break;
@@ -1167,6 +1190,7 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
       answer(block);
       ++done;
     }
+    flush();  // Before the lock is released, and at the end.
     if (waited) continue;
     if (to_promote.empty()) break;
     // The blocks answered for and the chain's blocks already in host memory stay there

@@ -346,19 +346,22 @@ grpc::ServerUnaryReactor* CacheServiceImpl::Lookup(grpc::CallbackServerContext* 
   LookupResponseEncoder encoder;
   encoder.Reset(std::min(n, kLookupRecordsReserved));
   const bool accept_gpu = request->accept_gpu();
-  auto result = ctx_.index->LookupPacked(
+  auto result = ctx_.index->LookupPackedBatches(
       packed, fingerprint, codecs, request->lease(), TtlFromMs(request->lease_ttl_ms()),
-      [&](const CommittedBlock& block) {
-        if (accept_gpu && block.in_gpu) {
-          encoder.AddBlock(block.size, block.checksum, block.codec, v1::TIER_GPU,
-                           block.gpu_space.extents);
-        } else if (block.host_offset != CommittedBlock::kSplitHostCopy) {
-          // In one piece: everything the record needs is in the block's first line.
-          encoder.AddBlock(block.size, block.checksum, block.codec, v1::TIER_HOST,
-                           block.host_offset);
-        } else {
-          encoder.AddBlock(block.size, block.checksum, block.codec, v1::TIER_HOST,
-                           block.space.extents);
+      [&](BlockIndex::BlockBatch blocks) {
+        for (const CommittedBlock* b : blocks) {
+          const CommittedBlock& block = *b;
+          if (accept_gpu && block.in_gpu) {
+            encoder.AddBlock(block.size, block.checksum, block.codec, v1::TIER_GPU,
+                             block.gpu_space.extents);
+          } else if (block.host_offset != CommittedBlock::kSplitHostCopy) {
+            // In one piece: everything the record needs is in the block's first line.
+            encoder.AddBlock(block.size, block.checksum, block.codec, v1::TIER_HOST,
+                             block.host_offset);
+          } else {
+            encoder.AddBlock(block.size, block.checksum, block.codec, v1::TIER_HOST,
+                             block.space.extents);
+          }
         }
       },
       accept_gpu);
