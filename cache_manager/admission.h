@@ -42,6 +42,10 @@ struct BlockUses {
     return age >= 8 ? 0 : count >> age;
   }
   void Add(uint64_t now) {
+    if (epoch == static_cast<uint16_t>(now)) {  // Nothing to age (the common case).
+      count += count < FrequencySketch::kMax;
+      return;
+    }
     count = static_cast<uint8_t>(std::min<uint32_t>(FrequencySketch::kMax, AgedTo(now) + 1));
     epoch = static_cast<uint16_t>(now);
   }
