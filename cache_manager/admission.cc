@@ -74,8 +74,10 @@ void AdmissionController::PushFront(size_t r, uint32_t e) {
   if (m.tail == kNone) m.tail = e;
 }
 
-void AdmissionController::Reference(uint64_t key, uint32_t seen, uint64_t missed,
-                                    uint64_t capacity) {
+void AdmissionController::Reference(const BlockKey& full_key, uint32_t pending,
+                                    uint64_t missed, uint64_t capacity) {
+  const uint64_t key = Word(full_key, 0);
+  uint32_t seen = UINT32_MAX;  // Not yet estimated.
   auto it = entry_of_.find(key);
   uint32_t e = it == entry_of_.end() ? kNone : it->second;
   for (size_t r = 0; r < rules_.size(); ++r) {
@@ -89,7 +91,12 @@ void AdmissionController::Reference(uint64_t key, uint32_t seen, uint64_t missed
       }
       continue;
     }
-    if (m.max_new_blocks != kAdmitAll && seen < 2 && missed > m.max_new_blocks) continue;
+    if (m.max_new_blocks != kAdmitAll && missed > m.max_new_blocks) {
+      if (seen == UINT32_MAX) {
+        seen = std::min<uint32_t>(FrequencySketch::kMax, sketch_.Estimate(full_key) + pending);
+      }
+      if (seen < 2) continue;
+    }
     if (e == kNone) {
       if (free_entries_.empty()) {
         e = static_cast<uint32_t>(entries_.size());
@@ -134,17 +141,18 @@ void AdmissionController::OnLookup(const std::vector<std::string_view>& keys, ui
 void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t found) {
   if (mode_ == Mode::kAll) return;
   found = std::min<uint64_t>(found, packed_keys.size() / kDigestBytes);
+  // As the index calls it: each found key's block counted this use (one pending).
   sampled_found_.clear();
   for (size_t i = 0; i < found; ++i) {
     BlockKey key;
     std::memcpy(key.data(), packed_keys.data() + i * kDigestBytes, kDigestBytes);
-    if (Sampled(key)) sampled_found_.push_back(key);
+    if (Sampled(key)) sampled_found_.push_back({key, 1});
   }
   OnLookup(packed_keys, found, sampled_found_);
 }
 
 void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t found,
-                                   std::span<const BlockKey> sampled_found) {
+                                   std::span<const SampledUse> sampled_found) {
   if (mode_ == Mode::kAll) return;
   const char* const packed = packed_keys.data();
   const size_t n = packed_keys.size() / kDigestBytes;
@@ -158,14 +166,8 @@ void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t found,
   // Each key's counters are one random line of a sketch larger than the nearer caches:
   // fetch the lines a few keys ahead.
   constexpr size_t kAhead = 32;
-  // Found keys: only the sampled ones here (their blocks count the rest).
-  const size_t s = sampled_found.size();
-  for (size_t j = 0; j < std::min(s, kAhead); ++j) sketch_.Prefetch(sampled_found[j]);
-  for (size_t j = 0; j < s; ++j) {
-    if (j + kAhead < s) sketch_.Prefetch(sampled_found[j + kAhead]);
-    sketch_.Add(sampled_found[j]);
-  }
-  sketch_.Advance(found - s);
+  // Found keys: their blocks count them.
+  sketch_.Advance(found);
   // Missed keys.
   for (size_t i = found; i < std::min(n, found + kAhead); ++i) sketch_.Prefetch(key_at(i));
   for (size_t i = found; i < n; ++i) {
@@ -175,9 +177,8 @@ void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t found,
   epoch_.store(sketch_.halvings(), std::memory_order_relaxed);
   if (mode_ != Mode::kAuto) return;
   const uint64_t capacity = MiniatureCapacity();
-  auto reference = [&](const BlockKey& key) {
-    const uint32_t seen = sketch_.Estimate(key);
-    Reference(Word(key, 0), seen, missed, capacity);
+  auto reference = [&](const BlockKey& key, uint32_t pending) {
+    Reference(key, pending, missed, capacity);
     if (++sampled_ % (kDecisionPeriod * capacity) == 0) {
       size_t best = 0;
       for (size_t r = 1; r < rules_.size(); ++r) {
@@ -188,10 +189,10 @@ void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t found,
       for (Miniature& m : rules_) m.hits /= 2;
     }
   };
-  for (const BlockKey& key : sampled_found) reference(key);
+  for (const SampledUse& u : sampled_found) reference(u.key, u.pending);
   for (size_t i = found; i < n; ++i) {
     const BlockKey key = key_at(i);
-    if (Sampled(key)) reference(key);
+    if (Sampled(key)) reference(key, 0);
   }
 }
 

@@ -67,18 +67,23 @@ class AdmissionController {
   // The keys of one Lookup, in chain order, of which the first `found` were found: counted
   // as asked for, and fed to the miniatures.
   //
-  // Every key a Lookup asks for counts, but the sketch counts only the missed ones and the
-  // sampled ones (Sampled) at once. Found blocks count their own uses instead (BlockUses,
-  // in a line the Lookup writes anyway) and hand them over with OnLeave when they leave the
-  // cache: the sketch is read only for keys that are not cached (Admit) and for sampled
-  // keys (the miniatures), so the estimates stay what counting every key would give, while
-  // a long cached prefix costs no sketch line per block. The halving clock moves for every
-  // key.
+  // Every key a Lookup asks for counts, but the sketch counts only the missed ones at once.
+  // Found blocks count their own uses instead (BlockUses, in a line the Lookup writes
+  // anyway) and hand them over with OnLeave when they leave the cache: the sketch is read
+  // only for keys that are not cached (Admit) and for sampled keys (the miniatures, which
+  // add a found block's pending uses to it), so the estimates stay what counting every
+  // key would give, while a long cached prefix costs no sketch line per block. The
+  // halving clock moves for every key.
   void OnLookup(std::string_view packed_keys, uint64_t found);
-  // The same for a caller that already knows which found keys are sampled: those keys, in
-  // order.
+  // The same for a caller whose found blocks count all their uses (BlockUses), with the
+  // sampled ones among them listed in order, each with its uses not yet in the sketch
+  // (this one included).
+  struct SampledUse {
+    BlockKey key;
+    uint8_t pending = 0;
+  };
   void OnLookup(std::string_view packed_keys, uint64_t found,
-                std::span<const BlockKey> sampled_found);
+                std::span<const SampledUse> sampled_found);
   // The same with the keys as views (tests).
   void OnLookup(const std::vector<std::string_view>& keys, uint64_t found);
   // A cached block leaves: its uses counted since (BlockUses) go into the sketch.
@@ -130,7 +135,8 @@ class AdmissionController {
     uint8_t in = 0;  // Bit r: in rule r's miniature.
   };
   // A reference to a sampled key under every rule.
-  void Reference(uint64_t key, uint32_t seen, uint64_t missed, uint64_t capacity);
+  // `seen` is computed only when a rule has to decide on admitting the key.
+  void Reference(const BlockKey& key, uint32_t pending, uint64_t missed, uint64_t capacity);
   void Unlink(size_t rule, uint32_t e);
   void PushFront(size_t rule, uint32_t e);
 
@@ -148,7 +154,7 @@ class AdmissionController {
   std::vector<uint32_t> free_entries_;
   absl::flat_hash_map<uint64_t, uint32_t> entry_of_;  // Sampled key -> entries_ index.
   std::atomic<uint64_t> epoch_{0};
-  std::vector<BlockKey> sampled_found_;  // OnLookup's scratch.
+  std::vector<SampledUse> sampled_found_;  // OnLookup's scratch.
   size_t rule_now_ = 0;
   uint64_t sampled_ = 0;
   uint64_t switches_ = 0;

@@ -1002,7 +1002,8 @@ absl::StatusOr<LookupResult> BlockIndex::LookupPackedBatches(
     std::string_view packed_keys, const std::optional<Digest>& fingerprint,
     const std::vector<uint32_t>& accept_codecs, bool lease, absl::Duration lease_ttl,
     absl::FunctionRef<void(BlockBatch)> emit_blocks, bool accept_gpu) {
-  thread_local std::vector<BlockKey> sampled_found;  // Kept between calls: no allocation.
+  // Kept between calls: no allocation.
+  thread_local std::vector<AdmissionController::SampledUse> sampled_found;
   absl::StatusOr<LookupResult> result =
       LookupWalk(packed_keys, fingerprint, accept_codecs, lease, lease_ttl, emit_blocks,
                  accept_gpu, &sampled_found);
@@ -1020,7 +1021,7 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
     std::string_view packed_keys, const std::optional<Digest>& fingerprint,
     const std::vector<uint32_t>& accept_codecs, bool lease, absl::Duration lease_ttl,
     absl::FunctionRef<void(BlockBatch)> emit_blocks, bool accept_gpu,
-    std::vector<BlockKey>* sampled_found) {
+    std::vector<AdmissionController::SampledUse>* sampled_found) {
   sampled_found->clear();
   if (packed_keys.size() % kDigestBytes != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -1088,10 +1089,9 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
   auto answer = [&](CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     ++block.hits;
     if (count_uses) {
+      block.uses.Add(uses_epoch);
       if (AdmissionController::Sampled(block.key)) {
-        sampled_found->push_back(block.key);
-      } else {
-        block.uses.Add(uses_epoch);
+        sampled_found->push_back({block.key, block.uses.count});
       }
     }
     block.no_demote = false;  // A failed demotion is retried after the block's next use.

@@ -493,14 +493,15 @@ class BlockIndex {
   // admission_->Admit(key, new_blocks) (admission_ must be set).
   bool AdmitNew(const BlockKey& key, uint64_t new_blocks) ABSL_LOCKS_EXCLUDED(admission_mu_);
   // LookupPacked without the admission controller's counting; lists the found keys that
-  // AdmissionController::Sampled picks in `sampled_found` (when admission is on).
+  // AdmissionController::Sampled picks in `sampled_found`, with their blocks' pending uses
+  // (when admission is on).
   absl::StatusOr<LookupResult> LookupWalk(std::string_view packed_keys,
                                           const std::optional<Digest>& fingerprint,
                                           const std::vector<uint32_t>& accept_codecs, bool lease,
                                           absl::Duration lease_ttl,
                                           absl::FunctionRef<void(BlockBatch)> emit_blocks,
                                           bool accept_gpu,
-                                          std::vector<BlockKey>* sampled_found)
+                                          std::vector<AdmissionController::SampledUse>* sampled_found)
       ABSL_LOCKS_EXCLUDED(mu_);
   // Take a block out of / put it back into the eviction orders its state qualifies it for.
   // Every change of touch_seq, children, host_children, in_host or ssd happens between the
