@@ -36,18 +36,25 @@ struct BlockUses {
   uint8_t count = 0;
   uint16_t epoch = 0;  // The sketch's epoch (low bits) `count` is aged to.
 
-  // Ages `count` to `now` (one halving per epoch since).
+  // Ages `count` to `now` (one halving per epoch since). A `now` older than `epoch` (a
+  // walk that read the epoch before another Lookup's newer one stamped this block) ages
+  // nothing.
   uint32_t AgedTo(uint64_t now) const {
-    const uint16_t age = static_cast<uint16_t>(static_cast<uint16_t>(now) - epoch);
-    return age >= 8 ? 0 : count >> age;
+    const int16_t age = Age(now);
+    return age <= 0 ? count : age >= 8 ? 0 : count >> age;
   }
   void Add(uint64_t now) {
-    if (epoch == static_cast<uint16_t>(now)) {  // Nothing to age (the common case).
+    if (Age(now) <= 0) {  // Nothing to age (the common case); never move epoch back.
       count += count < FrequencySketch::kMax;
       return;
     }
     count = static_cast<uint8_t>(std::min<uint32_t>(FrequencySketch::kMax, AgedTo(now) + 1));
     epoch = static_cast<uint16_t>(now);
+  }
+
+ private:
+  int16_t Age(uint64_t now) const {
+    return static_cast<int16_t>(static_cast<uint16_t>(static_cast<uint16_t>(now) - epoch));
   }
 };
 

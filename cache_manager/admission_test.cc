@@ -89,6 +89,15 @@ TEST(AdmissionTest, BlockUsesAgeWithTheSketch) {
   for (int i = 0; i < 40; ++i) u.Add(7);
   EXPECT_EQ(u.AgedTo(7), FrequencySketch::kMax);
   EXPECT_EQ(u.AgedTo(7 + 100), 0u);
+  // A walk that read an older epoch than the block's adds without aging, and the epoch
+  // stays.
+  BlockUses v;
+  for (int i = 0; i < 3; ++i) v.Add(10);
+  v.Add(9);
+  EXPECT_EQ(v.AgedTo(10), 4u);
+  EXPECT_EQ(v.AgedTo(9), 4u);
+  EXPECT_EQ(v.epoch, 10u);
+  EXPECT_EQ(v.AgedTo(11), 2u);
 }
 
 TEST(AdmissionTest, SketchHalvesOnAdvanceAndAddsCountedUses) {

@@ -100,13 +100,30 @@ struct BlockSlab {
 void CommittedBlockDelete::operator()(CommittedBlock* block) const {
   BlockSlab* slab = block->slab;
   block->~CommittedBlock();
-  // A Lookup that expects a chain's next block in this slot compares its key: zero matches
-  // no block key.
-  std::memset(static_cast<void*>(block), 0, sizeof(BlockKey));
+  // A Lookup that expects a chain's next block in this slot reads its first line: zero
+  // bytes there are a key no block of this slot has now and no tier flag (see LookupWalk).
+  std::memset(static_cast<void*>(block), 0, 64);
   if (--slab->live == 0) BlockSlab::Destroy(slab);
 }
 
 namespace {
+
+// Whether a slab slot's first line shows a block in host or GPU memory, read as raw bytes
+// (the slot's block may be gone, its line zeroed).
+bool SlotHoldsTierFlag(const CommittedBlock* slot) {
+  static const size_t in_host_at = [] {
+    CommittedBlock b;
+    return static_cast<size_t>(reinterpret_cast<const char*>(&b.in_host) -
+                               reinterpret_cast<const char*>(&b));
+  }();
+  static const size_t in_gpu_at = [] {
+    CommittedBlock b;
+    return static_cast<size_t>(reinterpret_cast<const char*>(&b.in_gpu) -
+                               reinterpret_cast<const char*>(&b));
+  }();
+  const char* bytes = reinterpret_cast<const char*>(slot);
+  return bytes[in_host_at] != 0 || bytes[in_gpu_at] != 0;
+}
 
 // Hands out `blocks` new committed blocks in consecutive slots, slab after slab.
 class SlabCursor {
@@ -1120,6 +1137,7 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
     uint64_t promote_budget = pool_->capacity_bytes() - std::min(staying, pool_->capacity_bytes());
     bool waited = false;
     CommittedBlock* ring[kRing];
+    bool ring_guessed[kRing];  // Whether ring[k] is a guess (else the table's candidate).
     const size_t first = done;
     // The slab run the walk is in: key k < run_end is expected in the slot
     // run_block + (k - run_key) (blocks of one Commit sit in chain order). A guess is
@@ -1132,6 +1150,7 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
     }
     for (size_t i = first; i < std::min(n, first + kBlockAhead); ++i) {
       ring[i & (kRing - 1)] = probe(i);
+      ring_guessed[i & (kRing - 1)] = false;
     }
     for (size_t i = first; i < n; ++i) {
       if (i + kProbeAhead < n && i + kProbeAhead >= run_end) {
@@ -1142,16 +1161,22 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
           CommittedBlock* guess = run_block + (k - run_key);
           PrefetchBlock(guess);
           ring[k & (kRing - 1)] = guess;
+          ring_guessed[k & (kRing - 1)] = true;
         } else {
           ring[k & (kRing - 1)] = probe(k);
+          ring_guessed[k & (kRing - 1)] = false;
         }
       }
       CommittedBlock* found_block = ring[i & (kRing - 1)];
       if (found_block == nullptr) break;
-      // The key is the block's first bytes; a guessed slot's are read as raw storage, since
-      // its block may be gone (then they are zero).
+      // The key is the block's first bytes; a guessed slot's first line is read as raw
+      // storage, since its block may be gone: then it is all zero, a key a request may
+      // well send, so a guess also needs a tier flag set (blocks on SSD alone have none
+      // and take the table's answer).
+      const bool guessed = ring_guessed[i & (kRing - 1)];
       if (std::memcmp(reinterpret_cast<const char*>(found_block), packed + i * kDigestBytes,
-                      kDigestBytes) != 0) {
+                      kDigestBytes) != 0 ||
+          (guessed && !SlotHoldsTierFlag(found_block))) {
         // Another key with the same first 8 bytes came first, or the guessed slot holds
         // another block (or none).
         found_block = probe_.Find(PackedKey(packed, i));
@@ -1172,7 +1197,13 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
         if (block.moving) {
           if (!to_promote.empty()) break;  // Promote what comes before it first.
           flush();  // The answered blocks' state as of now: the wait releases the lock.
+          // The answered blocks stay (as after a promotion) while the lock is released.
+          std::vector<BlockKey> answered;
+          answered.reserve(done);
+          for (size_t k = 0; k < done; ++k) answered.push_back(PackedKey(packed, k));
+          for (const BlockKey& k : answered) AddReader(*blocks_.at(k));
           WaitForMove(key);
+          for (const BlockKey& k : answered) RemoveReader(k);
           waited = true;
           break;
         }

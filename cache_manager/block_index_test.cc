@@ -124,6 +124,32 @@ TEST(CommittedBlockLayout, LookupFieldsFillTheFirstTwoLines) {
   }
 }
 
+// A dead slot reads as zero bytes: a request whose next key is all zero must not be
+// answered with the gone block (found through the guess), with or without a lease.
+TEST_F(BlockIndexTest, ZeroKeyDoesNotMatchAGoneBlocksSlot) {
+  Reset(256 * kPage);
+  const auto chain = Chain(40);
+  ASSERT_TRUE(Store(chain, 0, 40).ok());  // One Commit: one slab.
+  ASSERT_TRUE(index_->Evict({Bytes(chain[20])}).ok());  // Slots 20..39 are dead.
+  std::vector<std::string> keys;
+  for (size_t i = 0; i < 20; ++i) keys.push_back(Bytes(chain[i]));
+  keys.push_back(std::string(32, '\0'));
+  // Codec 0 accepted too, so that a zeroed slot's codec does not end the prefix by itself.
+  for (bool lease : {false, true}) {
+    size_t emitted = 0;
+    auto r = index_->Lookup(keys, std::nullopt, {0, kCodecRaw}, lease, absl::ZeroDuration(),
+                            [&](const CommittedBlock& b) {
+                              EXPECT_EQ(Bytes(b.key), keys[emitted]) << "block " << emitted;
+                              ++emitted;
+                            });
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->found, 20u);
+    EXPECT_EQ(emitted, 20u);
+    if (lease) EXPECT_TRUE(index_->ReleaseLease(r->lease_id).ok());
+  }
+  ExpectInvariants();
+}
+
 // Lookup expects a chain's next block in the next slot of its Commit's slab and checks the
 // guess by key: gaps, slab ends, chains continued by later commits, shared prefixes and
 // commits out of chain order all still give the exact prefix.

@@ -45,7 +45,14 @@ absl::StatusOr<LookupBlocksView> LookupBlocksView::Make(std::string_view blocks,
                                     " go past the ", piece_count, " listed"));
     }
     uint64_t sum = 0;
-    for (uint32_t j = 0; j < b.pieces; ++j) sum += view.piece(b, j).length;
+    for (uint32_t j = 0; j < b.pieces; ++j) {
+      const uint64_t length = view.piece(b, j).length;
+      if (length > b.size - sum) {  // Checked before adding: no wrap-around.
+        return Malformed(absl::StrCat("block ", i, "'s pieces add up to more than its size ",
+                                      b.size));
+      }
+      sum += length;
+    }
     if (sum != b.size) {
       return Malformed(absl::StrCat("block ", i, "'s pieces add up to ", sum,
                                     " bytes; its size is ", b.size));

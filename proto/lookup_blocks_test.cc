@@ -104,6 +104,12 @@ TEST(LookupBlocks, RefusesMalformedResponses) {
   ExpectMalformed(Records({bad}), Pieces({{0, 5}, {5, 4}}), 1, "add up to 9 bytes");
   bad.offset = 5;
   ExpectMalformed(Records({bad}), Pieces({{0, 5}, {5, 5}}), 1, "not its first piece's");
+  // Piece lengths whose sum wraps around to the size.
+  bad = Host(1, 12288, 4096);
+  bad.pieces = 2;
+  bad.first_piece = 0;
+  ExpectMalformed(Records({bad}), Pieces({{12288, 12288}, {0, ~uint64_t{0} - 8191}}), 1,
+                  "more than its size");
   // Nothing found: no records, nothing to check.
   EXPECT_TRUE(LookupBlocksView::Make("", "", 0).ok());
 }
