@@ -221,11 +221,20 @@ uint32_t BlockIndex::FingerprintId(const Digest& fingerprint) {
   return it->second;
 }
 
+namespace {
+
+// CommittedBlock::host_offset for a host copy in `space`.
+uint64_t HostOffsetOf(const PoolAllocation& space) {
+  const auto& extents = space.extents;
+  return extents.size() == 1 ? extents[0].offset
+         : extents.empty()   ? 0
+                             : CommittedBlock::kSplitHostCopy;
+}
+
+}  // namespace
+
 void BlockIndex::SyncHostOffset(CommittedBlock& block) {
-  const auto& extents = block.space.extents;
-  block.host_offset = extents.size() == 1   ? extents[0].offset
-                      : extents.empty()     ? 0
-                                            : CommittedBlock::kSplitHostCopy;
+  block.host_offset = HostOffsetOf(block.space);
 }
 
 bool BlockIndex::AdmitNew(const BlockKey& key, uint64_t new_blocks) {
@@ -2414,10 +2423,7 @@ absl::Status BlockIndex::CheckInvariants() {
                                               " is in an eviction order but not marked listed"));
     }
     if (block.in_host) {
-      const auto& e = block.space.extents;
-      const uint64_t want = e.size() == 1 ? e[0].offset
-                            : e.empty()   ? 0
-                                          : CommittedBlock::kSplitHostCopy;
+      const uint64_t want = HostOffsetOf(block.space);
       if (block.host_offset != want) {
         return absl::InternalError(absl::StrCat("block ", ShortKey(key), " has host offset ",
                                                 block.host_offset, ", its space says ", want));

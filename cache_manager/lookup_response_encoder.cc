@@ -134,14 +134,19 @@ void LookupResponseEncoder::Grow() {
   capacity_ = grown;
 }
 
-void LookupResponseEncoder::AddPieces(char* out, uint32_t codec, uint32_t tier,
-                                      std::span<const PoolExtent> extents) {
-  const uint32_t pieces = static_cast<uint32_t>(extents.size());
-  const uint32_t first = static_cast<uint32_t>(pieces_.size() / kLookupPieceBytes);
-  std::memcpy(out + 20, &pieces, 4);
-  std::memcpy(out + 24, &first, 4);
-  const uint32_t tail = (codec & 0xffu) | (tier & 0xffu) << 8;
-  std::memcpy(out + 28, &tail, 4);
+void LookupResponseEncoder::AddSplitBlock(uint64_t size, uint64_t checksum, uint32_t codec,
+                                          uint32_t tier, std::span<const PoolExtent> extents) {
+  if (count_ == capacity_) Grow();
+  char* out = records_ + count_ * kLookupRecordBytes;
+  ++count_;
+  EncodeLookupBlock({.checksum = checksum,
+                     .offset = extents[0].offset,
+                     .size = static_cast<uint32_t>(size),
+                     .pieces = static_cast<uint32_t>(extents.size()),
+                     .first_piece = static_cast<uint32_t>(pieces_.size() / kLookupPieceBytes),
+                     .codec = static_cast<uint8_t>(codec),
+                     .tier = static_cast<uint8_t>(tier)},
+                    out);
   const size_t at = pieces_.size();
   pieces_.resize(at + extents.size() * kLookupPieceBytes);
   for (size_t j = 0; j < extents.size(); ++j) {

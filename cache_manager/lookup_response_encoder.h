@@ -44,21 +44,10 @@ class LookupResponseEncoder {
   // `size` is at most 256 MiB (the index's limit).
   void AddBlock(uint64_t size, uint64_t checksum, uint32_t codec, uint32_t tier,
                 std::span<const PoolExtent> extents) {
-    if (count_ == capacity_) Grow();
-    char* out = records_ + count_ * kLookupRecordBytes;
-    ++count_;
-    const uint64_t offset = extents.empty() ? 0 : extents[0].offset;
-    std::memcpy(out, &checksum, 8);
-    std::memcpy(out + 8, &offset, 8);
-    const uint32_t size32 = static_cast<uint32_t>(size);
-    std::memcpy(out + 16, &size32, 4);
     if (extents.size() <= 1) {
-      const uint64_t one_piece = 1;  // pieces = 1, first_piece = 0.
-      std::memcpy(out + 20, &one_piece, 8);
-      const uint32_t tail = (codec & 0xffu) | (tier & 0xffu) << 8;  // codec, tier, reserved.
-      std::memcpy(out + 28, &tail, 4);
+      AddBlock(size, checksum, codec, tier, extents.empty() ? 0 : extents[0].offset);
     } else {
-      AddPieces(out, codec, tier, extents);
+      AddSplitBlock(size, checksum, codec, tier, extents);
     }
   }
 
@@ -96,7 +85,8 @@ class LookupResponseEncoder {
 #endif
   }
   void Grow();
-  void AddPieces(char* out, uint32_t codec, uint32_t tier, std::span<const PoolExtent> extents);
+  void AddSplitBlock(uint64_t size, uint64_t checksum, uint32_t codec, uint32_t tier,
+                     std::span<const PoolExtent> extents);
   // The scalar fields and the records field's tag and length.
   std::string HeaderBytes(const Header& header) const;
 
