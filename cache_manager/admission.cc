@@ -74,23 +74,59 @@ void AdmissionController::PushFront(size_t r, uint32_t e) {
   if (m.tail == kNone) m.tail = e;
 }
 
+void AdmissionController::Flush(size_t r) {
+  Miniature& m = rules_[r];
+  const uint32_t first = m.run_head;
+  const uint32_t last = m.run_tail;
+  if (first == kNone) return;
+  m.run_head = m.run_tail = kNone;
+  if (m.head == first) return;  // Already in front.
+  // Cut the segment [first, last] out and put it before the head.
+  const uint32_t before = entries_[first].prev[r];  // Not kNone: `first` is not the head.
+  const uint32_t after = entries_[last].next[r];
+  entries_[before].next[r] = after;
+  if (after != kNone) entries_[after].prev[r] = before;
+  else m.tail = before;
+  entries_[first].prev[r] = kNone;
+  entries_[last].next[r] = m.head;
+  entries_[m.head].prev[r] = last;
+  m.head = first;
+}
+
 void AdmissionController::Reference(const BlockKey& full_key, uint32_t pending,
                                     uint64_t missed, uint64_t capacity) {
   const uint64_t key = Word(full_key, 0);
   uint32_t seen = UINT32_MAX;  // Not yet estimated.
-  auto it = entry_of_.find(key);
-  uint32_t e = it == entry_of_.end() ? kNone : it->second;
+  uint32_t e = kNone;
+  if (next_hint_ != kNone && entries_[next_hint_].in != 0 && entries_[next_hint_].key == key) {
+    e = next_hint_;
+  } else {
+    auto it = entry_of_.find(key);
+    if (it != entry_of_.end()) e = it->second;
+  }
   for (size_t r = 0; r < rules_.size(); ++r) {
     Miniature& m = rules_[r];
     const uint8_t bit = static_cast<uint8_t>(1u << r);
     if (e != kNone && (entries_[e].in & bit) != 0) {
       m.hits += 1;
-      if (m.head != e) {
-        Unlink(r, e);
-        PushFront(r, e);
+      if (!shortcuts_) {
+        if (m.head != e) {
+          Unlink(r, e);
+          PushFront(r, e);
+        }
+        continue;
+      }
+      // Lists do not move while a run is pending: `e` lies head-side of the run, next to
+      // it, exactly when its successor is the run's head.
+      if (m.run_head != kNone && entries_[e].next[r] == m.run_head) {
+        m.run_head = e;
+      } else {
+        Flush(r);
+        m.run_head = m.run_tail = e;
       }
       continue;
     }
+    Flush(r);
     if (m.max_new_blocks != kAdmitAll && missed > m.max_new_blocks) {
       if (seen == UINT32_MAX) {
         seen = std::min<uint32_t>(FrequencySketch::kMax, sketch_.Estimate(full_key) + pending);
@@ -123,6 +159,17 @@ void AdmissionController::Reference(const BlockKey& full_key, uint32_t pending,
       }
     }
   }
+  // The next key of a chain referenced in the same order last time lies head-side of this
+  // one (while this one has not moved: in a pending run).
+  next_hint_ = shortcuts_ && e != kNone && (entries_[e].in & 1) != 0 ? entries_[e].prev[0] : kNone;
+}
+
+std::vector<uint64_t> AdmissionController::MiniatureForTest(size_t rule) const {
+  std::vector<uint64_t> keys;
+  for (uint32_t e = rules_[rule].head; e != kNone; e = entries_[e].next[rule]) {
+    keys.push_back(entries_[e].key);
+  }
+  return keys;
 }
 
 uint64_t AdmissionController::MiniatureCapacity() const {
@@ -146,7 +193,7 @@ void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t found)
   for (size_t i = 0; i < found; ++i) {
     BlockKey key;
     std::memcpy(key.data(), packed_keys.data() + i * kDigestBytes, kDigestBytes);
-    if (Sampled(key)) sampled_found_.push_back({key, 1});
+    if (Sampled(key)) sampled_found_.push_back({static_cast<uint32_t>(i), 1});
   }
   OnLookup(packed_keys, found, sampled_found_);
 }
@@ -177,9 +224,13 @@ void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t found,
   epoch_.store(sketch_.halvings(), std::memory_order_relaxed);
   if (mode_ != Mode::kAuto) return;
   const uint64_t capacity = MiniatureCapacity();
+  // Decide whenever the count of sampled references reaches a multiple of the period.
+  const uint64_t period = kDecisionPeriod * capacity;
+  uint64_t next_decision = (sampled_ / period + 1) * period;
   auto reference = [&](const BlockKey& key, uint32_t pending) {
     Reference(key, pending, missed, capacity);
-    if (++sampled_ % (kDecisionPeriod * capacity) == 0) {
+    if (++sampled_ == next_decision) {
+      next_decision += period;
       size_t best = 0;
       for (size_t r = 1; r < rules_.size(); ++r) {
         if (rules_[r].hits > rules_[best].hits) best = r;
@@ -189,11 +240,15 @@ void AdmissionController::OnLookup(std::string_view packed_keys, uint64_t found,
       for (Miniature& m : rules_) m.hits /= 2;
     }
   };
-  for (const SampledUse& u : sampled_found) reference(u.key, u.pending);
+  for (const SampledUse& u : sampled_found) {
+    if (u.index < found) reference(key_at(u.index), u.pending);
+  }
   for (size_t i = found; i < n; ++i) {
     const BlockKey key = key_at(i);
     if (Sampled(key)) reference(key, 0);
   }
+  for (size_t r = 0; r < rules_.size(); ++r) Flush(r);
+  next_hint_ = kNone;
 }
 
 void AdmissionController::OnLeave(const BlockKey& key, uint32_t uses) {

@@ -83,10 +83,10 @@ class AdmissionController {
   // halving clock moves for every key.
   void OnLookup(std::string_view packed_keys, uint64_t found);
   // The same for a caller whose found blocks count all their uses (BlockUses), with the
-  // sampled ones among them listed in order, each with its uses not yet in the sketch
-  // (this one included).
+  // sampled ones among them listed in order: each by its place in `packed_keys`, with its
+  // uses not yet in the sketch (this one included).
   struct SampledUse {
-    BlockKey key;
+    uint32_t index = 0;
     uint8_t pending = 0;
   };
   void OnLookup(std::string_view packed_keys, uint64_t found,
@@ -121,6 +121,13 @@ class AdmissionController {
   // "auto (now second-use or up to 16 new blocks)".
   std::string Describe() const;
 
+  // Tests: rule `rule`'s miniature, most recent first (the first word of each key), and its
+  // hit count; and a controller that moves every hit on its own and looks every key up
+  // (the plain LRU the shortcuts must agree with).
+  std::vector<uint64_t> MiniatureForTest(size_t rule) const;
+  double MiniatureHitsForTest(size_t rule) const { return rules_[rule].hits; }
+  void DisableShortcutsForTest() { shortcuts_ = false; }
+
  private:
   // The miniatures: one LRU list of sampled keys per rule, over entries shared by all
   // rules, so that a reference looks its key up once, not once per rule, and the lists'
@@ -134,6 +141,10 @@ class AdmissionController {
     uint32_t head = kNone;  // Most recent.
     uint32_t tail = kNone;
     uint64_t size = 0;
+    // The pending run (Reference): the segment from run_head to run_tail, each entry
+    // head-side of the next, goes to the front at Flush; kNone when there is none.
+    uint32_t run_head = kNone;
+    uint32_t run_tail = kNone;
   };
   struct Entry {
     uint64_t key = 0;
@@ -143,7 +154,18 @@ class AdmissionController {
   };
   // A reference to a sampled key under every rule.
   // `seen` is computed only when a rule has to decide on admitting the key.
+  //
+  // Two shortcuts keep a long cached prefix cheap, where most references are hits on keys
+  // the previous Lookup of the prefix referenced in the same order:
+  // - Hits on keys that lie side by side in a miniature, each head-side of the one referenced
+  //   before it, form a run that moves to the front as one segment when it ends (Flush):
+  //   moving each to the front in turn gives the same order. A run is pending only while
+  //   nothing else touches that miniature.
+  // - The key referenced after a key of the first miniature is looked for first in the entry
+  //   head-side of it there, by its key, before the hash table.
   void Reference(const BlockKey& key, uint32_t pending, uint64_t missed, uint64_t capacity);
+  // Moves rule `r`'s pending run to the front.
+  void Flush(size_t rule);
   void Unlink(size_t rule, uint32_t e);
   void PushFront(size_t rule, uint32_t e);
 
@@ -162,6 +184,9 @@ class AdmissionController {
   absl::flat_hash_map<uint64_t, uint32_t> entry_of_;  // Sampled key -> entries_ index.
   std::atomic<uint64_t> epoch_{0};
   std::vector<SampledUse> sampled_found_;  // OnLookup's scratch.
+  // Where Reference looks for the next key's entry first (kNone: nowhere).
+  uint32_t next_hint_ = kNone;
+  bool shortcuts_ = true;
   size_t rule_now_ = 0;
   uint64_t sampled_ = 0;
   uint64_t switches_ = 0;

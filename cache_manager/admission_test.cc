@@ -1,6 +1,7 @@
 #include "cache_manager/admission.h"
 
 #include <algorithm>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -186,6 +187,52 @@ TEST(AdmissionTest, AutoLetsShortRequestsInWhenThatHitsMost) {
   EXPECT_TRUE(a.Admit(Key(next + 1), 8));        // A short request comes in at once...
   EXPECT_FALSE(a.Admit(Key(next + 1), 200));     // ...a long one needs a second use.
   EXPECT_EQ(a.Describe(), absl::StrCat("auto (now second-use or up to ", rule, " new blocks)"));
+}
+
+// The miniatures' shortcuts (runs of hits moved as one segment, the next key's entry looked
+// for next to the last one's) change nothing: against a controller without them, on
+// conversations that ask for their prefixes again in order, partly, after other traffic,
+// and in scrambled order, with miniatures small enough to evict all the time.
+TEST(AdmissionTest, MiniatureShortcutsMatchPlainLru) {
+  for (uint64_t capacity_pages : {200, 1600}) {
+    AdmissionController fast(AdmissionController::Mode::kAuto, capacity_pages, 0);
+    AdmissionController plain(AdmissionController::Mode::kAuto, capacity_pages, 0);
+    plain.DisableShortcutsForTest();
+    fast.NoteBlockPages(1);
+    plain.NoteBlockPages(1);
+    std::mt19937_64 rng(capacity_pages);
+    for (int step = 0; step < 3000; ++step) {
+      // Chain c is blocks [c * 4096, c * 4096 + 2048); a few chains are popular.
+      const uint64_t c = rng() % 4 == 0 ? rng() % 200 : rng() % 12;
+      const uint64_t length = 1 + rng() % 2048;
+      std::vector<uint64_t> ids;
+      const uint64_t start = rng() % 8 == 0 ? rng() % length : 0;  // Mostly whole prefixes.
+      for (uint64_t i = start; i < length; ++i) ids.push_back(c * 4096 + i);
+      if (rng() % 10 == 0) std::shuffle(ids.begin(), ids.end(), rng);
+      std::string packed;
+      for (uint64_t id : ids) packed.append(KeyBytes(Key(id)));
+      const uint64_t found = rng() % 3 == 0 ? rng() % (ids.size() + 1) : ids.size();
+      fast.OnLookup(packed, found);
+      plain.OnLookup(packed, found);
+      if (rng() % 16 == 0) {  // A cached block leaves with its uses.
+        const BlockKey gone = Key(c * 4096 + rng() % length);
+        const uint32_t uses = static_cast<uint32_t>(rng() % 4);
+        fast.OnLeave(gone, uses);
+        plain.OnLeave(gone, uses);
+      }
+      for (size_t r = 0; r < 5; ++r) {
+        ASSERT_EQ(fast.MiniatureForTest(r), plain.MiniatureForTest(r))
+            << "rule " << r << " at step " << step << ", capacity " << capacity_pages;
+        ASSERT_EQ(fast.MiniatureHitsForTest(r), plain.MiniatureHitsForTest(r))
+            << "rule " << r << " at step " << step;
+      }
+      ASSERT_EQ(fast.rule_now(), plain.rule_now()) << "step " << step;
+    }
+    EXPECT_EQ(fast.switches(), plain.switches());
+    EXPECT_GT(fast.switches(), 0u);
+    // The test means something only if the miniatures filled and evicted, and rules switched.
+    EXPECT_EQ(fast.MiniatureForTest(0).size(), std::max<uint64_t>(8, capacity_pages / 16));
+  }
 }
 
 }  // namespace

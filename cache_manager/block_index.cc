@@ -1029,7 +1029,7 @@ absl::StatusOr<LookupResult> BlockIndex::LookupPackedBatches(
     const std::vector<uint32_t>& accept_codecs, bool lease, absl::Duration lease_ttl,
     absl::FunctionRef<void(BlockBatch)> emit_blocks, bool accept_gpu) {
   // Kept between calls: no allocation.
-  thread_local std::vector<AdmissionController::SampledUse> sampled_found;
+  thread_local SampledFound sampled_found;
   absl::StatusOr<LookupResult> result =
       LookupWalk(packed_keys, fingerprint, accept_codecs, lease, lease_ttl, emit_blocks,
                  accept_gpu, &sampled_found);
@@ -1038,7 +1038,8 @@ absl::StatusOr<LookupResult> BlockIndex::LookupPackedBatches(
   // the index lock.
   if (result.ok() && admission_ != nullptr) {
     absl::MutexLock admission_lock(&admission_mu_);
-    admission_->OnLookup(packed_keys, result->found, sampled_found);
+    admission_->OnLookup(packed_keys, result->found,
+                         std::span(sampled_found.uses.data(), sampled_found.count));
   }
   return result;
 }
@@ -1047,8 +1048,8 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
     std::string_view packed_keys, const std::optional<Digest>& fingerprint,
     const std::vector<uint32_t>& accept_codecs, bool lease, absl::Duration lease_ttl,
     absl::FunctionRef<void(BlockBatch)> emit_blocks, bool accept_gpu,
-    std::vector<AdmissionController::SampledUse>* sampled_found) {
-  sampled_found->clear();
+    SampledFound* sampled_found) {
+  sampled_found->count = 0;
   if (packed_keys.size() % kDigestBytes != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "keys is ", packed_keys.size(), " bytes, not a whole number of ", kDigestBytes,
@@ -1102,6 +1103,30 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
   // Found blocks count their uses for the admission sketch themselves (admission.h).
   const bool count_uses = admission_ != nullptr;
   const uint64_t uses_epoch = count_uses ? admission_->epoch() : 0;
+  if (count_uses && sampled_found->uses.size() < n + 1) sampled_found->uses.resize(n + 1);
+  AdmissionController::SampledUse* const sampled = sampled_found->uses.data();
+  size_t sampled_count = 0;
+  // What a block's state word (CommittedBlock::kStateWordAt) must show for the block to be
+  // answered at once: in host memory, with the fingerprint asked for, and the codec when
+  // one is accepted (the only codec or raw); anything else takes the checks one by one.
+  // A guessed slot that passes shows its tier flag.
+  const bool one_codec = raw_only || (accept_codecs.size() == 1 && accept_codecs[0] <= 0xff);
+  uint64_t state_mask = uint64_t{0xff} << 40;  // in_host
+  uint64_t state_want = uint64_t{1} << 40;
+  if (fingerprint) {
+    state_mask |= 0xffffffffu;
+    state_want |= want_fingerprint;
+  }
+  if (one_codec) {
+    state_mask |= uint64_t{0xff} << 32;
+    state_want |= uint64_t{raw_only ? kCodecRaw : accept_codecs[0]} << 32;
+  }
+  auto state_word = [](const CommittedBlock* block) {
+    uint64_t word;
+    std::memcpy(&word, reinterpret_cast<const char*>(block) + CommittedBlock::kStateWordAt,
+                sizeof(word));
+    return word;
+  };
   size_t done = 0;  // Keys [0, done) are answered for.
   uint64_t gpu_hits = 0;
   // Answered blocks go to `emit_blocks` a batch at a time, while their lines are still near.
@@ -1112,13 +1137,13 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
     if (batched > 0) emit_blocks(BlockBatch(batch, batched));
     batched = 0;
   };
-  auto answer = [&](CommittedBlock& block) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  auto answer = [&](CommittedBlock& block, size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     ++block.hits;
     if (count_uses) {
       block.uses.Add(uses_epoch);
-      if (AdmissionController::Sampled(block.key)) {
-        sampled_found->push_back({block.key, block.uses.count});
-      }
+      // Without a branch (one key in 16 is sampled, at random): every key writes the slot.
+      sampled[sampled_count] = {static_cast<uint32_t>(i), block.uses.count};
+      sampled_count += AdmissionController::Sampled(block.key);
     }
     block.no_demote = false;  // A failed demotion is retried after the block's next use.
     block.last_access = now;
@@ -1183,51 +1208,61 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
       // well send, so a guess also needs a tier flag set (blocks on SSD alone have none
       // and take the table's answer).
       const bool guessed = ring_guessed[i & (kRing - 1)];
-      if (std::memcmp(reinterpret_cast<const char*>(found_block), packed + i * kDigestBytes,
-                      kDigestBytes) != 0 ||
-          (guessed && !SlotHoldsTierFlag(found_block))) {
-        // Another key with the same first 8 bytes came first, or the guessed slot holds
-        // another block (or none).
-        found_block = probe_.Find(PackedKey(packed, i));
-        if (found_block == nullptr) break;
-      }
-      CommittedBlock& block = *found_block;
-      run_block = found_block;
-      run_key = i;
-      run_end = i + 1 + block.slab_after;
-      if (fingerprint && block.fingerprint_id != want_fingerprint) break;
-      if (!codec_ok(block.codec)) break;
-      if (!block.in_host && !(accept_gpu && block.in_gpu)) {
-        const BlockKey key = block.key;
-        if (round >= kMaxPromotionRounds) break;
-        if (!promoting.insert(key).second) {
-          break;  // The same key twice: no chain repeats a key; the prefix ends here.
+      const bool key_matches = std::memcmp(reinterpret_cast<const char*>(found_block),
+                                           packed + i * kDigestBytes, kDigestBytes) == 0;
+      // The common case takes one check of the state word (a right guess stays in its run).
+      const bool at_once = key_matches && (state_word(found_block) & state_mask) == state_want &&
+                           to_promote.empty() && (one_codec || codec_ok(found_block->codec));
+      if (at_once) {
+        if (!guessed) {
+          run_block = found_block;
+          run_key = i;
+          run_end = i + 1 + found_block->slab_after;
         }
-        if (block.moving) {
-          if (!to_promote.empty()) break;  // Promote what comes before it first.
-          flush();  // The answered blocks' state as of now: the wait releases the lock.
-          // The answered blocks stay (as after a promotion) while the lock is released.
-          std::vector<BlockKey> answered;
-          answered.reserve(done);
-          for (size_t k = 0; k < done; ++k) answered.push_back(PackedKey(packed, k));
-          for (const BlockKey& k : answered) AddReader(*blocks_.at(k));
-          WaitForMove(key);
-          for (const BlockKey& k : answered) RemoveReader(k);
-          waited = true;
-          break;
+      } else {
+        if (!key_matches || (guessed && !SlotHoldsTierFlag(found_block))) {
+          // Another key with the same first 8 bytes came first, or the guessed slot holds
+          // another block (or none).
+          found_block = probe_.Find(PackedKey(packed, i));
+          if (found_block == nullptr) break;
         }
-        const uint64_t bytes = pool_->PagesFor(block.size) * pool_->page_bytes();
-        if (bytes > promote_budget) break;
-        promote_budget -= bytes;
-        to_promote.push_back(key);
-        continue;
+        run_block = found_block;
+        run_key = i;
+        run_end = i + 1 + found_block->slab_after;
+        if (fingerprint && found_block->fingerprint_id != want_fingerprint) break;
+        if (!codec_ok(found_block->codec)) break;
+        if (!found_block->in_host && !(accept_gpu && found_block->in_gpu)) {
+          const BlockKey key = found_block->key;
+          if (round >= kMaxPromotionRounds) break;
+          if (!promoting.insert(key).second) {
+            break;  // The same key twice: no chain repeats a key; the prefix ends here.
+          }
+          if (found_block->moving) {
+            if (!to_promote.empty()) break;  // Promote what comes before it first.
+            flush();  // The answered blocks' state as of now: the wait releases the lock.
+            // The answered blocks stay (as after a promotion) while the lock is released.
+            std::vector<BlockKey> answered;
+            answered.reserve(done);
+            for (size_t k = 0; k < done; ++k) answered.push_back(PackedKey(packed, k));
+            for (const BlockKey& k : answered) AddReader(*blocks_.at(k));
+            WaitForMove(key);
+            for (const BlockKey& k : answered) RemoveReader(k);
+            waited = true;
+            break;
+          }
+          const uint64_t bytes = pool_->PagesFor(found_block->size) * pool_->page_bytes();
+          if (bytes > promote_budget) break;
+          promote_budget -= bytes;
+          to_promote.push_back(key);
+          continue;
+        }
+        if (!to_promote.empty()) {
+          // Walk on to collect the chain's SSD-only blocks.
+          keep.push_back(found_block->key);
+          continue;
+        }
       }
-      if (!to_promote.empty()) {
-        // Walk on to collect the chain's SSD-only blocks.
-        keep.push_back(block.key);
-        continue;
-      }
-      answer(block);
+      answer(*found_block, i);
       ++done;
     }
     flush();  // Before the lock is released, and at the end.
@@ -1241,6 +1276,7 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
     for (const BlockKey& key : keep) RemoveReader(key);
   }
   result.found = done;
+  sampled_found->count = sampled_count;
   counters_.gpu_hits += gpu_hits;
   counters_.hits += result.found;
   counters_.misses += n - result.found;

@@ -100,6 +100,10 @@ struct alignas(64) CommittedBlock {
   // copy in one piece, kSplitHostCopy for one in several.
   uint64_t host_offset = 0;
   uint64_t size = 0;
+  // Lookup reads the next five fields as one little-endian word at kStateWordAt
+  // (fingerprint_id in its low 4 bytes, then codec, in_host, moving, in_gpu; block_index_test
+  // checks).
+  static constexpr size_t kStateWordAt = 56;
   uint32_t fingerprint_id = 0;  // The index's number for `fingerprint`.
   uint8_t codec = kCodecRaw;
   // Host copy: `space` is valid only while in_host.
@@ -492,6 +496,12 @@ class BlockIndex {
   static void SyncHostOffset(CommittedBlock& block);
   // admission_->Admit(key, new_blocks) (admission_ must be set).
   bool AdmitNew(const BlockKey& key, uint64_t new_blocks) ABSL_LOCKS_EXCLUDED(admission_mu_);
+  // The found keys AdmissionController::Sampled picks: uses[0, count). `uses` only grows
+  // (every found key writes a slot; a sampled one keeps it).
+  struct SampledFound {
+    std::vector<AdmissionController::SampledUse> uses;
+    size_t count = 0;
+  };
   // LookupPacked without the admission controller's counting; lists the found keys that
   // AdmissionController::Sampled picks in `sampled_found`, with their blocks' pending uses
   // (when admission is on).
@@ -500,8 +510,7 @@ class BlockIndex {
                                           const std::vector<uint32_t>& accept_codecs, bool lease,
                                           absl::Duration lease_ttl,
                                           absl::FunctionRef<void(BlockBatch)> emit_blocks,
-                                          bool accept_gpu,
-                                          std::vector<AdmissionController::SampledUse>* sampled_found)
+                                          bool accept_gpu, SampledFound* sampled_found)
       ABSL_LOCKS_EXCLUDED(mu_);
   // Take a block out of / put it back into the eviction orders its state qualifies it for.
   // Every change of touch_seq, children, host_children, in_host or ssd happens between the

@@ -112,6 +112,14 @@ TEST(CommittedBlockLayout, LookupFieldsFillTheFirstTwoLines) {
     EXPECT_LT(at(read), 64u);
   }
   EXPECT_EQ(at(&b.key), 0u);  // Lookup compares a guessed slot's first bytes.
+  // ...and reads these as one word.
+  EXPECT_EQ(at(&b.fingerprint_id), CommittedBlock::kStateWordAt);
+  EXPECT_EQ(at(&b.codec), CommittedBlock::kStateWordAt + 4);
+  EXPECT_EQ(at(&b.in_host), CommittedBlock::kStateWordAt + 5);
+  EXPECT_EQ(at(&b.moving), CommittedBlock::kStateWordAt + 6);
+  EXPECT_EQ(at(&b.in_gpu), CommittedBlock::kStateWordAt + 7);
+  EXPECT_EQ(sizeof(b.fingerprint_id), 4u);
+  EXPECT_EQ(sizeof(b.codec), 1u);
   EXPECT_EQ(at(&b.touch_seq), 64u);
   for (const void* updated : {static_cast<const void*>(&b.hits),
                               static_cast<const void*>(&b.last_access),
