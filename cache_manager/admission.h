@@ -43,6 +43,8 @@ struct BlockUses {
     const int16_t age = Age(now);
     return age <= 0 ? count : age >= 8 ? 0 : count >> age;
   }
+  // The epoch (low bits) `count` is aged to.
+  uint16_t aged_epoch() const { return epoch; }
   void Add(uint64_t now) {
     if (Age(now) <= 0) {  // Nothing to age (the common case); never move epoch back.
       count += count < FrequencySketch::kMax;

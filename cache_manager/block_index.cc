@@ -1003,6 +1003,20 @@ BlockKey PackedKey(const char* packed, size_t i) {
 // The two cache lines of a committed block (aligned to a line; see its field order) that a
 // Lookup touches: the first it reads (key, fingerprint number, codec, tier flags and what
 // the answer carries), the second it updates (recency, counters).
+// Lookup's software pipeline over the keys: the probe table slot of key i + kProbeAhead is
+// prefetched, key i + kBlockAhead is probed (its slot is in cache by then) and its block
+// prefetched, key i is handled. A long chain's blocks are scattered over the heap:
+// without this, each key waits for two cache misses in turn.
+constexpr size_t kProbeAhead = 32;
+constexpr size_t kBlockAhead = 16;
+
+uint64_t StateWord(const CommittedBlock* block) {
+  uint64_t word;
+  std::memcpy(&word, reinterpret_cast<const char*>(block) + CommittedBlock::kStateWordAt,
+              sizeof(word));
+  return word;
+}
+
 void PrefetchBlock(const CommittedBlock* block) {
   const char* p = reinterpret_cast<const char*>(block);
   static_assert(sizeof(CommittedBlock) >= 2 * 64);
@@ -1068,12 +1082,6 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
     return std::find(accept_codecs.begin(), accept_codecs.end(), codec) !=
            accept_codecs.end();
   };
-  // Software pipeline over the keys: the probe table slot of key i + kProbeAhead is
-  // prefetched, key i + kBlockAhead is probed (its slot is in cache by then) and its block
-  // prefetched, key i is handled. A long chain's blocks are scattered over the heap:
-  // without this, each key waits for two cache misses in turn.
-  constexpr size_t kProbeAhead = 32;
-  constexpr size_t kBlockAhead = 16;
   constexpr size_t kRing = 32;  // A power of two above kBlockAhead.
   static_assert(kRing > kBlockAhead && (kRing & (kRing - 1)) == 0);
   absl::MutexLock lock(&mu_);
@@ -1121,16 +1129,10 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
     state_mask |= uint64_t{0xff} << 32;
     state_want |= uint64_t{raw_only ? kCodecRaw : accept_codecs[0]} << 32;
   }
-  auto state_word = [](const CommittedBlock* block) {
-    uint64_t word;
-    std::memcpy(&word, reinterpret_cast<const char*>(block) + CommittedBlock::kStateWordAt,
-                sizeof(word));
-    return word;
-  };
   size_t done = 0;  // Keys [0, done) are answered for.
   uint64_t gpu_hits = 0;
   // Answered blocks go to `emit_blocks` a batch at a time, while their lines are still near.
-  constexpr size_t kBatch = 32;
+  constexpr size_t kBatch = kLookupBatch;
   const CommittedBlock* batch[kBatch];
   size_t batched = 0;
   auto flush = [&] {
@@ -1162,6 +1164,24 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
     batch[batched++] = &block;
     if (batched == kBatch) flush();
   };
+  // Blocks in slab runs go through AnswerRun, unless leases or codecs it does not check
+  // are asked for.
+  const bool fast_runs = !lease && one_codec;
+  RunWalk walk{.packed = packed,
+               .n = n,
+               .run_end = 0,
+               .state_mask = state_mask,
+               .state_want = state_want,
+               .accept_gpu = accept_gpu ? 1u : 0u,
+               .now = now,
+               .count_uses = count_uses,
+               .uses_epoch = uses_epoch,
+               .sampled = sampled,
+               .sampled_count = 0,
+               .batch = batch,
+               .batched = 0,
+               .emit_blocks = emit_blocks,
+               .gpu_hits = 0};
   for (int round = 0;; ++round) {
     std::vector<BlockKey> to_promote;
     absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> promoting;  // The same keys.
@@ -1187,6 +1207,27 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
       ring_guessed[i & (kRing - 1)] = false;
     }
     for (size_t i = first; i < n; ++i) {
+      if (fast_runs && i + kBlockAhead < run_end && to_promote.empty()) {
+        // Inside a slab run, its blocks are answered in a loop of their own while they can
+        // be (AnswerRun); the first one it leaves takes the way below.
+        walk.run_end = run_end;
+        walk.sampled_count = sampled_count;
+        walk.batched = batched;
+        walk.gpu_hits = gpu_hits;
+        const size_t stop = std::min(n, run_end - kBlockAhead);
+        const size_t next = AnswerRun(walk, i, stop, run_block + (i - run_key));
+        sampled_count = walk.sampled_count;
+        batched = walk.batched;
+        gpu_hits = walk.gpu_hits;
+        done += next - i;
+        i = next;
+        if (i == n) break;
+        // The keys the pipeline has reached lie in the run.
+        for (size_t k = i; k < std::min(n, i + kBlockAhead); ++k) {
+          ring[k & (kRing - 1)] = run_block + (k - run_key);
+          ring_guessed[k & (kRing - 1)] = true;
+        }
+      }
       if (i + kProbeAhead < n && i + kProbeAhead >= run_end) {
         probe_.Prefetch(PackedKey(packed, i + kProbeAhead));
       }
@@ -1211,7 +1252,7 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
       const bool key_matches = std::memcmp(reinterpret_cast<const char*>(found_block),
                                            packed + i * kDigestBytes, kDigestBytes) == 0;
       // The common case takes one check of the state word (a right guess stays in its run).
-      const bool at_once = key_matches && (state_word(found_block) & state_mask) == state_want &&
+      const bool at_once = key_matches && (StateWord(found_block) & state_mask) == state_want &&
                            to_promote.empty() && (one_codec || codec_ok(found_block->codec));
       if (at_once) {
         if (!guessed) {
@@ -1287,6 +1328,55 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
     leases_.emplace(result.lease_id, Lease{result.lease_expires, std::move(leased)});
   }
   return result;
+}
+
+size_t BlockIndex::AnswerRun(RunWalk& walk, size_t i, size_t stop, CommittedBlock* block) {
+  // In locals, which the stores into blocks cannot alias.
+  const char* const packed = walk.packed;
+  const size_t n = walk.n;
+  const size_t run_end = walk.run_end;
+  const uint64_t mask = walk.state_mask;
+  const uint64_t want = walk.state_want;
+  const uint64_t accept_gpu = walk.accept_gpu;
+  const absl::Time now = walk.now;
+  const bool count_uses = walk.count_uses;
+  const uint64_t uses_epoch = walk.uses_epoch;
+  AdmissionController::SampledUse* const sampled = walk.sampled;
+  size_t sampled_count = walk.sampled_count;
+  const CommittedBlock** const batch = walk.batch;
+  size_t batched = walk.batched;
+  uint64_t gpu_hits = walk.gpu_hits;
+  uint64_t seq = next_seq_;
+  for (; i < stop; ++i, ++block) {
+    PrefetchBlock(block + kBlockAhead);
+    if (i + kProbeAhead >= run_end && i + kProbeAhead < n) {
+      probe_.Prefetch(PackedKey(packed, i + kProbeAhead));
+    }
+    if (std::memcmp(block, packed + i * kDigestBytes, kDigestBytes) != 0) break;
+    const uint64_t state = StateWord(block);
+    if ((state & mask) != want || block->listed) break;
+    // What LookupWalk's answer does for a block in no eviction order, without a lease.
+    ++block->hits;
+    if (count_uses) {
+      block->uses.Add(uses_epoch);
+      sampled[sampled_count] = {static_cast<uint32_t>(i), block->uses.count};
+      sampled_count += AdmissionController::Sampled(block->key);
+    }
+    block->no_demote = false;
+    block->last_access = now;
+    block->touch_seq = seq++;
+    gpu_hits += (state >> 56) & accept_gpu;  // in_gpu
+    batch[batched++] = block;
+    if (batched == kLookupBatch) {
+      walk.emit_blocks(BlockBatch(batch, batched));
+      batched = 0;
+    }
+  }
+  next_seq_ = seq;
+  walk.sampled_count = sampled_count;
+  walk.batched = batched;
+  walk.gpu_hits = gpu_hits;
+  return i;
 }
 
 absl::Status BlockIndex::ReleaseLease(uint64_t lease_id) {

@@ -496,6 +496,31 @@ class BlockIndex {
   static void SyncHostOffset(CommittedBlock& block);
   // admission_->Admit(key, new_blocks) (admission_ must be set).
   bool AdmitNew(const BlockKey& key, uint64_t new_blocks) ABSL_LOCKS_EXCLUDED(admission_mu_);
+  // What AnswerRun reads and updates of LookupWalk's state.
+  struct RunWalk {
+    const char* packed;       // The request's keys.
+    size_t n;                 // How many.
+    size_t run_end;           // The run's slots hold keys up to here.
+    uint64_t state_mask;      // What the state word must show (LookupWalk).
+    uint64_t state_want;
+    uint64_t accept_gpu;      // 1: count blocks also in the GPU tier as GPU hits.
+    absl::Time now;
+    bool count_uses;
+    uint64_t uses_epoch;
+    AdmissionController::SampledUse* sampled;
+    size_t sampled_count;
+    const CommittedBlock** batch;  // kLookupBatch entries.
+    size_t batched;
+    absl::FunctionRef<void(BlockBatch)> emit_blocks;
+    uint64_t gpu_hits;
+  };
+  static constexpr size_t kLookupBatch = 32;
+  // Lookup's common case: answers keys [i, stop) of a slab run, key i in slot `block` and
+  // each next key in the next slot, while each is the key asked for, its state word passes
+  // and it is in no eviction order (no Touch needed); stops at the first that is not, and
+  // returns its place. Every key up to stop + the walk's lookahead lies in the run.
+  size_t AnswerRun(RunWalk& walk, size_t i, size_t stop, CommittedBlock* block)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The found keys AdmissionController::Sampled picks: uses[0, count). `uses` only grows
   // (every found key writes a slot; a sampled one keeps it).
   struct SampledFound {

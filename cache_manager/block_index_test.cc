@@ -212,6 +212,88 @@ TEST_F(BlockIndexTest, LookupFollowsChainsAcrossSlabsAndGaps) {
   ExpectInvariants();
 }
 
+// A Lookup without a lease answers blocks in slab runs in a loop of its own (AnswerRun);
+// with a lease every block takes the general way. Both must leave every block as the other
+// does: the same answers, recency, counters and admission uses, through slab ends, gaps,
+// forks, leaves (which move in eviction order) and blocks of another fingerprint.
+TEST_F(BlockIndexTest, RunLoopUpdatesBlocksAsTheGeneralWayDoes) {
+  struct Seen {
+    BlockKey key;
+    uint64_t hits, touch_seq;
+    absl::Duration last_access;  // Since the run began (the clock goes on between runs).
+    uint32_t uses, uses_epoch;
+    bool listed, no_demote;
+    bool operator==(const Seen&) const = default;
+  };
+  auto run = [&](bool lease) {
+    Reset(2048 * kPage, BlockIndexOptions::Admission::kAuto);
+    const absl::Time start = clock_.Now();
+    const auto chain = Chain(700);
+    const auto other = Chain(300, 5);
+    EXPECT_TRUE(Store(chain, 0, 600).ok());  // Slabs of 256, 256 and 88.
+    EXPECT_TRUE(Store(chain, 600, 700).ok());
+    EXPECT_TRUE(Store(other, 0, 300).ok());
+    std::vector<uint32_t> tokens(500 * spec_.block_tokens);
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      tokens[i] = i < 100 * spec_.block_tokens ? static_cast<uint32_t>(i) : 7000000 + i;
+    }
+    const auto forked = *ComputeBlockKeys(spec_, "", tokens);
+    EXPECT_TRUE(Store(forked, 100, 500).ok());
+    EXPECT_TRUE(index_->Evict({Bytes(forked[250])}).ok());  // A gap inside a slab's run.
+    std::vector<size_t> found;
+    auto lookup = [&](const std::vector<BlockKey>& keys, size_t n,
+                      const std::optional<Digest>& fingerprint = std::nullopt) {
+      std::vector<std::string> bytes;
+      for (size_t i = 0; i < n; ++i) bytes.push_back(Bytes(keys[i]));
+      size_t emitted = 0;
+      auto r = index_->Lookup(bytes, fingerprint, {}, lease, absl::ZeroDuration(),
+                              [&](const CommittedBlock& b) {
+                                EXPECT_EQ(b.key, keys[emitted]);
+                                ++emitted;
+                              });
+      EXPECT_TRUE(r.ok()) << r.status();
+      EXPECT_EQ(emitted, r->found);
+      found.push_back(r->found);
+      if (r->lease_id != 0) EXPECT_TRUE(index_->ReleaseLease(r->lease_id).ok());
+      clock_.Advance(absl::Milliseconds(7));
+    };
+    for (int round = 0; round < 3; ++round) {
+      lookup(chain, 700);
+      lookup(chain, 17 + 100 * round);  // Ends inside a run.
+      lookup(forked, 500);
+      lookup(other, 300);
+      lookup(chain, 700, ModelFingerprint(spec_));
+      lookup(chain, 700, Digest{});  // Another model's: nothing.
+    }
+    std::vector<Seen> blocks;
+    index_->List(0, 10000, [&](const CommittedBlock& b) {
+      blocks.push_back({b.key, b.hits, b.touch_seq, b.last_access - start, b.uses.count,
+                        b.uses.aged_epoch(), b.listed, b.no_demote});
+    });
+    const IndexStats stats = index_->Stats();
+    ExpectInvariants();
+    return std::make_tuple(found, blocks, stats.hits, stats.misses);
+  };
+  const auto without_lease = run(false);
+  const auto with_lease = run(true);
+  EXPECT_EQ(std::get<0>(without_lease), std::get<0>(with_lease));
+  // 700 + 300 + 400 blocks, less the forked chain's 250 from the gap on.
+  ASSERT_EQ(std::get<1>(without_lease).size(), 1150u);
+  ASSERT_EQ(std::get<1>(with_lease).size(), 1150u);
+  for (size_t i = 0; i < 1150; ++i) {
+    const Seen& a = std::get<1>(without_lease)[i];
+    const Seen& b = std::get<1>(with_lease)[i];
+    EXPECT_TRUE(a == b) << "block " << i << ": hits " << a.hits << "/" << b.hits << ", touch_seq "
+                        << a.touch_seq << "/" << b.touch_seq << ", uses " << a.uses << "/"
+                        << b.uses << " epoch " << a.uses_epoch << "/" << b.uses_epoch
+                        << ", listed " << a.listed << "/" << b.listed << ", last_access "
+                        << a.last_access << "/" << b.last_access;
+    if (!(a == b)) break;
+  }
+  EXPECT_EQ(std::get<2>(without_lease), std::get<2>(with_lease));
+  EXPECT_EQ(std::get<3>(without_lease), std::get<3>(with_lease));
+}
+
 TEST_F(BlockIndexTest, UncommittedBlocksAreInvisibleUntilCommit) {
   auto chain = Chain(2);
   auto a = index_->Allocate(spec_, {{Bytes(chain[0]), "", 100, 0}}, absl::ZeroDuration());
