@@ -50,6 +50,7 @@
 #include "bench/echo_server.h"
 #include "cache_manager/server.h"
 #include "core/block_key.h"
+#include "core/process.h"
 #include "core/status.h"
 #include "proto/grpc_status.h"
 #include "tierkv/v1/cache_service.grpc.pb.h"
@@ -1178,6 +1179,7 @@ class Bench {
 }  // namespace tierkv::bench
 
 int main(int argc, char** argv) {
+  tierkv::DisableMutexDeadlockDetection();
   using tierkv::bench::Flags;
   Flags flags;
   CLI::App app{

@@ -90,6 +90,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "core/block_key.h"
+#include "core/process.h"
 #include "core/status.h"
 #include "core/units.h"
 #include "storage/host_pool.h"
@@ -1551,6 +1552,7 @@ int Main(const Flags& flags) {
 }  // namespace tierkv::bench
 
 int main(int argc, char** argv) {
+  tierkv::DisableMutexDeadlockDetection();
   tierkv::bench::Flags flags;
   CLI::App app{
       "ssd_bench: the SSD tier against fio --direct=1 on the same directory, in the "

@@ -1612,6 +1612,7 @@ absl::Status Run(const Flags& flags, absl::Time deadline) {
 }  // namespace tierkv::bench
 
 int main(int argc, char** argv) {
+  tierkv::DisableMutexDeadlockDetection();
   using tierkv::bench::Flags;
   Flags flags;
   CLI::App app{

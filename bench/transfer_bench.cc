@@ -56,6 +56,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "core/block_key.h"
+#include "core/process.h"
 #include "core/status.h"
 #include "core/units.h"
 #include "transfer/engine.h"
@@ -535,6 +536,7 @@ int Run(const Flags& flags) {
 }  // namespace tierkv::bench
 
 int main(int argc, char** argv) {
+  tierkv::DisableMutexDeadlockDetection();
   // In the peer child this runs the peer and never returns.
   tierkv::transfer::testing::MaybeRunPeer();
   signal(SIGPIPE, SIG_IGN);

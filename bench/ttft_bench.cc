@@ -23,6 +23,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "cli/all_in_one.h"
+#include "core/process.h"
 #include "core/status.h"
 #include "core/units.h"
 #include "tierkv/v1/prefill_service.grpc.pb.h"
@@ -209,6 +210,7 @@ absl::Status MeasureTransfers(const tierkv::Runtime& runtime, int repeats) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  tierkv::DisableMutexDeadlockDetection();
   CLI::App app{"ttft_bench: cold vs warm time to first token through tierkv's workers"};
   std::vector<int> lengths = {4096, 16384};
   int repeats = 3;

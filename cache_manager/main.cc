@@ -7,8 +7,10 @@
 #include "cache_manager/flags.h"
 #include "cache_manager/server.h"
 #include "absl/strings/str_replace.h"
+#include "core/process.h"
 
 int main(int argc, char** argv) {
+  tierkv::DisableMutexDeadlockDetection();
   CLI::App app{"tierkv cache manager: prefix-keyed KV blocks in host memory and SSD tiers, "
                "over gRPC"};
   tierkv::CacheManagerFlags flags;

@@ -34,6 +34,7 @@
 #include "cli/kvctl_format.h"
 #include "cli/kvctl_json.h"
 #include "core/block_key.h"
+#include "core/process.h"
 #include "tierkv/v1/admin_service.grpc.pb.h"
 #include "tierkv/v1/cache_service.grpc.pb.h"
 
@@ -812,4 +813,7 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace tierkv::kvctl
 
-int main(int argc, char** argv) { return tierkv::kvctl::Main(argc, argv); }
+int main(int argc, char** argv) {
+  tierkv::DisableMutexDeadlockDetection();
+  return tierkv::kvctl::Main(argc, argv);
+}

@@ -14,6 +14,7 @@
 #include "core/units.h"
 
 int main(int argc, char** argv) {
+  tierkv::DisableMutexDeadlockDetection();
   CLI::App app{"tierkv: disaggregated KV cache for long-context LLM inference"};
   app.require_subcommand(1);
   CLI::App* up = app.add_subcommand("up", "run every role in one process on 127.0.0.1");

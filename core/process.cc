@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "core/status.h"
 
@@ -88,6 +89,10 @@ absl::Status WritePortFile(const std::string& path, int port) {
     return ErrnoToStatus(errno, absl::StrCat("rename ", tmp, " to ", path));
   }
   return absl::OkStatus();
+}
+
+void DisableMutexDeadlockDetection() {
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 }
 
 void BlockShutdownSignals() {

@@ -14,6 +14,13 @@
 
 namespace tierkv {
 
+// Turns absl::Mutex's deadlock detection off for the process. Debian builds abseil without
+// NDEBUG, so by default every lock and unlock of every absl::Mutex (gRPC's own included)
+// also updates a process-wide lock graph under a global lock: about 50 ns more per lock
+// and unlock, and a line every core writes. Binaries call this first thing in main; tests
+// keep the detection.
+void DisableMutexDeadlockDetection();
+
 // Blocks SIGINT and SIGTERM in the calling thread (and the threads it starts later) so that
 // WaitForShutdownSignal() can take them; call before starting any thread.
 void BlockShutdownSignals();
