@@ -6,6 +6,10 @@
 #include <new>
 #include <thread>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -1010,6 +1014,15 @@ BlockKey PackedKey(const char* packed, size_t i) {
 constexpr size_t kProbeAhead = 32;
 constexpr size_t kBlockAhead = 16;
 
+// A store that bypasses the caches (the Lookup records' buffer is read next by the socket).
+void StoreStreaming(char* at, uint64_t value) {
+#if defined(__x86_64__)
+  _mm_stream_si64(reinterpret_cast<long long*>(at), static_cast<long long>(value));
+#else
+  std::memcpy(at, &value, sizeof(value));
+#endif
+}
+
 uint64_t StateWord(const CommittedBlock* block) {
   uint64_t word;
   std::memcpy(&word, reinterpret_cast<const char*>(block) + CommittedBlock::kStateWordAt,
@@ -1041,12 +1054,12 @@ absl::StatusOr<LookupResult> BlockIndex::LookupPacked(
 absl::StatusOr<LookupResult> BlockIndex::LookupPackedBatches(
     std::string_view packed_keys, const std::optional<Digest>& fingerprint,
     const std::vector<uint32_t>& accept_codecs, bool lease, absl::Duration lease_ttl,
-    absl::FunctionRef<void(BlockBatch)> emit_blocks, bool accept_gpu) {
+    absl::FunctionRef<void(BlockBatch)> emit_blocks, bool accept_gpu, LookupRecordSink* sink) {
   // Kept between calls: no allocation.
   thread_local SampledFound sampled_found;
   absl::StatusOr<LookupResult> result =
       LookupWalk(packed_keys, fingerprint, accept_codecs, lease, lease_ttl, emit_blocks,
-                 accept_gpu, &sampled_found);
+                 accept_gpu, &sampled_found, sink);
   // Every key of the request counts as asked for, found or not (the found ones in their
   // blocks, counted by the walk); the miniatures also learn how many were missed. Outside
   // the index lock.
@@ -1062,7 +1075,7 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
     std::string_view packed_keys, const std::optional<Digest>& fingerprint,
     const std::vector<uint32_t>& accept_codecs, bool lease, absl::Duration lease_ttl,
     absl::FunctionRef<void(BlockBatch)> emit_blocks, bool accept_gpu,
-    SampledFound* sampled_found) {
+    SampledFound* sampled_found, LookupRecordSink* sink) {
   sampled_found->count = 0;
   if (packed_keys.size() % kDigestBytes != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -1181,7 +1194,9 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
                .batch = batch,
                .batched = 0,
                .emit_blocks = emit_blocks,
-               .gpu_hits = 0};
+               .gpu_hits = 0,
+               // A block the caller takes from the GPU tier gets another record.
+               .sink = accept_gpu ? nullptr : sink};
   for (int round = 0;; ++round) {
     std::vector<BlockKey> to_promote;
     absl::flat_hash_set<BlockKey, BlockKeyHash, BlockKeyEq> promoting;  // The same keys.
@@ -1210,6 +1225,7 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
       if (fast_runs && i + kBlockAhead < run_end && to_promote.empty()) {
         // Inside a slab run, its blocks are answered in a loop of their own while they can
         // be (AnswerRun); the first one it leaves takes the way below.
+        if (walk.sink != nullptr) flush();  // Its records come before the run's.
         walk.run_end = run_end;
         walk.sampled_count = sampled_count;
         walk.batched = batched;
@@ -1347,6 +1363,11 @@ size_t BlockIndex::AnswerRun(RunWalk& walk, size_t i, size_t stop, CommittedBloc
   size_t batched = walk.batched;
   uint64_t gpu_hits = walk.gpu_hits;
   uint64_t seq = next_seq_;
+  LookupRecordSink* const sink = walk.sink;
+  char* const records = sink != nullptr ? sink->records : nullptr;
+  const size_t record_capacity = sink != nullptr ? sink->capacity : 0;
+  size_t record_count = sink != nullptr ? sink->count : 0;
+  const uint64_t record_tail = sink != nullptr ? uint64_t{sink->host_tier} << 40 : 0;
   for (; i < stop; ++i, ++block) {
     PrefetchBlock(block + kBlockAhead);
     if (i + kProbeAhead >= run_end && i + kProbeAhead < n) {
@@ -1355,6 +1376,10 @@ size_t BlockIndex::AnswerRun(RunWalk& walk, size_t i, size_t stop, CommittedBloc
     if (std::memcmp(block, packed + i * kDigestBytes, kDigestBytes) != 0) break;
     const uint64_t state = StateWord(block);
     if ((state & mask) != want || block->listed) break;
+    if (sink != nullptr &&
+        (block->host_offset == CommittedBlock::kSplitHostCopy || record_count == record_capacity)) {
+      break;  // Its record is the encoder's to write (or to make room for).
+    }
     // What LookupWalk's answer does for a block in no eviction order, without a lease.
     ++block->hits;
     if (count_uses) {
@@ -1366,6 +1391,17 @@ size_t BlockIndex::AnswerRun(RunWalk& walk, size_t i, size_t stop, CommittedBloc
     block->last_access = now;
     block->touch_seq = seq++;
     gpu_hits += (state >> 56) & accept_gpu;  // in_gpu
+    if (sink != nullptr) {
+      // The record (LookupRecordSink), streamed past the caches like the encoder's.
+      char* out = records + record_count * 32;
+      ++record_count;
+      StoreStreaming(out, block->checksum);
+      StoreStreaming(out + 8, block->host_offset);
+      StoreStreaming(out + 16, (block->size & 0xffffffffu) | uint64_t{1} << 32);
+      // first_piece = 0, then codec and tier.
+      StoreStreaming(out + 24, (state & (uint64_t{0xff} << 32)) | record_tail);
+      continue;
+    }
     batch[batched++] = block;
     if (batched == kLookupBatch) {
       walk.emit_blocks(BlockBatch(batch, batched));
@@ -1373,6 +1409,7 @@ size_t BlockIndex::AnswerRun(RunWalk& walk, size_t i, size_t stop, CommittedBloc
     }
   }
   next_seq_ = seq;
+  if (sink != nullptr) sink->count = record_count;
   walk.sampled_count = sampled_count;
   walk.batched = batched;
   walk.gpu_hits = gpu_hits;

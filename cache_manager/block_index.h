@@ -154,6 +154,20 @@ struct CommittedBlockDelete {
 };
 using CommittedBlockPtr = std::unique_ptr<CommittedBlock, CommittedBlockDelete>;
 
+// Where a Lookup may write the answer of a block stored in one piece in host memory
+// itself: the block's 32-byte LookupResponse record (the layout of proto/lookup_blocks.h:
+// checksum, offset, size, pieces = 1, first_piece = 0, codec, tier = host_tier, two zero
+// bytes, little-endian), at records + 32 * count. Its owner (LookupResponseEncoder) writes
+// the records of the blocks handed to emit_blocks at `count` too, so the records stay in
+// the blocks' order. The Lookup writes only while count < capacity, and with streaming
+// stores: the owner fences before the records are read.
+struct LookupRecordSink {
+  char* records = nullptr;
+  size_t capacity = 0;
+  size_t count = 0;
+  uint8_t host_tier = 0;
+};
+
 struct BlockIndexOptions {
   absl::Duration write_lease_ttl = absl::Seconds(30);
   absl::Duration read_lease_ttl = absl::Seconds(30);
@@ -340,12 +354,15 @@ class BlockIndex {
                                             absl::FunctionRef<void(const CommittedBlock&)> emit,
                                             bool accept_gpu = false);
   // The same, handing the found blocks to `emit_blocks` in batches (in order, under the
-  // lock): one call per few dozen blocks instead of one per block.
+  // lock): one call per few dozen blocks instead of one per block. With a `sink`, blocks
+  // stored in one piece in host memory may be answered by a record written there instead
+  // (LookupRecordSink), in order with the blocks handed to emit_blocks.
   using BlockBatch = std::span<const CommittedBlock* const>;
   absl::StatusOr<LookupResult> LookupPackedBatches(
       std::string_view packed_keys, const std::optional<Digest>& fingerprint,
       const std::vector<uint32_t>& accept_codecs, bool lease, absl::Duration lease_ttl,
-      absl::FunctionRef<void(BlockBatch)> emit_blocks, bool accept_gpu = false);
+      absl::FunctionRef<void(BlockBatch)> emit_blocks, bool accept_gpu = false,
+      LookupRecordSink* sink = nullptr);
   absl::StatusOr<LookupResult> Lookup(const std::vector<std::string>& keys,
                                       const std::optional<Digest>& fingerprint,
                                       const std::vector<uint32_t>& accept_codecs, bool lease,
@@ -513,12 +530,15 @@ class BlockIndex {
     size_t batched;
     absl::FunctionRef<void(BlockBatch)> emit_blocks;
     uint64_t gpu_hits;
+    LookupRecordSink* sink;  // Null: every block goes to emit_blocks.
   };
   static constexpr size_t kLookupBatch = 32;
   // Lookup's common case: answers keys [i, stop) of a slab run, key i in slot `block` and
   // each next key in the next slot, while each is the key asked for, its state word passes
   // and it is in no eviction order (no Touch needed); stops at the first that is not, and
-  // returns its place. Every key up to stop + the walk's lookahead lies in the run.
+  // returns its place. Every key up to stop + the walk's lookahead lies in the run. With a
+  // sink it writes the blocks' records there (and stops at a block stored in pieces, or
+  // when the sink is full), with the walk's batch empty.
   size_t AnswerRun(RunWalk& walk, size_t i, size_t stop, CommittedBlock* block)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The found keys AdmissionController::Sampled picks: uses[0, count). `uses` only grows
@@ -535,7 +555,8 @@ class BlockIndex {
                                           const std::vector<uint32_t>& accept_codecs, bool lease,
                                           absl::Duration lease_ttl,
                                           absl::FunctionRef<void(BlockBatch)> emit_blocks,
-                                          bool accept_gpu, SampledFound* sampled_found)
+                                          bool accept_gpu, SampledFound* sampled_found,
+                                          LookupRecordSink* sink)
       ABSL_LOCKS_EXCLUDED(mu_);
   // Take a block out of / put it back into the eviction orders its state qualifies it for.
   // Every change of touch_seq, children, host_children, in_host or ssd happens between the

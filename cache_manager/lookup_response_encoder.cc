@@ -115,9 +115,9 @@ grpc::Slice RecordSlice(size_t records, char** data) {
 }  // namespace
 
 void LookupResponseEncoder::Reset(size_t max_blocks) {
-  capacity_ = std::max<size_t>(max_blocks, 1);
-  records_slice_ = RecordSlice(capacity_, &records_);
-  count_ = 0;
+  sink_.capacity = std::max<size_t>(max_blocks, 1);
+  records_slice_ = RecordSlice(sink_.capacity, &sink_.records);
+  sink_.count = 0;
   pieces_.clear();
 }
 
@@ -125,20 +125,20 @@ void LookupResponseEncoder::Grow() {
 #if defined(__x86_64__)
   _mm_sfence();
 #endif
-  const size_t grown = std::max<size_t>(2 * capacity_, 64);
+  const size_t grown = std::max<size_t>(2 * sink_.capacity, 64);
   char* data = nullptr;
   grpc::Slice slice = RecordSlice(grown, &data);
-  if (count_ > 0) std::memcpy(data, records_, count_ * kLookupRecordBytes);
+  if (sink_.count > 0) std::memcpy(data, sink_.records, sink_.count * kLookupRecordBytes);
   records_slice_ = std::move(slice);
-  records_ = data;
-  capacity_ = grown;
+  sink_.records = data;
+  sink_.capacity = grown;
 }
 
 void LookupResponseEncoder::AddSplitBlock(uint64_t size, uint64_t checksum, uint32_t codec,
                                           uint32_t tier, std::span<const PoolExtent> extents) {
-  if (count_ == capacity_) Grow();
-  char* out = records_ + count_ * kLookupRecordBytes;
-  ++count_;
+  if (sink_.count == sink_.capacity) Grow();
+  char* out = sink_.records + sink_.count * kLookupRecordBytes;
+  ++sink_.count;
   EncodeLookupBlock({.checksum = checksum,
                      .offset = extents[0].offset,
                      .size = static_cast<uint32_t>(size),
@@ -166,7 +166,7 @@ std::string LookupResponseEncoder::HeaderBytes(const Header& header) const {
   VarintField(out, kRemoteBase, header.remote_base);
   VarintField(out, kLeaseId, header.lease_id);
   VarintField(out, kLeaseExpiresUnixMs, static_cast<uint64_t>(header.lease_expires_unix_ms));
-  if (count_ > 0) LengthPrefix(out, kBlocks, count_ * kLookupRecordBytes);
+  if (sink_.count > 0) LengthPrefix(out, kBlocks, sink_.count * kLookupRecordBytes);
   return out;
 }
 
@@ -178,7 +178,7 @@ grpc::ByteBuffer LookupResponseEncoder::Finish(const Header& header) {
   grpc::Slice slices[3];
   size_t n = 0;
   slices[n++] = grpc::Slice(head.data(), head.size());
-  if (count_ > 0) slices[n++] = records_slice_.sub(0, count_ * kLookupRecordBytes);
+  if (sink_.count > 0) slices[n++] = records_slice_.sub(0, sink_.count * kLookupRecordBytes);
   if (!pieces_.empty()) {
     std::string tail;
     tail.reserve(pieces_.size() + 8);
@@ -187,9 +187,9 @@ grpc::ByteBuffer LookupResponseEncoder::Finish(const Header& header) {
     slices[n++] = grpc::Slice(tail.data(), tail.size());
   }
   records_slice_ = grpc::Slice();
-  records_ = nullptr;
-  capacity_ = 0;
-  count_ = 0;
+  sink_.records = nullptr;
+  sink_.capacity = 0;
+  sink_.count = 0;
   return grpc::ByteBuffer(slices, n);
 }
 

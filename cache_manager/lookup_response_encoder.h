@@ -21,6 +21,7 @@
 #include <string>
 #include <string_view>
 
+#include "cache_manager/block_index.h"
 #include "proto/lookup_blocks.h"
 #include "storage/host_pool.h"
 
@@ -54,9 +55,9 @@ class LookupResponseEncoder {
   // The same for a block stored in one piece at `offset`.
   void AddBlock(uint64_t size, uint64_t checksum, uint32_t codec, uint32_t tier,
                 uint64_t offset) {
-    if (count_ == capacity_) Grow();
-    char* out = records_ + count_ * kLookupRecordBytes;
-    ++count_;
+    if (sink_.count == sink_.capacity) Grow();
+    char* out = sink_.records + sink_.count * kLookupRecordBytes;
+    ++sink_.count;
     const uint64_t size_one_piece = (size & 0xffffffffu) | uint64_t{1} << 32;  // pieces = 1.
     const uint64_t tail = uint64_t{codec & 0xffu} << 32 | uint64_t{tier & 0xffu} << 40;
     // first_piece = 0, codec, tier, reserved. The buffer is usually out of the nearer
@@ -69,7 +70,13 @@ class LookupResponseEncoder {
   }
 
   // Blocks added since Reset.
-  size_t count() const { return count_; }
+  size_t count() const { return sink_.count; }
+
+  // Where a Lookup writes the records of blocks in one host piece itself
+  // (BlockIndex::LookupPackedBatches), between AddBlock calls; valid until Finish.
+  LookupRecordSink* sink() { return &sink_; }
+  // tierkv.v1.TIER_HOST, which sink records carry (service.cc checks).
+  static constexpr uint8_t kHostTier = 2;
 
   // The message, as the slices gRPC sends (the records are not copied). Call once per Reset.
   grpc::ByteBuffer Finish(const Header& header);
@@ -91,9 +98,9 @@ class LookupResponseEncoder {
   std::string HeaderBytes(const Header& header) const;
 
   grpc::Slice records_slice_;
-  char* records_ = nullptr;  // records_slice_'s bytes.
-  size_t capacity_ = 0;      // Records that fit.
-  size_t count_ = 0;
+  // The records so far: in records_slice_'s bytes, `capacity` of them fit. A Lookup writes
+  // records there too (sink()).
+  LookupRecordSink sink_{.host_tier = kHostTier};
   std::string pieces_;       // LookupResponse.pieces so far.
 };
 

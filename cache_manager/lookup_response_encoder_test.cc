@@ -5,6 +5,9 @@
 #include <random>
 #include <vector>
 
+#include "cache_manager/block_index.h"
+#include "core/clock.h"
+#include "core/status.h"
 #include "tierkv/v1/cache_service.pb.h"
 
 namespace tierkv {
@@ -148,6 +151,87 @@ TEST(LookupResponseEncoder, LargeResponseGrows) {
   LookupResponseEncoder::Header h{.found = 70000, .node = "n"};
   EXPECT_EQ(Encode(encoder, 100, blocks, h), Expected(blocks, h));
   EXPECT_EQ(Encode(encoder, 10, {blocks[0]}, {.found = 1}), Expected({blocks[0]}, {.found = 1}));
+}
+
+// A Lookup with the encoder's sink writes the records of blocks in one host piece itself
+// (BlockIndex::AnswerRun) and hands the rest to the encoder: the response must be the one
+// the encoder writes for every block, in the same order, with blocks in several pieces
+// among the others and a response that outgrows what was reserved.
+TEST(LookupResponseEncoder, IndexRecordsThroughTheSinkAreTheEncodersOwn) {
+  constexpr uint64_t kPage = 4096;
+  auto pool = *HostPool::Create({.capacity_bytes = 2048 * kPage, .page_bytes = kPage});
+  FakeClock clock;
+  EventLog events(1024);
+  BlockIndex index(BlockIndexOptions{}, pool.get(), &clock, &events);
+  const ModelSpec spec = BuiltinTinyModelSpec();
+  auto chain = [&](size_t n, uint32_t seed) {
+    std::vector<uint32_t> tokens(n * spec.block_tokens);
+    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = seed * 1000003 + i;
+    return *ComputeBlockKeys(spec, "", tokens);
+  };
+  auto store = [&](const std::vector<BlockKey>& keys, uint64_t size) {
+    std::vector<AllocateBlockSpec> specs;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      specs.push_back({std::string(KeyBytes(keys[i])),
+                       i == 0 ? "" : std::string(KeyBytes(keys[i - 1])), size, 0});
+    }
+    auto a = index.Allocate(spec, specs, absl::ZeroDuration());
+    ASSERT_TRUE(a.ok()) << a.status();
+    std::vector<std::pair<std::string, uint64_t>> commits;
+    for (auto& b : a->blocks) {
+      const std::string data(size, static_cast<char>(b.key[0]));
+      ASSERT_TRUE(index.Write(a->allocation_id, std::string(KeyBytes(b.key)), 0, data).ok());
+      commits.emplace_back(std::string(KeyBytes(b.key)), BlockChecksum(data.data(), size));
+    }
+    ASSERT_TRUE(index.Commit(a->allocation_id, commits).ok());
+  };
+  // One-page roots over the whole pool, every other one evicted: holes of one page, where
+  // a block of more than one page only fits in pieces.
+  std::vector<BlockKey> roots;
+  for (uint32_t r = 0; r < 2048; ++r) roots.push_back(chain(1, 100 + r)[0]);
+  for (const BlockKey& root : roots) store({root}, kPage);
+  for (size_t r = 0; r < roots.size(); r += 2) {
+    ASSERT_TRUE(index.Evict({std::string(KeyBytes(roots[r]))}).ok());
+  }
+  // 150 blocks of three pages, then 250 of one page, then 50 of two.
+  const auto keys = chain(450, 1);
+  store(std::vector<BlockKey>(keys.begin(), keys.begin() + 150), 3 * kPage - 100);
+  store(std::vector<BlockKey>(keys.begin() + 150, keys.begin() + 400), kPage);
+  store(std::vector<BlockKey>(keys.begin() + 400, keys.end()), 2 * kPage);
+  std::string packed;
+  for (const BlockKey& k : keys) packed.append(KeyBytes(k));
+
+  auto lookup = [&](bool sink, size_t reserve) {
+    LookupResponseEncoder encoder;
+    encoder.Reset(reserve);
+    size_t handed = 0;
+    auto r = index.LookupPackedBatches(
+        packed, std::nullopt, {}, false, absl::ZeroDuration(),
+        [&](BlockIndex::BlockBatch blocks) {
+          for (const CommittedBlock* b : blocks) {
+            ++handed;
+            if (b->host_offset != CommittedBlock::kSplitHostCopy) {
+              encoder.AddBlock(b->size, b->checksum, b->codec, v1::TIER_HOST, b->host_offset);
+            } else {
+              encoder.AddBlock(b->size, b->checksum, b->codec, v1::TIER_HOST, b->space.extents);
+            }
+          }
+        },
+        false, sink ? encoder.sink() : nullptr);
+    EXPECT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->found, keys.size());
+    EXPECT_EQ(encoder.count(), keys.size());
+    if (sink) {
+      EXPECT_LT(handed, keys.size() / 2);  // Most records came through the sink.
+    }
+    return encoder.Serialize({.found = static_cast<uint32_t>(r->found), .node = "n"});
+  };
+  const std::string plain = lookup(false, keys.size());
+  v1::LookupResponse parsed;
+  ASSERT_TRUE(parsed.ParseFromString(plain));
+  EXPECT_GT(parsed.pieces().size(), 0u);  // Some blocks are in pieces.
+  EXPECT_EQ(lookup(true, keys.size()), plain);
+  EXPECT_EQ(lookup(true, 40), plain);  // The sink fills up; the encoder grows.
 }
 
 }  // namespace

@@ -355,6 +355,7 @@ grpc::ServerUnaryReactor* CacheServiceImpl::Lookup(grpc::CallbackServerContext* 
   const size_t n = packed.size() / kDigestBytes;
   LookupResponseEncoder encoder;
   encoder.Reset(std::min(n, kLookupRecordsReserved));
+  static_assert(LookupResponseEncoder::kHostTier == v1::TIER_HOST);
   const bool accept_gpu = request->accept_gpu();
   auto result = ctx_.index->LookupPackedBatches(
       packed, fingerprint, codecs, request->lease(), TtlFromMs(request->lease_ttl_ms()),
@@ -374,7 +375,7 @@ grpc::ServerUnaryReactor* CacheServiceImpl::Lookup(grpc::CallbackServerContext* 
           }
         }
       },
-      accept_gpu);
+      accept_gpu, encoder.sink());
   if (!result.ok()) return Done(context, result.status());
   LookupResponseEncoder::Header header;
   header.found = static_cast<uint32_t>(result->found);
