@@ -6,10 +6,6 @@
 #include <new>
 #include <thread>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -1004,24 +1000,12 @@ BlockKey PackedKey(const char* packed, size_t i) {
   return key;
 }
 
-// The two cache lines of a committed block (aligned to a line; see its field order) that a
-// Lookup touches: the first it reads (key, fingerprint number, codec, tier flags and what
-// the answer carries), the second it updates (recency, counters).
 // Lookup's software pipeline over the keys: the probe table slot of key i + kProbeAhead is
 // prefetched, key i + kBlockAhead is probed (its slot is in cache by then) and its block
 // prefetched, key i is handled. A long chain's blocks are scattered over the heap:
 // without this, each key waits for two cache misses in turn.
 constexpr size_t kProbeAhead = 32;
 constexpr size_t kBlockAhead = 16;
-
-// A store that bypasses the caches (the Lookup records' buffer is read next by the socket).
-void StoreStreaming(char* at, uint64_t value) {
-#if defined(__x86_64__)
-  _mm_stream_si64(reinterpret_cast<long long*>(at), static_cast<long long>(value));
-#else
-  std::memcpy(at, &value, sizeof(value));
-#endif
-}
 
 uint64_t StateWord(const CommittedBlock* block) {
   uint64_t word;
@@ -1030,6 +1014,9 @@ uint64_t StateWord(const CommittedBlock* block) {
   return word;
 }
 
+// The two cache lines of a committed block (aligned to a line; see its field order) that a
+// Lookup touches: the first it reads (key, fingerprint number, codec, tier flags and what
+// the answer carries), the second it updates (recency, counters).
 void PrefetchBlock(const CommittedBlock* block) {
   const char* p = reinterpret_cast<const char*>(block);
   static_assert(sizeof(CommittedBlock) >= 2 * 64);
@@ -1367,7 +1354,7 @@ size_t BlockIndex::AnswerRun(RunWalk& walk, size_t i, size_t stop, CommittedBloc
   char* const records = sink != nullptr ? sink->records : nullptr;
   const size_t record_capacity = sink != nullptr ? sink->capacity : 0;
   size_t record_count = sink != nullptr ? sink->count : 0;
-  const uint64_t record_tail = sink != nullptr ? uint64_t{sink->host_tier} << 40 : 0;
+  const uint8_t host_tier = sink != nullptr ? sink->host_tier : 0;
   for (; i < stop; ++i, ++block) {
     PrefetchBlock(block + kBlockAhead);
     if (i + kProbeAhead >= run_end && i + kProbeAhead < n) {
@@ -1392,14 +1379,10 @@ size_t BlockIndex::AnswerRun(RunWalk& walk, size_t i, size_t stop, CommittedBloc
     block->touch_seq = seq++;
     gpu_hits += (state >> 56) & accept_gpu;  // in_gpu
     if (sink != nullptr) {
-      // The record (LookupRecordSink), streamed past the caches like the encoder's.
-      char* out = records + record_count * 32;
+      LookupRecordSink::WriteOnePiece(records + record_count * 32, block->checksum,
+                                      block->host_offset, block->size, block->codec,
+                                      host_tier);
       ++record_count;
-      StoreStreaming(out, block->checksum);
-      StoreStreaming(out + 8, block->host_offset);
-      StoreStreaming(out + 16, (block->size & 0xffffffffu) | uint64_t{1} << 32);
-      // first_piece = 0, then codec and tier.
-      StoreStreaming(out + 24, (state & (uint64_t{0xff} << 32)) | record_tail);
       continue;
     }
     batch[batched++] = block;

@@ -46,6 +46,7 @@
 #define TIERKV_CACHE_MANAGER_BLOCK_INDEX_H_
 
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <memory>
 #include <optional>
@@ -54,6 +55,10 @@
 #include <string_view>
 #include <utility>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/btree_map.h"
@@ -166,6 +171,27 @@ struct LookupRecordSink {
   size_t capacity = 0;
   size_t count = 0;
   uint8_t host_tier = 0;
+
+  // Writes the record of a block stored in one piece at `offset` to `out`. The buffer is
+  // usually out of the nearer caches and is read next by the socket's copy: the record is
+  // streamed past the caches rather than each line fetched to be written (two records fill
+  // a line).
+  static void WriteOnePiece(char* out, uint64_t checksum, uint64_t offset, uint64_t size,
+                            uint8_t codec, uint8_t tier) {
+    Stream(out, checksum);
+    Stream(out + 8, offset);
+    Stream(out + 16, (size & 0xffffffffu) | uint64_t{1} << 32);  // pieces = 1
+    Stream(out + 24, uint64_t{codec} << 32 | uint64_t{tier} << 40);  // first_piece = 0
+  }
+
+ private:
+  static void Stream(char* at, uint64_t value) {
+#if defined(__x86_64__)
+    _mm_stream_si64(reinterpret_cast<long long*>(at), static_cast<long long>(value));
+#else
+    std::memcpy(at, &value, sizeof(value));
+#endif
+  }
 };
 
 struct BlockIndexOptions {

@@ -254,7 +254,9 @@ TEST_F(BlockIndexTest, RunLoopUpdatesBlocksAsTheGeneralWayDoes) {
       EXPECT_TRUE(r.ok()) << r.status();
       EXPECT_EQ(emitted, r->found);
       found.push_back(r->found);
-      if (r->lease_id != 0) EXPECT_TRUE(index_->ReleaseLease(r->lease_id).ok());
+      if (r->lease_id != 0) {
+        EXPECT_TRUE(index_->ReleaseLease(r->lease_id).ok());
+      }
       clock_.Advance(absl::Milliseconds(7));
     };
     for (int round = 0; round < 3; ++round) {

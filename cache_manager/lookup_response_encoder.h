@@ -58,15 +58,8 @@ class LookupResponseEncoder {
     if (sink_.count == sink_.capacity) Grow();
     char* out = sink_.records + sink_.count * kLookupRecordBytes;
     ++sink_.count;
-    const uint64_t size_one_piece = (size & 0xffffffffu) | uint64_t{1} << 32;  // pieces = 1.
-    const uint64_t tail = uint64_t{codec & 0xffu} << 32 | uint64_t{tier & 0xffu} << 40;
-    // first_piece = 0, codec, tier, reserved. The buffer is usually out of the nearer
-    // caches and is only read again by the socket's copy: stream the records past the
-    // caches instead of fetching each line to write into it (two records fill a line).
-    StoreStreaming(out, checksum);
-    StoreStreaming(out + 8, offset);
-    StoreStreaming(out + 16, size_one_piece);
-    StoreStreaming(out + 24, tail);
+    LookupRecordSink::WriteOnePiece(out, checksum, offset, size, static_cast<uint8_t>(codec),
+                                    static_cast<uint8_t>(tier));
   }
 
   // Blocks added since Reset.
@@ -84,13 +77,6 @@ class LookupResponseEncoder {
   std::string Serialize(const Header& header);
 
  private:
-  static void StoreStreaming(char* at, uint64_t value) {
-#if defined(__x86_64__)
-    _mm_stream_si64(reinterpret_cast<long long*>(at), static_cast<long long>(value));
-#else
-    std::memcpy(at, &value, sizeof(value));
-#endif
-  }
   void Grow();
   void AddSplitBlock(uint64_t size, uint64_t checksum, uint32_t codec, uint32_t tier,
                      std::span<const PoolExtent> extents);
