@@ -153,7 +153,9 @@ TEST_F(BlockIndexTest, ZeroKeyDoesNotMatchAGoneBlocksSlot) {
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_EQ(r->found, 20u);
     EXPECT_EQ(emitted, 20u);
-    if (lease) EXPECT_TRUE(index_->ReleaseLease(r->lease_id).ok());
+    if (lease) {
+      EXPECT_TRUE(index_->ReleaseLease(r->lease_id).ok());
+    }
   }
   ExpectInvariants();
 }
@@ -850,7 +852,9 @@ class AdmissionTest : public BlockIndexTest {
       EXPECT_TRUE(index_->Write(a->allocation_id, Bytes(b.key), 0, data).ok());
       commits.emplace_back(Bytes(b.key), BlockChecksum(data.data(), data.size()));
     }
-    if (!commits.empty()) EXPECT_TRUE(index_->Commit(a->allocation_id, commits).ok());
+    if (!commits.empty()) {
+      EXPECT_TRUE(index_->Commit(a->allocation_id, commits).ok());
+    }
     return refused;
   }
 };
