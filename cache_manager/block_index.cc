@@ -108,23 +108,6 @@ void CommittedBlockDelete::operator()(CommittedBlock* block) const {
 
 namespace {
 
-// Whether a slab slot's first line shows a block in host or GPU memory, read as raw bytes
-// (the slot's block may be gone, its line zeroed).
-bool SlotHoldsTierFlag(const CommittedBlock* slot) {
-  static const size_t in_host_at = [] {
-    CommittedBlock b;
-    return static_cast<size_t>(reinterpret_cast<const char*>(&b.in_host) -
-                               reinterpret_cast<const char*>(&b));
-  }();
-  static const size_t in_gpu_at = [] {
-    CommittedBlock b;
-    return static_cast<size_t>(reinterpret_cast<const char*>(&b.in_gpu) -
-                               reinterpret_cast<const char*>(&b));
-  }();
-  const char* bytes = reinterpret_cast<const char*>(slot);
-  return bytes[in_host_at] != 0 || bytes[in_gpu_at] != 0;
-}
-
 // Hands out `blocks` new committed blocks in consecutive slots, slab after slab.
 class SlabCursor {
  public:
@@ -1007,11 +990,26 @@ BlockKey PackedKey(const char* packed, size_t i) {
 constexpr size_t kProbeAhead = 32;
 constexpr size_t kBlockAhead = 16;
 
+// The fields of the state word, as bits of it.
+constexpr uint64_t kStateFingerprint = 0xffffffffu;
+constexpr int kStateCodecShift = 32;
+constexpr int kStateInHostShift = 40;
+constexpr int kStateInGpuShift = 56;
+constexpr uint64_t kStateCodec = uint64_t{0xff} << kStateCodecShift;
+constexpr uint64_t kStateInHost = uint64_t{0xff} << kStateInHostShift;
+constexpr uint64_t kStateInGpu = uint64_t{0xff} << kStateInGpuShift;
+
 uint64_t StateWord(const CommittedBlock* block) {
   uint64_t word;
   std::memcpy(&word, reinterpret_cast<const char*>(block) + CommittedBlock::kStateWordAt,
               sizeof(word));
   return word;
+}
+
+// Whether a slab slot's first line shows a block in host or GPU memory, read as raw bytes
+// (the slot's block may be gone, its line zeroed): in_host or in_gpu of its state word.
+bool SlotHoldsTierFlag(const CommittedBlock* slot) {
+  return (StateWord(slot) & (kStateInHost | kStateInGpu)) != 0;
 }
 
 // The two cache lines of a committed block (aligned to a line; see its field order) that a
@@ -1119,15 +1117,15 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
   // one is accepted (the only codec or raw); anything else takes the checks one by one.
   // A guessed slot that passes shows its tier flag.
   const bool one_codec = raw_only || (accept_codecs.size() == 1 && accept_codecs[0] <= 0xff);
-  uint64_t state_mask = uint64_t{0xff} << 40;  // in_host
-  uint64_t state_want = uint64_t{1} << 40;
+  uint64_t state_mask = kStateInHost;
+  uint64_t state_want = uint64_t{1} << kStateInHostShift;
   if (fingerprint) {
-    state_mask |= 0xffffffffu;
+    state_mask |= kStateFingerprint;
     state_want |= want_fingerprint;
   }
   if (one_codec) {
-    state_mask |= uint64_t{0xff} << 32;
-    state_want |= uint64_t{raw_only ? kCodecRaw : accept_codecs[0]} << 32;
+    state_mask |= kStateCodec;
+    state_want |= uint64_t{raw_only ? kCodecRaw : accept_codecs[0]} << kStateCodecShift;
   }
   size_t done = 0;  // Keys [0, done) are answered for.
   uint64_t gpu_hits = 0;
@@ -1377,7 +1375,7 @@ size_t BlockIndex::AnswerRun(RunWalk& walk, size_t i, size_t stop, CommittedBloc
     block->no_demote = false;
     block->last_access = now;
     block->touch_seq = seq++;
-    gpu_hits += (state >> 56) & accept_gpu;  // in_gpu
+    gpu_hits += (state >> kStateInGpuShift) & accept_gpu;
     if (sink != nullptr) {
       LookupRecordSink::WriteOnePiece(records + record_count * 32, block->checksum,
                                       block->host_offset, block->size, block->codec,
