@@ -45,6 +45,7 @@
 #ifndef TIERKV_CACHE_MANAGER_BLOCK_INDEX_H_
 #define TIERKV_CACHE_MANAGER_BLOCK_INDEX_H_
 
+#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <deque>
@@ -55,10 +56,6 @@
 #include <string_view>
 #include <utility>
 #include <vector>
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/btree_map.h"
@@ -164,33 +161,33 @@ using CommittedBlockPtr = std::unique_ptr<CommittedBlock, CommittedBlockDelete>;
 // checksum, offset, size, pieces = 1, first_piece = 0, codec, tier = host_tier, two zero
 // bytes, little-endian), at records + 32 * count. Its owner (LookupResponseEncoder) writes
 // the records of the blocks handed to emit_blocks at `count` too, so the records stay in
-// the blocks' order. The Lookup writes only while count < capacity, and with streaming
-// stores: the owner fences before the records are read.
+// the blocks' order. The Lookup writes only while count < capacity.
+//
+// Plain stores: the socket's copy reads the records right after the handler, and finds them
+// in cache. (Streaming stores past the caches made the handler no faster and that copy
+// twice as slow: bench/RESULTS.md, 2026-11-28.)
 struct LookupRecordSink {
   char* records = nullptr;
   size_t capacity = 0;
   size_t count = 0;
   uint8_t host_tier = 0;
 
-  // Writes the record of a block stored in one piece at `offset` to `out`. The buffer is
-  // usually out of the nearer caches and is read next by the socket's copy: the record is
-  // streamed past the caches rather than each line fetched to be written (two records fill
-  // a line).
+  // Writes the record of a block stored in one piece at `offset` to `out`.
   static void WriteOnePiece(char* out, uint64_t checksum, uint64_t offset, uint64_t size,
                             uint8_t codec, uint8_t tier) {
-    Stream(out, checksum);
-    Stream(out + 8, offset);
-    Stream(out + 16, (size & 0xffffffffu) | uint64_t{1} << 32);  // pieces = 1
-    Stream(out + 24, uint64_t{codec} << 32 | uint64_t{tier} << 40);  // first_piece = 0
+    Store(out, checksum);
+    Store(out + 8, offset);
+    Store(out + 16, (size & 0xffffffffu) | uint64_t{1} << 32);  // pieces = 1
+    Store(out + 24, uint64_t{codec} << 32 | uint64_t{tier} << 40);  // first_piece = 0
   }
 
  private:
-  static void Stream(char* at, uint64_t value) {
-#if defined(__x86_64__)
-    _mm_stream_si64(reinterpret_cast<long long*>(at), static_cast<long long>(value));
-#else
+  // One 8-byte store each: the compiler would build a 32-byte record on the stack and
+  // reload it in halves, which stalls on every record (the loads cannot be forwarded from
+  // the smaller stores).
+  static void Store(char* at, uint64_t value) {
+    static_assert(std::endian::native == std::endian::little);
     std::memcpy(at, &value, sizeof(value));
-#endif
   }
 };
 

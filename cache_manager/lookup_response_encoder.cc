@@ -122,9 +122,6 @@ void LookupResponseEncoder::Reset(size_t max_blocks) {
 }
 
 void LookupResponseEncoder::Grow() {
-#if defined(__x86_64__)
-  _mm_sfence();
-#endif
   const size_t grown = std::max<size_t>(2 * sink_.capacity, 64);
   char* data = nullptr;
   grpc::Slice slice = RecordSlice(grown, &data);
@@ -171,9 +168,6 @@ std::string LookupResponseEncoder::HeaderBytes(const Header& header) const {
 }
 
 grpc::ByteBuffer LookupResponseEncoder::Finish(const Header& header) {
-#if defined(__x86_64__)
-  _mm_sfence();  // The streamed records are written before gRPC (another thread) reads them.
-#endif
   const std::string head = HeaderBytes(header);
   grpc::Slice slices[3];
   size_t n = 0;

@@ -11,9 +11,6 @@
 
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/slice.h>
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 #include <cstdint>
 #include <cstring>
