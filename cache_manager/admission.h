@@ -45,6 +45,14 @@ struct BlockUses {
   }
   // The epoch (low bits) `count` is aged to.
   uint16_t aged_epoch() const { return epoch; }
+  // Add(now), `times` times over.
+  void AddTimes(uint64_t now, uint64_t times) {
+    if (times == 0) return;
+    Add(now);
+    // Nothing left to age: each further Add counts one, up to the cap.
+    count = static_cast<uint8_t>(
+        std::min<uint64_t>(FrequencySketch::kMax, count + std::min<uint64_t>(times - 1, 255)));
+  }
   void Add(uint64_t now) {
     if (Age(now) <= 0) {  // Nothing to age (the common case); never move epoch back.
       count += count < FrequencySketch::kMax;

@@ -101,6 +101,31 @@ TEST(AdmissionTest, BlockUsesAgeWithTheSketch) {
   EXPECT_EQ(v.AgedTo(11), 2u);
 }
 
+// A slab's pending run counts several Lookups at once (BlockIndex): AddTimes must leave a
+// block's uses as that many Adds would, whatever the count and epochs.
+TEST(AdmissionTest, BlockUsesAddTimesIsRepeatedAdd) {
+  for (uint32_t count : {0u, 1u, 7u, 14u, 15u}) {
+    for (uint16_t epoch : {0, 3, 65535}) {
+      for (uint64_t now : {uint64_t{0}, uint64_t{3}, uint64_t{5}, uint64_t{12}, uint64_t{65536},
+                           uint64_t{70000}}) {
+        for (uint64_t times : {0, 1, 2, 13, 16, 300}) {
+          BlockUses start;
+          start.count = static_cast<uint8_t>(count);
+          start.epoch = epoch;
+          BlockUses added = start;
+          for (uint64_t i = 0; i < times; ++i) added.Add(now);
+          BlockUses at_once = start;
+          at_once.AddTimes(now, times);
+          EXPECT_EQ(at_once.count, added.count)
+              << "count " << count << " epoch " << epoch << " now " << now << " times " << times;
+          EXPECT_EQ(at_once.aged_epoch(), added.aged_epoch())
+              << "count " << count << " epoch " << epoch << " now " << now << " times " << times;
+        }
+      }
+    }
+  }
+}
+
 TEST(AdmissionTest, SketchHalvesOnAdvanceAndAddsCountedUses) {
   FrequencySketch sketch(64);  // Halves every 640 additions.
   const BlockKey key = Key(1);

@@ -76,14 +76,48 @@ struct BlockSlab {
   static constexpr uint32_t kMaxBlocks = 256;
   static constexpr size_t kHeader = 64;
 
+  // Lookups that found the blocks in slots [first, end) and have not written their use
+  // statistics into them (see CommittedBlock): `count` of them, each with the same
+  // admission epoch; the latest at `now`, numbering the blocks' recency from `seq_base`.
+  // Only live blocks, none of them in an eviction order.
+  struct Pending {
+    uint64_t count = 0;  // 0: nothing pending.
+    uint64_t seq_base = 0;
+    uint64_t uses_epoch = 0;
+    absl::Time now;
+    uint32_t first = 0;
+    uint32_t end = 0;
+    bool count_uses = false;
+  };
+
   uint32_t live = 0;
   uint32_t size = 0;
+  Pending pending;
 
   CommittedBlock* slot(uint32_t i) {
     return reinterpret_cast<CommittedBlock*>(reinterpret_cast<char*>(this) + kHeader) + i;
   }
+  uint32_t SlotOf(const CommittedBlock* block) const {
+    const auto* first =
+        reinterpret_cast<const CommittedBlock*>(reinterpret_cast<const char*>(this) + kHeader);
+    return static_cast<uint32_t>(block - first);
+  }
+  // Writes what is pending into the blocks.
+  void ApplyPending() {
+    if (pending.count == 0) return;
+    for (uint32_t i = pending.first; i < pending.end; ++i) {
+      CommittedBlock& b = *slot(i);
+      b.hits_ += pending.count;
+      if (pending.count_uses) b.uses_.AddTimes(pending.uses_epoch, pending.count);
+      b.no_demote_ = false;  // A failed demotion is retried after the block's next use.
+      b.last_access_ = pending.now;
+      b.touch_seq_ = pending.seq_base + (i - pending.first);
+    }
+    pending.count = 0;
+  }
   static BlockSlab* Create(uint32_t n) {
     static_assert(kHeader % alignof(CommittedBlock) == 0);
+    static_assert(sizeof(BlockSlab) <= kHeader);
     const size_t bytes = kHeader + size_t{n} * sizeof(CommittedBlock);
     void* memory = ::operator new(bytes, std::align_val_t{alignof(CommittedBlock)});
     std::memset(memory, 0, bytes);  // Unused slots read as zero keys.
@@ -97,8 +131,25 @@ struct BlockSlab {
   }
 };
 
+void CommittedBlock::Settle() const {
+  BlockSlab* const s = slab;
+  if (s == nullptr || s->pending.count == 0) return;
+  const uint32_t i = s->SlotOf(this);
+  if (i >= s->pending.first && i < s->pending.end) s->ApplyPending();
+}
+
+std::vector<size_t> CommittedBlock::UseStatOffsetsForTest() {
+  CommittedBlock b;
+  auto at = [&](const void* field) {
+    return static_cast<size_t>(static_cast<const char*>(field) - reinterpret_cast<char*>(&b));
+  };
+  return {at(&b.touch_seq_), at(&b.hits_), at(&b.last_access_), at(&b.no_demote_),
+          at(&b.uses_)};
+}
+
 void CommittedBlockDelete::operator()(CommittedBlock* block) const {
   BlockSlab* slab = block->slab;
+  block->Settle();  // A pending run holds live blocks only.
   block->~CommittedBlock();
   // A Lookup that expects a chain's next block in this slot reads its first line: zero
   // bytes there are a key no block of this slot has now and no tier flag (see LookupWalk).
@@ -171,29 +222,29 @@ absl::Status BlockIndex::CheckLeaseTtl(absl::Duration ttl, const char* what) con
 // Recency, readers and eviction orders.
 
 void BlockIndex::Unlist(CommittedBlock& b) {
-  if (b.children == 0) leaves_.erase(b.touch_seq);
-  if (b.in_host && b.host_children == 0) host_leaves_.erase(b.touch_seq);
-  if (b.ssd && (b.in_host || b.in_gpu || b.children == 0)) ssd_order_.erase(b.touch_seq);
-  if (b.in_gpu) gpu_order_.erase(b.touch_seq);
+  if (b.children == 0) leaves_.erase(b.touch_seq());
+  if (b.in_host && b.host_children == 0) host_leaves_.erase(b.touch_seq());
+  if (b.ssd && (b.in_host || b.in_gpu || b.children == 0)) ssd_order_.erase(b.touch_seq());
+  if (b.in_gpu) gpu_order_.erase(b.touch_seq());
   b.listed = false;
 }
 
 void BlockIndex::Relist(CommittedBlock& b) {
   b.listed = false;
   if (b.children == 0) {
-    leaves_.emplace(b.touch_seq, &b);
+    leaves_.emplace(b.touch_seq(), &b);
     b.listed = true;
   }
   if (b.in_host && b.host_children == 0) {
-    host_leaves_.emplace(b.touch_seq, &b);
+    host_leaves_.emplace(b.touch_seq(), &b);
     b.listed = true;
   }
   if (b.ssd && (b.in_host || b.in_gpu || b.children == 0)) {
-    ssd_order_.emplace(b.touch_seq, &b);
+    ssd_order_.emplace(b.touch_seq(), &b);
     b.listed = true;
   }
   if (b.in_gpu) {
-    gpu_order_.emplace(b.touch_seq, &b);
+    gpu_order_.emplace(b.touch_seq(), &b);
     b.listed = true;
   }
 }
@@ -226,8 +277,9 @@ bool BlockIndex::AdmitNew(const BlockKey& key, uint64_t new_blocks) {
 }
 
 void BlockIndex::Touch(CommittedBlock& block) {
+  block.Settle();
   Unlist(block);
-  block.touch_seq = next_seq_++;
+  block.touch_seq_ = next_seq_++;
   Relist(block);
 }
 
@@ -336,7 +388,7 @@ SsdRecord BlockIndex::RecordOf(const CommittedBlock& block, const SsdLocation& l
   r.codec = block.codec;
   r.checksum = block.checksum;
   r.fingerprint = block.fingerprint;
-  r.last_use_unix_ms = absl::ToUnixMillis(block.last_access);
+  r.last_use_unix_ms = absl::ToUnixMillis(block.last_access());
   r.location = location;
   return r;
 }
@@ -383,7 +435,7 @@ absl::StatusOr<SsdLocation> BlockIndex::ReserveSsd(uint64_t size, bool drop_host
 
 bool BlockIndex::Admit(const CommittedBlock& block) const {
   // A candidate with children has them all on SSD only: keep the chain whole.
-  return block.hits >= options_.ssd_admit_min_hits || block.children > 0;
+  return block.hits() >= options_.ssd_admit_min_hits || block.children > 0;
 }
 
 bool BlockIndex::AllHostChildrenMoving(const CommittedBlock& block) {
@@ -403,7 +455,7 @@ bool BlockIndex::MakeHostRoom(uint64_t bytes) {
     std::vector<Demotion> demotions;
     uint64_t planned = 0;
     auto plan = [&](CommittedBlock& b) -> bool {
-      if (ssd_ == nullptr || b.no_demote || IsProtected(b) || b.moving || !Admit(b)) return false;
+      if (ssd_ == nullptr || b.no_demote() || IsProtected(b) || b.moving || !Admit(b)) return false;
       auto location = ReserveSsd(b.size);
       if (!location.ok()) return false;
       b.moving = true;
@@ -473,7 +525,7 @@ bool BlockIndex::MakeHostRoom(uint64_t bytes) {
         if (b.in_host && !b.moving && !IsProtected(b)) cold.push_back(&b);
       }
       std::sort(cold.begin(), cold.end(), [](const CommittedBlock* x, const CommittedBlock* y) {
-        return x->touch_seq < y->touch_seq;
+        return x->touch_seq() < y->touch_seq();
       });
       // Pointers stay valid: dropping host copies and reserving SSD space remove no block
       // that is in host memory.
@@ -523,7 +575,8 @@ void BlockIndex::RunDemotions(const std::vector<Demotion>& demotions) {
     block.moving = false;
     if (!written[i].ok()) {
       ssd_->Unreserve(demotions[i].location);
-      block.no_demote = true;
+      block.Settle();
+      block.no_demote_ = true;
       ++counters_.ssd_write_failures;
       continue;
     }
@@ -655,7 +708,7 @@ BlockIndex::FlushResult BlockIndex::FlushToSsd(size_t batch) {
     // first (hottest first), making room there by demoting host blocks to SSD.
     std::vector<std::pair<uint64_t, BlockKey>> gpu_only;
     for (auto& [key, b_ptr] : blocks_) {
-      if (b_ptr->in_gpu && !b_ptr->in_host && !b_ptr->ssd) gpu_only.emplace_back(b_ptr->touch_seq, key);
+      if (b_ptr->in_gpu && !b_ptr->in_host && !b_ptr->ssd) gpu_only.emplace_back(b_ptr->touch_seq(), key);
     }
     std::sort(gpu_only.begin(), gpu_only.end(),
               [](const auto& x, const auto& y) { return x.first > y.first; });
@@ -670,7 +723,7 @@ BlockIndex::FlushResult BlockIndex::FlushToSsd(size_t batch) {
   std::vector<std::pair<uint64_t, BlockKey>> todo;
   for (auto& [key, b_ptr] : blocks_) {
     CommittedBlock& b = *b_ptr;
-    if (b.in_host && !b.ssd) todo.emplace_back(b.touch_seq, key);
+    if (b.in_host && !b.ssd) todo.emplace_back(b.touch_seq(), key);
   }
   std::sort(todo.begin(), todo.end(), [](const auto& x, const auto& y) { return x.first > y.first; });
   for (size_t next = 0; next < todo.size();) {
@@ -897,10 +950,10 @@ void BlockIndex::RemoveBlock(CommittedBlock& block, const std::string& reason,
     --ssd_blocks_;
     ssd_bytes_ -= block.size;
   }
-  if (admission_ != nullptr && block.uses.count > 0) {
+  if (admission_ != nullptr && block.uses().count > 0) {
     // Its uses while cached go into the sketch now that the key is new again.
     absl::MutexLock admission_lock(&admission_mu_);
-    admission_->OnLeave(key, block.uses.AgedTo(admission_->epoch()));
+    admission_->OnLeave(key, block.uses().AgedTo(admission_->epoch()));
   }
   probe_.Erase(key);
   blocks_.erase(key);
@@ -1036,12 +1089,23 @@ absl::StatusOr<LookupResult> BlockIndex::LookupPacked(
       accept_gpu);
 }
 
+BlockIndex::SampledFound& BlockIndex::ThreadSampledFound() {
+  thread_local SampledFound sampled_found;  // Kept between calls: no allocation.
+  return sampled_found;
+}
+
+std::vector<std::pair<size_t, uint32_t>> BlockIndex::SampledOfLastLookupForTest() {
+  const SampledFound& s = ThreadSampledFound();
+  std::vector<std::pair<size_t, uint32_t>> out;
+  for (size_t i = 0; i < s.count; ++i) out.emplace_back(s.uses[i].index, s.uses[i].pending);
+  return out;
+}
+
 absl::StatusOr<LookupResult> BlockIndex::LookupPackedBatches(
     std::string_view packed_keys, const std::optional<Digest>& fingerprint,
     const std::vector<uint32_t>& accept_codecs, bool lease, absl::Duration lease_ttl,
     absl::FunctionRef<void(BlockBatch)> emit_blocks, bool accept_gpu, LookupRecordSink* sink) {
-  // Kept between calls: no allocation.
-  thread_local SampledFound sampled_found;
+  SampledFound& sampled_found = ThreadSampledFound();
   absl::StatusOr<LookupResult> result =
       LookupWalk(packed_keys, fingerprint, accept_codecs, lease, lease_ttl, emit_blocks,
                  accept_gpu, &sampled_found, sink);
@@ -1138,19 +1202,20 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
     batched = 0;
   };
   auto answer = [&](CommittedBlock& block, size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    ++block.hits;
+    block.Settle();
+    ++block.hits_;
     if (count_uses) {
-      block.uses.Add(uses_epoch);
+      block.uses_.Add(uses_epoch);
       // Without a branch (one key in 16 is sampled, at random): every key writes the slot.
-      sampled[sampled_count] = {static_cast<uint32_t>(i), block.uses.count};
+      sampled[sampled_count] = {static_cast<uint32_t>(i), block.uses_.count};
       sampled_count += AdmissionController::Sampled(block.key);
     }
-    block.no_demote = false;  // A failed demotion is retried after the block's next use.
-    block.last_access = now;
+    block.no_demote_ = false;  // A failed demotion is retried after the block's next use.
+    block.last_access_ = now;
     if (!block.listed) {
       // In no eviction order (inside a chain, in host memory only): Touch's Unlist and
       // Relist would do nothing but this.
-      block.touch_seq = next_seq_++;
+      block.touch_seq_ = next_seq_++;
     } else {
       Touch(block);
     }
@@ -1347,14 +1412,33 @@ size_t BlockIndex::AnswerRun(RunWalk& walk, size_t i, size_t stop, CommittedBloc
   const CommittedBlock** const batch = walk.batch;
   size_t batched = walk.batched;
   uint64_t gpu_hits = walk.gpu_hits;
-  uint64_t seq = next_seq_;
+  const uint64_t seq_begin = next_seq_;
+  uint64_t seq = seq_begin;
   LookupRecordSink* const sink = walk.sink;
   char* const records = sink != nullptr ? sink->records : nullptr;
   const size_t record_capacity = sink != nullptr ? sink->capacity : 0;
   size_t record_count = sink != nullptr ? sink->count : 0;
   const uint8_t host_tier = sink != nullptr ? sink->host_tier : 0;
+  // Every slot up to the run's end is in this slab. With a sink the blocks' use statistics
+  // are left pending in it (see CommittedBlock); otherwise they are written here, after
+  // what is pending.
+  BlockSlab& slab = *block->slab;
+  const uint32_t first_slot = slab.SlotOf(block);
+  const BlockSlab::Pending before = slab.pending;
+  if (sink == nullptr) slab.ApplyPending();
+  stop = std::min<size_t>(stop, i + (slab.size - first_slot));  // The run is in the slab.
+
+  const size_t begin = i;
+  // The sampled blocks answered through the sink (at most a slab's worth: the loop stays in
+  // one slab), in the order of their entries in `sampled`.
+  const CommittedBlock* sampled_blocks[BlockSlab::kMaxBlocks];
+  size_t sampled_in_run = 0;
   for (; i < stop; ++i, ++block) {
-    PrefetchBlock(block + kBlockAhead);
+    if (sink != nullptr) {
+      __builtin_prefetch(block + kBlockAhead, 0, 3);  // The first line is all it reads.
+    } else {
+      PrefetchBlock(block + kBlockAhead);
+    }
     if (i + kProbeAhead >= run_end && i + kProbeAhead < n) {
       probe_.Prefetch(PackedKey(packed, i + kProbeAhead));
     }
@@ -1365,29 +1449,67 @@ size_t BlockIndex::AnswerRun(RunWalk& walk, size_t i, size_t stop, CommittedBloc
         (block->host_offset == CommittedBlock::kSplitHostCopy || record_count == record_capacity)) {
       break;  // Its record is the encoder's to write (or to make room for).
     }
-    // What LookupWalk's answer does for a block in no eviction order, without a lease.
-    ++block->hits;
-    if (count_uses) {
-      block->uses.Add(uses_epoch);
-      sampled[sampled_count] = {static_cast<uint32_t>(i), block->uses.count};
-      sampled_count += AdmissionController::Sampled(block->key);
-    }
-    block->no_demote = false;
-    block->last_access = now;
-    block->touch_seq = seq++;
     gpu_hits += (state >> kStateInGpuShift) & accept_gpu;
     if (sink != nullptr) {
+      if (count_uses && AdmissionController::Sampled(block->key)) {
+        // Its uses are read after the loop, from the second line fetched meanwhile.
+        __builtin_prefetch(reinterpret_cast<const char*>(block) + 64, 0, 3);
+        sampled_blocks[sampled_in_run++] = block;
+        sampled[sampled_count++] = {static_cast<uint32_t>(i), 0};
+      }
       LookupRecordSink::WriteOnePiece(records + record_count * 32, block->checksum,
                                       block->host_offset, block->size, block->codec,
                                       host_tier);
       ++record_count;
       continue;
     }
+    // What LookupWalk's answer does for a block in no eviction order, without a lease.
+    ++block->hits_;
+    if (count_uses) {
+      block->uses_.Add(uses_epoch);
+      sampled[sampled_count] = {static_cast<uint32_t>(i), block->uses_.count};
+      sampled_count += AdmissionController::Sampled(block->key);
+    }
+    block->no_demote_ = false;
+    block->last_access_ = now;
+    block->touch_seq_ = seq++;
     batch[batched++] = block;
     if (batched == kLookupBatch) {
       walk.emit_blocks(BlockBatch(batch, batched));
       batched = 0;
     }
+  }
+  // Each sampled block's uses as they are once this Lookup's is counted: what the slab
+  // held for it, then this one.
+  for (size_t k = 0; k < sampled_in_run; ++k) {
+    const CommittedBlock* b = sampled_blocks[k];
+    BlockUses uses = b->uses_;
+    const uint32_t slot = slab.SlotOf(b);
+    if (before.count != 0 && before.count_uses && slot >= before.first && slot < before.end) {
+      uses.AddTimes(before.uses_epoch, before.count);
+    }
+    uses.Add(uses_epoch);
+    sampled[sampled_count - sampled_in_run + k].pending = uses.count;
+  }
+  if (sink != nullptr && i > begin) {
+    // This Lookup's uses of slots [first_slot, end) go into the slab. What is pending for
+    // another run, or from another admission epoch, is written into its blocks first.
+    const uint32_t end = first_slot + static_cast<uint32_t>(i - begin);
+    BlockSlab::Pending& p = slab.pending;
+    if (p.count != 0 && (p.first != first_slot || p.end != end || p.count_uses != count_uses ||
+                         p.uses_epoch != uses_epoch)) {
+      slab.ApplyPending();
+    }
+    if (p.count == 0) {
+      p.first = first_slot;
+      p.end = end;
+      p.count_uses = count_uses;
+      p.uses_epoch = uses_epoch;
+    }
+    ++p.count;
+    p.seq_base = seq_begin;
+    p.now = now;
+    seq = seq_begin + (i - begin);
   }
   next_seq_ = seq;
   if (sink != nullptr) sink->count = record_count;
@@ -1908,7 +2030,7 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
     CommittedBlock& block = *owned;
     block.key = keys[i];
     block.parent = p.parent;
-    block.size = p.size;
+    block.size = static_cast<uint32_t>(p.size);  // At most kMaxBlockBytes (Allocate).
     block.checksum = blocks[i].second;
     block.codec = static_cast<uint8_t>(p.codec);
     block.fingerprint = fingerprint;
@@ -1933,9 +2055,9 @@ absl::StatusOr<uint32_t> BlockIndex::Commit(
       ssd_bytes_ += block.size;
     }
     block.committed_at = now;
-    block.last_access = now;
+    block.last_access_ = now;  // A new block: nothing pending in its slab.
     block.commit_seq = next_seq_++;
-    block.touch_seq = next_seq_++;
+    block.touch_seq_ = next_seq_++;
     // Children may have been committed before their parent (or kept after it was evicted).
     auto kids = children_.find(block.key);
     uint32_t kept_children = 0;
@@ -2214,8 +2336,8 @@ absl::StatusOr<BlockIndex::ReadHold> BlockIndex::Hold(
         "leased or pending blocks); retry later"));
   }
   AddReader(*it->second);
-  it->second->last_access = clock_->Now();
-  Touch(*it->second);
+  Touch(*it->second);  // Applies what is pending first.
+  it->second->last_access_ = clock_->Now();
   info(*it->second);
   ReadHold hold;
   hold.index_ = this;
@@ -2286,7 +2408,7 @@ absl::StatusOr<std::vector<InspectEntry>> BlockIndex::Inspect(
         } else if (!block.in_host) {
           absl::StrAppend(&where, " (copied to host memory for readers outside the GPU)");
         }
-        e.detail = absl::StrCat(where, ", ", block.size, " bytes, ", block.hits, " hits",
+        e.detail = absl::StrCat(where, ", ", block.size, " bytes, ", block.hits(), " hits",
                                 block.pinned ? ", pinned" : "",
                                 block.moving ? ", moving between tiers" : "");
       } else {
@@ -2429,16 +2551,26 @@ void BlockIndex::Recover(const SsdRecovery& recovery) {
     return a->last_use_unix_ms < b->last_use_unix_ms;
   });
   blocks_.reserve(blocks_.size() + order.size());
+  uint64_t recovered = 0;
   for (const SsdRecord* r : order) {
+    if (r->size > kMaxBlockBytes) {
+      // No Allocate makes a larger block: the record is not one of this index's. Its
+      // space goes back to the tier.
+      if (ssd_ != nullptr && !ssd_->Remove(std::span<const SsdRecord>(r, 1)).ok()) {
+        ++counters_.ssd_write_failures;
+      }
+      continue;
+    }
     auto [it, inserted] = blocks_.try_emplace(r->key);
     if (!inserted) continue;
+    ++recovered;
     it->second = SlabCursor(1).New();
     it->second->key = r->key;
     probe_.Insert(it->second.get());
     CommittedBlock& block = *it->second;
     block.key = r->key;
     block.parent = r->parent;
-    block.size = r->size;
+    block.size = static_cast<uint32_t>(r->size);
     block.checksum = r->checksum;
     block.codec = static_cast<uint8_t>(r->codec);
     block.fingerprint = r->fingerprint;
@@ -2446,9 +2578,9 @@ void BlockIndex::Recover(const SsdRecovery& recovery) {
     block.in_host = false;
     block.ssd = r->location;
     block.committed_at = absl::FromUnixMillis(r->last_use_unix_ms);
-    block.last_access = block.committed_at;
+    block.last_access_ = block.committed_at;  // A new block: nothing pending in its slab.
     block.commit_seq = next_seq_++;
-    block.touch_seq = next_seq_++;
+    block.touch_seq_ = next_seq_++;
     by_commit_.emplace(block.commit_seq, &block);
     if (block.parent) children_[*block.parent].push_back(block.key);
     ++ssd_blocks_;
@@ -2463,7 +2595,7 @@ void BlockIndex::Recover(const SsdRecovery& recovery) {
     CommittedBlock& block = *block_ptr;
     Relist(block);
   }
-  counters_.ssd_recovered_blocks += order.size();
+  counters_.ssd_recovered_blocks += recovered;
 }
 
 absl::Status BlockIndex::CheckInvariants() {
@@ -2475,6 +2607,27 @@ absl::Status BlockIndex::CheckInvariants() {
   for (const auto& [key, block] : blocks_) {
     if (probe_.Find(key) != block.get()) {
       return absl::InternalError(absl::StrCat("block ", ShortKey(key), " not in the probe table"));
+    }
+  }
+  // A slab's pending run (checked first: the accessors below apply it) holds live blocks in
+  // no eviction order only.
+  absl::flat_hash_map<const BlockSlab*, uint32_t> in_pending_run;
+  for (const auto& [key, block] : blocks_) {
+    const BlockSlab& slab = *block->slab;
+    if (slab.pending.count == 0) continue;
+    const uint32_t slot = slab.SlotOf(block.get());
+    if (slot < slab.pending.first || slot >= slab.pending.end) continue;
+    if (block->listed) {
+      return absl::InternalError(
+          absl::StrCat("block ", ShortKey(key), " in a pending run is in an eviction order"));
+    }
+    ++in_pending_run[&slab];
+  }
+  for (const auto& [slab, live] : in_pending_run) {
+    if (live != slab->pending.end - slab->pending.first) {
+      return absl::InternalError(absl::StrCat("a slab's pending run of ",
+                                              slab->pending.end - slab->pending.first,
+                                              " slots holds ", live, " blocks"));
     }
   }
   uint64_t reserved = 0;
@@ -2491,7 +2644,7 @@ absl::Status BlockIndex::CheckInvariants() {
   size_t ssd_listed = 0;
   auto listed = [](const absl::btree_map<uint64_t, CommittedBlock*>& order,
                    const CommittedBlock& b) {
-    auto it = order.find(b.touch_seq);
+    auto it = order.find(b.touch_seq());
     return it != order.end() && it->second == &b;
   };
   for (auto& [key, block_ptr] : blocks_) {

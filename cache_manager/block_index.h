@@ -37,7 +37,9 @@
 //   its ancestors may be demoted (the chain stays whole on SSD);
 // - the eviction orders hold exactly: all committed blocks without committed children
 //   (leaves_), host-resident blocks without host-resident children (host_leaves_), and
-//   SSD-resident blocks that are in host or GPU memory too or are leaves (ssd_order_).
+//   SSD-resident blocks that are in host or GPU memory too or are leaves (ssd_order_);
+// - a slab's pending run (use statistics a Lookup left there) holds only live blocks, none
+//   of them in an eviction order: whatever lists or frees a block applies the run first.
 //
 // Thread-safe: every public method takes the index's mutex; checksums, byte copies of large
 // payloads and SSD I/O run outside it, and so does Lookup's counting of its keys for
@@ -85,13 +87,25 @@ inline constexpr uint64_t kMaxBlockBytes = 256ull << 20;
 inline constexpr size_t kMaxBlocksPerAllocation = 65536;
 inline constexpr size_t kMaxLookupKeys = 1 << 20;
 
+class BlockIndex;
+struct BlockSlab;
+struct CommittedBlockDelete;
+
 // A committed block. Readers outside the index see it only through the visitor callbacks,
 // under the index's lock.
 //
 // Field order is for Lookup, which walks thousands of blocks scattered over the heap: the
 // first line holds everything it reads to decide a block is in the prefix and to answer
-// for it, the second everything it updates; the rest comes after. Aligned to a cache line
-// so that this holds for every block (block_index_test checks the offsets).
+// for it, the second what it updates; the rest comes after. Aligned to a cache line so
+// that this holds for every block (block_index_test checks the offsets).
+//
+// Use statistics (recency, hits, last access, admission uses): a Lookup that answers a run
+// of blocks of one slab through a LookupRecordSink does not write them into each block.
+// It notes the run in the slab (its first and end slot, the time, the first recency number
+// and how many Lookups found that same run), and the blocks get their statistics when
+// anything reads or changes them: the accessors below apply what the slab holds for the
+// block first (to every block of the run at once). A repeated prefix, the common hit, then
+// costs one line a block instead of two.
 struct alignas(64) CommittedBlock {
   // Marks host_offset of a host copy stored in several pieces (read `space`).
   static constexpr uint64_t kSplitHostCopy = ~uint64_t{0};
@@ -101,7 +115,11 @@ struct alignas(64) CommittedBlock {
   // Where the host copy begins in the pool while in_host: space.extents[0].offset for a
   // copy in one piece, kSplitHostCopy for one in several.
   uint64_t host_offset = 0;
-  uint64_t size = 0;
+  uint32_t size = 0;  // At most kMaxBlockBytes.
+  static_assert(kMaxBlockBytes <= UINT32_MAX);
+  // In at least one eviction order, as of the last Relist (true until the first: a Touch
+  // is then never skipped wrongly).
+  bool listed = true;
   // Lookup reads the next five fields as one little-endian word at kStateWordAt
   // (fingerprint_id in its low 4 bytes, then codec, in_host, moving, in_gpu; block_index_test
   // checks).
@@ -114,18 +132,48 @@ struct alignas(64) CommittedBlock {
   bool moving = false;
   // GPU copy: `gpu_space` (pages of the device tier) is valid only while in_gpu.
   bool in_gpu = false;
-  // -- second line --
-  uint64_t touch_seq = 0;  // Recency (eviction order).
-  uint64_t hits = 0;
-  absl::Time last_access;
-  // In at least one eviction order, as of the last Relist (true until the first: a Touch
-  // is then never skipped wrongly).
-  bool listed = true;
+
+  // -- second line: use statistics, read through these (see above) --
+  uint64_t touch_seq() const {  // Recency (eviction order).
+    Settle();
+    return touch_seq_;
+  }
+  uint64_t hits() const {
+    Settle();
+    return hits_;
+  }
+  absl::Time last_access() const {
+    Settle();
+    return last_access_;
+  }
   // Its demotion failed (I/O error): it leaves host memory only by eviction.
-  bool no_demote = false;
-  bool pinned = false;
+  bool no_demote() const {
+    Settle();
+    return no_demote_;
+  }
   // Lookup hits not yet in the admission sketch (AdmissionController::OnLookup).
-  BlockUses uses;
+  BlockUses uses() const {
+    Settle();
+    return uses_;
+  }
+  // Offsets of the use statistics in the block (block_index_test checks the layout).
+  static std::vector<size_t> UseStatOffsetsForTest();
+
+ private:
+  friend class BlockIndex;
+  friend struct BlockSlab;
+  friend struct CommittedBlockDelete;
+  // Applies what the block's slab holds for it (BlockIndex, under its lock).
+  void Settle() const;
+
+  uint64_t touch_seq_ = 0;
+  uint64_t hits_ = 0;
+  absl::Time last_access_;
+  bool no_demote_ = false;
+  BlockUses uses_;
+
+ public:
+  bool pinned = false;
   // Slots after this one in its slab: the blocks its Commit created after it, in order
   // (dead ones read as a zero key). Lookup expects a chain's next block there.
   uint32_t slab_after = 0;
@@ -144,7 +192,7 @@ struct alignas(64) CommittedBlock {
   std::optional<BlockKey> parent;
   absl::Time committed_at;
   uint64_t commit_seq = 0;  // Order of commit (ListBlocks paging).
-  struct BlockSlab* slab = nullptr;  // Where it lives (freed with its last block).
+  BlockSlab* slab = nullptr;  // Where it lives (freed with its last block).
 };
 
 // Committed blocks live in slabs: the blocks one Commit creates, side by side in its
@@ -472,6 +520,10 @@ class BlockIndex {
       const std::vector<std::string>& keys, const std::optional<TokenQuery>& token_query,
       absl::FunctionRef<void(size_t index, const CommittedBlock&)> emit_found);
 
+  // The sampled found keys of this thread's last Lookup with admission on, as handed to the
+  // admission controller: (index in the request, the block's uses counting that Lookup).
+  static std::vector<std::pair<size_t, uint32_t>> SampledOfLastLookupForTest();
+
   // Committed blocks in commit order, starting after commit sequence `after`; returns the
   // last sequence emitted (0 when none).
   uint64_t List(uint64_t after, size_t limit, absl::FunctionRef<void(const CommittedBlock&)> emit);
@@ -561,7 +613,8 @@ class BlockIndex {
   // and it is in no eviction order (no Touch needed); stops at the first that is not, and
   // returns its place. Every key up to stop + the walk's lookahead lies in the run. With a
   // sink it writes the blocks' records there (and stops at a block stored in pieces, or
-  // when the sink is full), with the walk's batch empty.
+  // when the sink is full), with the walk's batch empty, and leaves the blocks' use
+  // statistics pending in their slab (CommittedBlock); without one it writes them.
   size_t AnswerRun(RunWalk& walk, size_t i, size_t stop, CommittedBlock* block)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The found keys AdmissionController::Sampled picks: uses[0, count). `uses` only grows
@@ -570,6 +623,8 @@ class BlockIndex {
     std::vector<AdmissionController::SampledUse> uses;
     size_t count = 0;
   };
+  // This thread's, reused by every Lookup it makes.
+  static SampledFound& ThreadSampledFound();
   // LookupPacked without the admission controller's counting; lists the found keys that
   // AdmissionController::Sampled picks in `sampled_found`, with their blocks' pending uses
   // (when admission is on).

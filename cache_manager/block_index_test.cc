@@ -104,6 +104,7 @@ TEST(CommittedBlockLayout, LookupFieldsFillTheFirstTwoLines) {
   for (const void* read : {static_cast<const void*>(&b.key), static_cast<const void*>(&b.checksum),
                            static_cast<const void*>(&b.host_offset),
                            static_cast<const void*>(&b.size),
+                           static_cast<const void*>(&b.listed),
                            static_cast<const void*>(&b.fingerprint_id),
                            static_cast<const void*>(&b.codec),
                            static_cast<const void*>(&b.in_host),
@@ -120,16 +121,17 @@ TEST(CommittedBlockLayout, LookupFieldsFillTheFirstTwoLines) {
   EXPECT_EQ(at(&b.in_gpu), CommittedBlock::kStateWordAt + 7);
   EXPECT_EQ(sizeof(b.fingerprint_id), 4u);
   EXPECT_EQ(sizeof(b.codec), 1u);
-  EXPECT_EQ(at(&b.touch_seq), 64u);
-  for (const void* updated : {static_cast<const void*>(&b.hits),
-                              static_cast<const void*>(&b.last_access),
-                              static_cast<const void*>(&b.listed),
-                              static_cast<const void*>(&b.no_demote),
-                              static_cast<const void*>(&b.uses),
-                              static_cast<const void*>(&b.slab_after)}) {
-    EXPECT_GE(at(updated), 64u);
-    EXPECT_LT(at(updated), 128u);
+  // The use statistics a Lookup updates (when it writes them into the block) share the
+  // second line.
+  const std::vector<size_t> updated = CommittedBlock::UseStatOffsetsForTest();
+  ASSERT_EQ(updated.size(), 5u);
+  EXPECT_EQ(updated[0], 64u);  // touch_seq
+  for (size_t offset : updated) {
+    EXPECT_GE(offset, 64u);
+    EXPECT_LT(offset, 128u);
   }
+  EXPECT_GE(at(&b.slab_after), 64u);
+  EXPECT_LT(at(&b.slab_after), 128u);
 }
 
 // A dead slot reads as zero bytes: a request whose next key is all zero must not be
@@ -215,9 +217,11 @@ TEST_F(BlockIndexTest, LookupFollowsChainsAcrossSlabsAndGaps) {
 }
 
 // A Lookup without a lease answers blocks in slab runs in a loop of its own (AnswerRun);
-// with a lease every block takes the general way. Both must leave every block as the other
-// does: the same answers, recency, counters and admission uses, through slab ends, gaps,
-// forks, leaves (which move in eviction order) and blocks of another fingerprint.
+// with a lease every block takes the general way; with a record sink (the service's way)
+// the loop leaves the blocks' use statistics pending in their slab. All three must leave
+// every block as the others do: the same answers, recency, counters and admission uses,
+// through slab ends, gaps, forks, repeated and shorter prefixes, leaves (which move in
+// eviction order), blocks of another fingerprint and an eviction in the middle.
 TEST_F(BlockIndexTest, RunLoopUpdatesBlocksAsTheGeneralWayDoes) {
   struct Seen {
     BlockKey key;
@@ -227,7 +231,8 @@ TEST_F(BlockIndexTest, RunLoopUpdatesBlocksAsTheGeneralWayDoes) {
     bool listed, no_demote;
     bool operator==(const Seen&) const = default;
   };
-  auto run = [&](bool lease) {
+  enum class Way { kLease, kRunLoop, kSink };
+  auto run = [&](Way way) {
     Reset(2048 * kPage, BlockIndexOptions::Admission::kAuto);
     const absl::Time start = clock_.Now();
     const auto chain = Chain(700);
@@ -243,19 +248,31 @@ TEST_F(BlockIndexTest, RunLoopUpdatesBlocksAsTheGeneralWayDoes) {
     EXPECT_TRUE(Store(forked, 100, 500).ok());
     EXPECT_TRUE(index_->Evict({Bytes(forked[250])}).ok());  // A gap inside a slab's run.
     std::vector<size_t> found;
+    // What each Lookup hands the admission controller.
+    std::vector<std::vector<std::pair<size_t, uint32_t>>> sampled;
+    std::vector<char> records(32 * 1000);
     auto lookup = [&](const std::vector<BlockKey>& keys, size_t n,
                       const std::optional<Digest>& fingerprint = std::nullopt) {
-      std::vector<std::string> bytes;
-      for (size_t i = 0; i < n; ++i) bytes.push_back(Bytes(keys[i]));
+      std::string packed;
+      for (size_t i = 0; i < n; ++i) packed += Bytes(keys[i]);
       size_t emitted = 0;
-      auto r = index_->Lookup(bytes, fingerprint, {}, lease, absl::ZeroDuration(),
-                              [&](const CommittedBlock& b) {
-                                EXPECT_EQ(b.key, keys[emitted]);
-                                ++emitted;
-                              });
+      LookupRecordSink sink{.records = records.data(), .capacity = 1000, .count = 0,
+                            .host_tier = 2};
+      auto r = index_->LookupPackedBatches(
+          packed, fingerprint, {}, way == Way::kLease, absl::ZeroDuration(),
+          [&](BlockIndex::BlockBatch blocks) {
+            for (const CommittedBlock* b : blocks) {
+              if (way != Way::kSink) {
+                EXPECT_EQ(b->key, keys[emitted]);
+              }
+              ++emitted;
+            }
+          },
+          /*accept_gpu=*/false, way == Way::kSink ? &sink : nullptr);
       EXPECT_TRUE(r.ok()) << r.status();
-      EXPECT_EQ(emitted, r->found);
+      EXPECT_EQ(emitted + sink.count, r->found);
       found.push_back(r->found);
+      sampled.push_back(BlockIndex::SampledOfLastLookupForTest());
       if (r->lease_id != 0) {
         EXPECT_TRUE(index_->ReleaseLease(r->lease_id).ok());
       }
@@ -263,39 +280,52 @@ TEST_F(BlockIndexTest, RunLoopUpdatesBlocksAsTheGeneralWayDoes) {
     };
     for (int round = 0; round < 3; ++round) {
       lookup(chain, 700);
+      lookup(chain, 700);  // The same runs again.
       lookup(chain, 17 + 100 * round);  // Ends inside a run.
       lookup(forked, 500);
       lookup(other, 300);
       lookup(chain, 700, ModelFingerprint(spec_));
       lookup(chain, 700, Digest{});  // Another model's: nothing.
+      if (round == 1) {
+        // Leaves in the middle of pending runs move into eviction order.
+        EXPECT_TRUE(index_->Evict({Bytes(chain[400]), Bytes(other[150])}).ok());
+      }
     }
     std::vector<Seen> blocks;
     index_->List(0, 10000, [&](const CommittedBlock& b) {
-      blocks.push_back({b.key, b.hits, b.touch_seq, b.last_access - start, b.uses.count,
-                        b.uses.aged_epoch(), b.listed, b.no_demote});
+      blocks.push_back({b.key, b.hits(), b.touch_seq(), b.last_access() - start, b.uses().count,
+                        b.uses().aged_epoch(), b.listed, b.no_demote()});
     });
     const IndexStats stats = index_->Stats();
     ExpectInvariants();
-    return std::make_tuple(found, blocks, stats.hits, stats.misses);
+    return std::make_tuple(found, blocks, stats.hits, stats.misses, sampled);
   };
-  const auto without_lease = run(false);
-  const auto with_lease = run(true);
-  EXPECT_EQ(std::get<0>(without_lease), std::get<0>(with_lease));
-  // 700 + 300 + 400 blocks, less the forked chain's 250 from the gap on.
-  ASSERT_EQ(std::get<1>(without_lease).size(), 1150u);
-  ASSERT_EQ(std::get<1>(with_lease).size(), 1150u);
-  for (size_t i = 0; i < 1150; ++i) {
-    const Seen& a = std::get<1>(without_lease)[i];
-    const Seen& b = std::get<1>(with_lease)[i];
-    EXPECT_TRUE(a == b) << "block " << i << ": hits " << a.hits << "/" << b.hits << ", touch_seq "
-                        << a.touch_seq << "/" << b.touch_seq << ", uses " << a.uses << "/"
-                        << b.uses << " epoch " << a.uses_epoch << "/" << b.uses_epoch
-                        << ", listed " << a.listed << "/" << b.listed << ", last_access "
-                        << a.last_access << "/" << b.last_access;
-    if (!(a == b)) break;
+  const auto with_lease = run(Way::kLease);
+  for (Way way : {Way::kRunLoop, Way::kSink}) {
+    const auto got = run(way);
+    const char* name = way == Way::kRunLoop ? "run loop" : "sink";
+    EXPECT_EQ(std::get<0>(got), std::get<0>(with_lease)) << name;
+    // 700 + 300 + 400 blocks, less the forked chain's 250 from the gap on, and the
+    // evicted blocks with their descendants (300 + 150).
+    ASSERT_EQ(std::get<1>(got).size(), 700u) << name;
+    ASSERT_EQ(std::get<1>(with_lease).size(), 700u);
+    for (size_t i = 0; i < 700; ++i) {
+      const Seen& a = std::get<1>(got)[i];
+      const Seen& b = std::get<1>(with_lease)[i];
+      EXPECT_TRUE(a == b) << name << ", block " << i << ": hits " << a.hits << "/" << b.hits
+                          << ", touch_seq " << a.touch_seq << "/" << b.touch_seq << ", uses "
+                          << a.uses << "/" << b.uses << " epoch " << a.uses_epoch << "/"
+                          << b.uses_epoch << ", listed " << a.listed << "/" << b.listed
+                          << ", last_access " << a.last_access << "/" << b.last_access;
+      if (!(a == b)) break;
+    }
+    EXPECT_EQ(std::get<2>(got), std::get<2>(with_lease)) << name;
+    EXPECT_EQ(std::get<3>(got), std::get<3>(with_lease)) << name;
+    EXPECT_EQ(std::get<4>(got), std::get<4>(with_lease)) << name;
   }
-  EXPECT_EQ(std::get<2>(without_lease), std::get<2>(with_lease));
-  EXPECT_EQ(std::get<3>(without_lease), std::get<3>(with_lease));
+  size_t sampled_keys = 0;
+  for (const auto& s : std::get<4>(with_lease)) sampled_keys += s.size();
+  EXPECT_GT(sampled_keys, 50u);  // The comparison above has something to compare.
 }
 
 TEST_F(BlockIndexTest, UncommittedBlocksAreInvisibleUntilCommit) {

@@ -72,9 +72,9 @@ void FillBlockInfo(const ServiceContext& ctx, const CommittedBlock& block, v1::B
   info->set_pinned(block.pinned);
   info->set_readers(block.readers);
   info->set_children(block.children);
-  info->set_hits(block.hits);
+  info->set_hits(block.hits());
   info->set_committed_unix_ms(absl::ToUnixMillis(block.committed_at));
-  info->set_last_access_unix_ms(absl::ToUnixMillis(block.last_access));
+  info->set_last_access_unix_ms(absl::ToUnixMillis(block.last_access()));
 }
 
 v1::InspectPrefixResponse::State ToProto(InspectState state) {
