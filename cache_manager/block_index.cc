@@ -112,6 +112,7 @@ struct BlockSlab {
       b.no_demote_ = false;  // A failed demotion is retried after the block's next use.
       b.last_access_ = pending.now;
       b.touch_seq_ = pending.seq_base + (i - pending.first);
+      b.in_pending_run_ = false;
     }
     pending.count = 0;
   }
@@ -131,12 +132,7 @@ struct BlockSlab {
   }
 };
 
-void CommittedBlock::Settle() const {
-  BlockSlab* const s = slab;
-  if (s == nullptr || s->pending.count == 0) return;
-  const uint32_t i = s->SlotOf(this);
-  if (i >= s->pending.first && i < s->pending.end) s->ApplyPending();
-}
+void CommittedBlock::ApplySlabRun() const { slab->ApplyPending(); }
 
 std::vector<size_t> CommittedBlock::UseStatOffsetsForTest() {
   CommittedBlock b;
@@ -1505,6 +1501,7 @@ size_t BlockIndex::AnswerRun(RunWalk& walk, size_t i, size_t stop, CommittedBloc
       p.end = end;
       p.count_uses = count_uses;
       p.uses_epoch = uses_epoch;
+      for (uint32_t k = first_slot; k < end; ++k) slab.slot(k)->in_pending_run_ = true;
     }
     ++p.count;
     p.seq_base = seq_begin;
@@ -2614,9 +2611,16 @@ absl::Status BlockIndex::CheckInvariants() {
   absl::flat_hash_map<const BlockSlab*, uint32_t> in_pending_run;
   for (const auto& [key, block] : blocks_) {
     const BlockSlab& slab = *block->slab;
-    if (slab.pending.count == 0) continue;
     const uint32_t slot = slab.SlotOf(block.get());
-    if (slot < slab.pending.first || slot >= slab.pending.end) continue;
+    const bool in_run = slab.pending.count != 0 && slot >= slab.pending.first &&
+                        slot < slab.pending.end;
+    if (block->in_pending_run_ != in_run) {
+      return absl::InternalError(absl::StrCat(
+          "block ", ShortKey(key),
+          in_run ? " is in its slab's pending run but not marked so"
+                 : " is marked as in a pending run it is not in"));
+    }
+    if (!in_run) continue;
     if (block->listed) {
       return absl::InternalError(
           absl::StrCat("block ", ShortKey(key), " in a pending run is in an eviction order"));

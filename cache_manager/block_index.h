@@ -120,6 +120,15 @@ struct alignas(64) CommittedBlock {
   // In at least one eviction order, as of the last Relist (true until the first: a Touch
   // is then never skipped wrongly).
   bool listed = true;
+
+ private:
+  friend class BlockIndex;
+  friend struct BlockSlab;
+  friend struct CommittedBlockDelete;
+  // In its slab's pending run (see above): its statistics are not all in the block.
+  bool in_pending_run_ = false;
+
+ public:
   // Lookup reads the next five fields as one little-endian word at kStateWordAt
   // (fingerprint_id in its low 4 bytes, then codec, in_host, moving, in_gpu; block_index_test
   // checks).
@@ -160,11 +169,11 @@ struct alignas(64) CommittedBlock {
   static std::vector<size_t> UseStatOffsetsForTest();
 
  private:
-  friend class BlockIndex;
-  friend struct BlockSlab;
-  friend struct CommittedBlockDelete;
   // Applies what the block's slab holds for it (BlockIndex, under its lock).
-  void Settle() const;
+  void Settle() const {
+    if (in_pending_run_) ApplySlabRun();
+  }
+  void ApplySlabRun() const;
 
   uint64_t touch_seq_ = 0;
   uint64_t hits_ = 0;
