@@ -90,13 +90,20 @@ void BM_LookupChainPackedCold(benchmark::State& state) {
 BENCHMARK(BM_LookupChainPackedCold)->ArgsProduct({{8192}, {0, 2}});
 
 // The service's way: one-piece host blocks are answered by records the walk writes into
-// the response buffer itself (LookupRecordSink), the rest through batches.
-void BM_LookupChainSink(benchmark::State& state) {
+// the response buffer itself (LookupRecordSink), the rest through batches. With
+// `scribble_bytes`, that much memory is written between two Lookups (untimed).
+void LookupChainSink(benchmark::State& state, size_t scribble_bytes) {
   const size_t n = state.range(0);
   Fixture f(n, static_cast<BlockIndexOptions::Admission>(state.range(1)));
   std::vector<char> records(n * 32);
+  std::vector<char> scratch(scribble_bytes);
   uint64_t batched = 0;
   for (auto _ : state) {
+    if (!scratch.empty()) {
+      state.PauseTiming();
+      for (size_t i = 0; i < scratch.size(); i += 64) ++scratch[i];
+      state.ResumeTiming();
+    }
     LookupRecordSink sink{.records = records.data(), .capacity = n, .count = 0, .host_tier = 2};
     auto r = f.index->LookupPackedBatches(
         f.packed, std::nullopt, {}, false, absl::ZeroDuration(),
@@ -107,30 +114,11 @@ void BM_LookupChainSink(benchmark::State& state) {
   benchmark::DoNotOptimize(batched);
   state.SetItemsProcessed(state.iterations() * n);
 }
+void BM_LookupChainSink(benchmark::State& state) { LookupChainSink(state, 0); }
 BENCHMARK(BM_LookupChainSink)->ArgsProduct({{8192}, {0, 2}});
-
-// The same with the blocks out of every cache (48 MiB written between two Lookups, more than
-// the last-level cache), as on a host whose neighbours keep the caches busy.
-void BM_LookupChainSinkMemory(benchmark::State& state) {
-  const size_t n = state.range(0);
-  Fixture f(n, static_cast<BlockIndexOptions::Admission>(state.range(1)));
-  std::vector<char> records(n * 32);
-  std::vector<char> scratch(48 << 20);
-  uint64_t batched = 0;
-  for (auto _ : state) {
-    state.PauseTiming();
-    for (size_t i = 0; i < scratch.size(); i += 64) ++scratch[i];
-    state.ResumeTiming();
-    LookupRecordSink sink{.records = records.data(), .capacity = n, .count = 0, .host_tier = 2};
-    auto r = f.index->LookupPackedBatches(
-        f.packed, std::nullopt, {}, false, absl::ZeroDuration(),
-        [&](BlockIndex::BlockBatch blocks) { batched += blocks.size(); }, false, &sink);
-    benchmark::DoNotOptimize(r);
-    benchmark::DoNotOptimize(records.data());
-  }
-  benchmark::DoNotOptimize(batched);
-  state.SetItemsProcessed(state.iterations() * n);
-}
+// With the blocks out of every cache (48 MiB, more than the last-level cache), as on a host
+// whose neighbours keep the caches busy.
+void BM_LookupChainSinkMemory(benchmark::State& state) { LookupChainSink(state, 48 << 20); }
 BENCHMARK(BM_LookupChainSinkMemory)->ArgsProduct({{8192}, {0, 2}});
 
 // The same through the vector-of-keys overload (which packs them first).
