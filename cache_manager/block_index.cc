@@ -97,10 +97,9 @@ struct BlockSlab {
   CommittedBlock* slot(uint32_t i) {
     return reinterpret_cast<CommittedBlock*>(reinterpret_cast<char*>(this) + kHeader) + i;
   }
+  const CommittedBlock* slot(uint32_t i) const { return const_cast<BlockSlab*>(this)->slot(i); }
   uint32_t SlotOf(const CommittedBlock* block) const {
-    const auto* first =
-        reinterpret_cast<const CommittedBlock*>(reinterpret_cast<const char*>(this) + kHeader);
-    return static_cast<uint32_t>(block - first);
+    return static_cast<uint32_t>(block - slot(0));
   }
   // Writes what is pending into the blocks.
   void ApplyPending() {
