@@ -106,10 +106,7 @@ struct BlockSlab {
     if (pending.count == 0) return;
     for (uint32_t i = pending.first; i < pending.end; ++i) {
       CommittedBlock& b = *slot(i);
-      b.hits_ += pending.count;
-      if (pending.count_uses) b.uses_.AddTimes(pending.uses_epoch, pending.count);
-      b.no_demote_ = false;  // A failed demotion is retried after the block's next use.
-      b.last_access_ = pending.now;
+      b.NoteFound(pending.count, pending.now, pending.count_uses, pending.uses_epoch);
       b.touch_seq_ = pending.seq_base + (i - pending.first);
       b.in_pending_run_ = false;
     }
@@ -1198,15 +1195,12 @@ absl::StatusOr<LookupResult> BlockIndex::LookupWalk(
   };
   auto answer = [&](CommittedBlock& block, size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     block.Settle();
-    ++block.hits_;
+    block.NoteFound(1, now, count_uses, uses_epoch);
     if (count_uses) {
-      block.uses_.Add(uses_epoch);
       // Without a branch (one key in 16 is sampled, at random): every key writes the slot.
       sampled[sampled_count] = {static_cast<uint32_t>(i), block.uses_.count};
       sampled_count += AdmissionController::Sampled(block.key);
     }
-    block.no_demote_ = false;  // A failed demotion is retried after the block's next use.
-    block.last_access_ = now;
     if (!block.listed) {
       // In no eviction order (inside a chain, in host memory only): Touch's Unlist and
       // Relist would do nothing but this.
@@ -1459,14 +1453,11 @@ size_t BlockIndex::AnswerRun(RunWalk& walk, size_t i, size_t stop, CommittedBloc
       continue;
     }
     // What LookupWalk's answer does for a block in no eviction order, without a lease.
-    ++block->hits_;
+    block->NoteFound(1, now, count_uses, uses_epoch);
     if (count_uses) {
-      block->uses_.Add(uses_epoch);
       sampled[sampled_count] = {static_cast<uint32_t>(i), block->uses_.count};
       sampled_count += AdmissionController::Sampled(block->key);
     }
-    block->no_demote_ = false;
-    block->last_access_ = now;
     block->touch_seq_ = seq++;
     batch[batched++] = block;
     if (batched == kLookupBatch) {

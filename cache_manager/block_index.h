@@ -174,6 +174,19 @@ struct alignas(64) CommittedBlock {
     if (in_pending_run_) ApplySlabRun();
   }
   void ApplySlabRun() const;
+  // What `lookups` Lookups that found it at `now` record in it, recency aside (settled).
+  void NoteFound(uint64_t lookups, absl::Time now, bool count_uses, uint64_t uses_epoch) {
+    hits_ += lookups;
+    if (count_uses) {
+      if (lookups == 1) {
+        uses_.Add(uses_epoch);  // The walk's case (a constant there): no more than that.
+      } else {
+        uses_.AddTimes(uses_epoch, lookups);
+      }
+    }
+    no_demote_ = false;  // A failed demotion is retried after the block's next use.
+    last_access_ = now;
+  }
 
   uint64_t touch_seq_ = 0;
   uint64_t hits_ = 0;
